@@ -1,0 +1,203 @@
+"""Id maps, interaction matrices and the feature state built from events before a cutoff.
+
+`InteractionData` is everything the recall sources and the ranker features need, as
+numpy arrays and CSR matrices, so the same object serves training and per-request
+scoring without pandas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from features import schema as S
+
+DAY_SECONDS = 86400.0
+
+
+@dataclass(frozen=True)
+class InteractionParams:
+    """How events become implicit-feedback confidence."""
+
+    view_weight: float = 1.0
+    add_to_cart_weight: float = 4.0
+    purchase_weight: float = 8.0
+    half_life_days: float = 30.0
+
+    def weight_of(self, event_type: str) -> float:
+        return {S.VIEW: self.view_weight, S.ADD_TO_CART: self.add_to_cart_weight,
+                S.PURCHASE: self.purchase_weight}.get(event_type, 0.0)
+
+
+class IdIndex:
+    """Bidirectional map between external string ids and dense integer indices."""
+
+    def __init__(self, ids):
+        self.ids = np.asarray(pd.Index(pd.unique(np.asarray(ids, dtype=object))).astype(str), dtype=object)
+        self._index = pd.Index(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index_of(self, values) -> np.ndarray:
+        """Indices of `values`; -1 for ids not in the map."""
+        return self._index.get_indexer(np.asarray(values, dtype=object))
+
+
+def csr_lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """matrix[rows[i], cols[i]] for every i, as a flat float array (0 where absent)."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.float32)
+    return np.asarray(matrix[rows, cols], dtype=np.float32).ravel()
+
+
+@dataclass
+class InteractionData:
+    """Feature state of one cutoff: all arrays are indexed by the maps in `users`/`items`."""
+
+    users: IdIndex
+    items: IdIndex
+    ref_time: pd.Timestamp
+    weighted: sp.csr_matrix  # users x items, confidence (event weight x recency decay)
+    views: sp.csr_matrix
+    carts: sp.csr_matrix
+    purchases: sp.csr_matrix
+    last_seen: sp.csr_matrix  # 1 + days between the last touch and ref_time
+    item_category: np.ndarray  # int code per item
+    categories: np.ndarray  # code -> category name
+    item_price: np.ndarray
+    item_age_days: np.ndarray
+    item_pop_7d: np.ndarray
+    item_pop_28d: np.ndarray
+    item_buys_28d: np.ndarray
+    user_cat_share: sp.csr_matrix  # users x categories, share of the user's confidence
+    user_mean_log_price: np.ndarray
+    user_days_since_last: np.ndarray
+    item_titles: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    # ---- persistence (npz + npy; no pickle) ----------------------------------------
+    _SPARSE = ("weighted", "views", "carts", "purchases", "last_seen", "user_cat_share")
+    _DENSE = ("item_category", "item_price", "item_age_days", "item_pop_7d", "item_pop_28d",
+              "item_buys_28d", "user_mean_log_price", "user_days_since_last")
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in self._SPARSE:
+            sp.save_npz(directory / f"{name}.npz", getattr(self, name))
+        np.savez(directory / "arrays.npz", **{n: getattr(self, n) for n in self._DENSE},
+                 user_ids=self.users.ids.astype(str), item_ids=self.items.ids.astype(str),
+                 categories=self.categories.astype(str), item_titles=self.item_titles.astype(str),
+                 ref_time=np.array([self.ref_time.value], dtype=np.int64))
+
+    @classmethod
+    def load(cls, directory: Path) -> "InteractionData":
+        arrays = np.load(directory / "arrays.npz", allow_pickle=False)
+        kwargs = {n: sp.load_npz(directory / f"{n}.npz").tocsr() for n in cls._SPARSE}
+        kwargs.update({n: arrays[n] for n in cls._DENSE})
+        return cls(users=IdIndex(arrays["user_ids"]), items=IdIndex(arrays["item_ids"]),
+                   ref_time=pd.Timestamp(int(arrays["ref_time"][0]), tz="UTC"),
+                   categories=arrays["categories"].astype(object),
+                   item_titles=arrays["item_titles"].astype(object), **kwargs)
+
+
+def _matrix(rows, cols, values, shape) -> sp.csr_matrix:
+    m = sp.csr_matrix((np.asarray(values, dtype=np.float32), (rows, cols)), shape=shape)
+    m.sum_duplicates()
+    return m
+
+
+def build_interaction_data(events: pd.DataFrame, catalog: pd.DataFrame, ref_time: pd.Timestamp,
+                           params: InteractionParams = InteractionParams()) -> InteractionData:
+    """Build the feature state from events strictly before `ref_time`.
+
+    The item map covers the whole catalog (so new items can be scored); the user map
+    covers users with at least one item event before `ref_time`.
+    """
+    ref_time = pd.Timestamp(ref_time)
+    ev = events.loc[(events[S.TS] < ref_time) & events[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES)
+                    & events[S.ITEM_ID].notna(), [S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.TS]]
+    items = IdIndex(np.concatenate([catalog[S.ITEM_ID].to_numpy(dtype=object),
+                                    ev[S.ITEM_ID].to_numpy(dtype=object)]))
+    users = IdIndex(ev[S.USER_ID].to_numpy(dtype=object))
+    shape = (len(users), len(items))
+    u = users.index_of(ev[S.USER_ID].to_numpy(dtype=object))
+    i = items.index_of(ev[S.ITEM_ID].to_numpy(dtype=object))
+    etype = ev[S.EVENT_TYPE].to_numpy(dtype=object)
+    age_days = ((ref_time - ev[S.TS]).dt.total_seconds().to_numpy() / DAY_SECONDS)
+    decay = np.power(0.5, age_days / params.half_life_days)
+    type_w = np.select([etype == S.VIEW, etype == S.ADD_TO_CART, etype == S.PURCHASE],
+                       [params.view_weight, params.add_to_cart_weight, params.purchase_weight], 0.0)
+
+    weighted = _matrix(u, i, type_w * decay, shape)
+    views = _matrix(u, i, etype == S.VIEW, shape)
+    carts = _matrix(u, i, etype == S.ADD_TO_CART, shape)
+    purchases = _matrix(u, i, etype == S.PURCHASE, shape)
+    # last touch: max over events of (large - age) stored, then converted back
+    recency = _max_duplicates(u, i, 1e6 - age_days, shape)
+    recency.data = (1e6 - recency.data + 1.0).astype(np.float32)
+
+    cat = catalog.set_index(S.ITEM_ID).reindex(items.ids)
+    categories = IdIndex(cat[S.CATEGORY].fillna("unknown").astype(str).to_numpy(dtype=object))
+    item_category = categories.index_of(cat[S.CATEGORY].fillna("unknown").astype(str).to_numpy(dtype=object))
+    item_price = np.array(cat[S.PRICE], dtype=float) if S.PRICE in cat else np.full(len(items), np.nan)
+    if S.CREATED_AT in cat:
+        created = pd.to_datetime(cat[S.CREATED_AT], utc=True)
+        item_age = ((ref_time - created).dt.total_seconds() / DAY_SECONDS).to_numpy(dtype=float)
+    else:
+        item_age = np.full(len(items), np.nan)
+    # items without a catalog date: the age of their first event
+    item_age = np.array(item_age, dtype=float)
+    first_seen = pd.Series(age_days).groupby(i).max()
+    seen_idx, seen_age = first_seen.index.to_numpy(), first_seen.to_numpy()
+    fill = np.isnan(item_age[seen_idx])
+    item_age[seen_idx[fill]] = seen_age[fill]
+
+    def windowed(mask) -> np.ndarray:
+        return np.bincount(i[mask], weights=type_w[mask], minlength=len(items)).astype(np.float32)
+
+    item_pop_7d = windowed(age_days < 7)
+    item_pop_28d = windowed(age_days < 28)
+    item_buys_28d = np.bincount(i[(age_days < 28) & (etype == S.PURCHASE)], minlength=len(items)).astype(np.float32)
+
+    onehot = sp.csr_matrix((np.ones(len(items), dtype=np.float32), (np.arange(len(items)), item_category)),
+                           shape=(len(items), len(categories)))
+    user_cat = (weighted @ onehot).tocsr()
+    totals = np.asarray(user_cat.sum(axis=1)).ravel()
+    user_cat_share = sp.diags(1.0 / np.maximum(totals, 1e-9)).dot(user_cat).tocsr().astype(np.float32)
+
+    log_price = np.log1p(np.nan_to_num(item_price, nan=0.0))
+    w_sum = np.asarray(weighted.sum(axis=1)).ravel()
+    user_mean_log_price = (weighted @ log_price) / np.maximum(w_sum, 1e-9)
+    user_days_since_last = np.full(len(users), np.inf)
+    np.minimum.at(user_days_since_last, u, age_days)
+
+    return InteractionData(
+        users=users, items=items, ref_time=ref_time, weighted=weighted, views=views, carts=carts,
+        purchases=purchases, last_seen=recency, item_category=item_category.astype(np.int64),
+        categories=categories.ids, item_price=np.nan_to_num(item_price, nan=0.0),
+        item_age_days=np.nan_to_num(item_age, nan=0.0), item_pop_7d=item_pop_7d,
+        item_pop_28d=item_pop_28d, item_buys_28d=item_buys_28d, user_cat_share=user_cat_share,
+        user_mean_log_price=user_mean_log_price, user_days_since_last=user_days_since_last,
+        item_titles=cat[S.TITLE].fillna("").astype(str).to_numpy(dtype=object) if S.TITLE in cat
+        else np.full(len(items), "", dtype=object),
+    )
+
+
+def _max_duplicates(rows, cols, values, shape) -> sp.csr_matrix:
+    """CSR where duplicate (row, col) entries keep their maximum instead of their sum."""
+    frame = pd.DataFrame({"r": rows, "c": cols, "v": values}).groupby(["r", "c"], sort=True)["v"].max()
+    r = frame.index.get_level_values(0).to_numpy()
+    c = frame.index.get_level_values(1).to_numpy()
+    return sp.csr_matrix((frame.to_numpy(dtype=np.float64), (r, c)), shape=shape)

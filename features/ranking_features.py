@@ -1,0 +1,73 @@
+"""Ranker features for (user, item) pairs, computed only from an `InteractionData` state.
+
+One vectorised function serves training (millions of pairs) and a single request
+(a few hundred pairs), so training and serving cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features import schema as S
+from features.interactions import IdIndex, InteractionData, csr_lookup
+
+PAIR_FEATURES = (
+    "u_log_events", "u_days_since_last", "u_n_items",
+    "i_pop_7d", "i_pop_28d", "i_buys_28d", "i_trend", "i_price", "i_age_days",
+    "ui_views", "ui_carts", "ui_purchases", "ui_weight", "ui_days_since",
+    "u_cat_share", "price_vs_user",
+)
+# the graded relevance of a pair in a label window
+LABEL_OF_EVENT = {S.VIEW: 1, S.ADD_TO_CART: 2, S.PURCHASE: 3}
+
+
+def pair_features(data: InteractionData, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Feature matrix [n_pairs, len(PAIR_FEATURES)]; `users` may hold -1 for unknown users."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    n = len(users)
+    known = users >= 0
+    uk, ik = users[known], items[known]
+    out = np.zeros((n, len(PAIR_FEATURES)), dtype=np.float32)
+
+    def put(col: str, values_known: np.ndarray, default: float = 0.0) -> None:
+        j = PAIR_FEATURES.index(col)
+        out[:, j] = default
+        out[known, j] = values_known
+
+    row_nnz = np.diff(data.weighted.indptr)
+    put("u_log_events", np.log1p(np.asarray(data.weighted[uk].sum(axis=1)).ravel()) if len(uk) else [])
+    put("u_days_since_last", data.user_days_since_last[uk], default=999.0)
+    put("u_n_items", row_nnz[uk])
+    pop7, pop28 = data.item_pop_7d[items], data.item_pop_28d[items]
+    out[:, PAIR_FEATURES.index("i_pop_7d")] = np.log1p(pop7)
+    out[:, PAIR_FEATURES.index("i_pop_28d")] = np.log1p(pop28)
+    out[:, PAIR_FEATURES.index("i_buys_28d")] = data.item_buys_28d[items]
+    out[:, PAIR_FEATURES.index("i_trend")] = (pop7 + 1.0) / (pop28 / 4.0 + 1.0)
+    out[:, PAIR_FEATURES.index("i_price")] = data.item_price[items]
+    out[:, PAIR_FEATURES.index("i_age_days")] = data.item_age_days[items]
+    put("ui_views", csr_lookup(data.views, uk, ik))
+    put("ui_carts", csr_lookup(data.carts, uk, ik))
+    put("ui_purchases", csr_lookup(data.purchases, uk, ik))
+    put("ui_weight", csr_lookup(data.weighted, uk, ik))
+    last = csr_lookup(data.last_seen, uk, ik)
+    put("ui_days_since", np.where(last > 0, last - 1.0, 999.0), default=999.0)
+    put("u_cat_share", csr_lookup(data.user_cat_share, uk, data.item_category[ik]))
+    log_price = np.log1p(data.item_price[ik])
+    put("price_vs_user", log_price - data.user_mean_log_price[uk])
+    return out
+
+
+def pair_labels(label_events: pd.DataFrame, users: IdIndex, items: IdIndex,
+                pair_users: np.ndarray, pair_items: np.ndarray) -> np.ndarray:
+    """Graded label of each pair: the strongest event in the label window (0 = none)."""
+    ev = label_events.loc[label_events[S.EVENT_TYPE].isin(LABEL_OF_EVENT) & label_events[S.ITEM_ID].notna()]
+    u = users.index_of(ev[S.USER_ID].to_numpy(dtype=object))
+    i = items.index_of(ev[S.ITEM_ID].to_numpy(dtype=object))
+    grade = ev[S.EVENT_TYPE].map(LABEL_OF_EVENT).to_numpy(dtype=np.int64)
+    ok = (u >= 0) & (i >= 0)
+    key = u[ok] * len(items) + i[ok]
+    best = pd.Series(grade[ok]).groupby(key).max()
+    pair_key = np.asarray(pair_users, dtype=np.int64) * len(items) + np.asarray(pair_items, dtype=np.int64)
+    return best.reindex(pair_key).fillna(0).to_numpy(dtype=np.int64)

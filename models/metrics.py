@@ -1,0 +1,72 @@
+"""Ranking metrics from a hit matrix. Each returns one value per user; average for a total."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+
+def hit_matrix(recommended: Sequence[Sequence[Hashable]], relevant: Sequence[set], k: int) -> np.ndarray:
+    """hits[u, j] is True when the j-th recommendation of user u is relevant (first k only)."""
+    hits = np.zeros((len(recommended), k), dtype=bool)
+    for u, (recs, rel) in enumerate(zip(recommended, relevant)):
+        for j, item in enumerate(list(recs)[:k]):
+            hits[u, j] = item in rel
+    return hits
+
+
+def _discounts(k: int) -> np.ndarray:
+    return 1.0 / np.log2(np.arange(2, k + 2))
+
+
+def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Binary-relevance NDCG@k, k = hits.shape[1]; users with no relevant item get 0."""
+    k = hits.shape[1]
+    disc = _discounts(k)
+    dcg = (hits * disc).sum(axis=1)
+    ideal_n = np.minimum(n_relevant, k)
+    idcg = np.cumsum(disc)[np.maximum(ideal_n, 1) - 1]
+    return np.where(ideal_n > 0, dcg / idcg, 0.0)
+
+
+def map_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Average precision@k normalised by min(k, |relevant|)."""
+    k = hits.shape[1]
+    precision_at = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    denom = np.minimum(n_relevant, k)
+    return np.where(denom > 0, (precision_at * hits).sum(axis=1) / np.maximum(denom, 1), 0.0)
+
+
+def recall_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    return np.where(n_relevant > 0, hits.sum(axis=1) / np.maximum(n_relevant, 1), 0.0)
+
+
+def hitrate_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    return hits.any(axis=1).astype(float)
+
+
+def mrr_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    first = np.argmax(hits, axis=1)
+    return np.where(hits.any(axis=1), 1.0 / (first + 1), 0.0)
+
+
+METRICS = {"ndcg": ndcg_at_k, "map": map_at_k, "recall": recall_at_k, "hitrate": hitrate_at_k, "mrr": mrr_at_k}
+
+
+def per_user_metrics(recommended: Sequence[Sequence[Hashable]], relevant: Sequence[set],
+                     k: int) -> dict[str, np.ndarray]:
+    """{"ndcg_at_10": array per user, ...} for every metric in METRICS."""
+    hits = hit_matrix(recommended, relevant, k)
+    n_rel = np.array([len(r) for r in relevant], dtype=np.int64)
+    return {f"{name}_at_{k}": fn(hits, n_rel) for name, fn in METRICS.items()}
+
+
+def catalog_coverage(recommended: Sequence[Sequence[Hashable]], n_items: int) -> float:
+    """Share of the catalog that appears in at least one list."""
+    seen = {item for recs in recommended for item in recs}
+    return len(seen) / max(n_items, 1)
+
+
+def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: float(np.mean(values)) if len(values) else 0.0 for name, values in per_user.items()}

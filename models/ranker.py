@@ -1,0 +1,74 @@
+"""LightGBM LambdaRank on candidate pairs. Returns the booster and its evaluation history;
+logging is the caller's job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+
+# LightGBM refuses query groups larger than this
+MAX_GROUP_SIZE = 10_000
+DEFAULT_LABEL_GAIN = (0.0, 1.0, 3.0, 7.0)
+
+
+@dataclass(frozen=True)
+class RankerParams:
+    n_estimators: int = 300
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 20
+    colsample_bytree: float = 0.9
+    early_stopping_rounds: int = 30
+    eval_at: int = 10
+    validation_share: float = 0.2
+    label_gain: tuple[float, ...] = DEFAULT_LABEL_GAIN
+    seed: int = 42
+    num_threads: int = 0
+
+
+@dataclass
+class RankerResult:
+    booster: lgb.Booster
+    best_iteration: int
+    history: dict[str, list[float]] = field(default_factory=dict)  # e.g. {"valid.ndcg_at_10": [...]}
+
+
+def check_groups(labels: np.ndarray, groups: np.ndarray, label_gain: tuple[float, ...]) -> None:
+    """Clear errors for what LightGBM would otherwise reject deep inside C++."""
+    if len(groups) and groups.max() > MAX_GROUP_SIZE:
+        worst = int(np.argmax(groups))
+        raise ValueError(f"query group {worst} has {int(groups.max())} candidates; LightGBM allows at most "
+                         f"{MAX_GROUP_SIZE}. Lower the candidate budget per user.")
+    if groups.sum() != len(labels):
+        raise ValueError(f"group sizes sum to {int(groups.sum())} but there are {len(labels)} rows")
+    if len(labels) and (labels.max() >= len(label_gain) or labels.min() < 0):
+        raise ValueError(f"labels must lie in [0, {len(label_gain) - 1}] for label_gain {label_gain}; "
+                         f"got [{labels.min()}, {labels.max()}]")
+
+
+def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                 groups_val: np.ndarray, feature_names: list[str], params: RankerParams) -> RankerResult:
+    """Fit an `LGBMRanker` with early stopping on the validation groups."""
+    check_groups(y, groups, params.label_gain)
+    check_groups(y_val, groups_val, params.label_gain)
+    model = lgb.LGBMRanker(
+        objective="lambdarank", n_estimators=params.n_estimators, learning_rate=params.learning_rate,
+        num_leaves=params.num_leaves, min_child_samples=params.min_child_samples,
+        colsample_bytree=params.colsample_bytree, label_gain=list(params.label_gain),
+        random_state=params.seed, n_jobs=params.num_threads or None, verbose=-1,
+        lambdarank_truncation_level=max(params.eval_at * 2, 20))
+    evals: dict = {}
+    has_val = len(groups_val) > 0
+    model.fit(
+        x, y, group=groups, feature_name=list(feature_names),
+        eval_X=(x_val,) if has_val else None, eval_y=(y_val,) if has_val else None,
+        eval_group=[groups_val] if has_val else None,
+        eval_names=["valid"] if has_val else None, eval_at=[params.eval_at],
+        callbacks=([lgb.early_stopping(params.early_stopping_rounds, verbose=False)] if has_val else [])
+        + [lgb.record_evaluation(evals)])
+    history = {f"{split}.{name.replace('@', '_at_')}": list(values)
+               for split, metrics in evals.items() for name, values in metrics.items()}
+    best = model.best_iteration_ or params.n_estimators
+    return RankerResult(booster=model.booster_, best_iteration=int(best), history=history)

@@ -1,0 +1,200 @@
+"""Candidate sources (recall). One contract: fit on an `InteractionData`, then return up to
+`n` candidates per user index as flat arrays (user, item, score, rank), rank starting at 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from features.interactions import InteractionData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    users: np.ndarray  # int64 user index (-1 = unknown user)
+    items: np.ndarray  # int64 item index
+    scores: np.ndarray  # float32, higher is better
+    ranks: np.ndarray  # int32, 1 = best
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @staticmethod
+    def from_topk(users: np.ndarray, items2d: np.ndarray, scores2d: np.ndarray) -> "Candidates":
+        """From per-user top-k arrays [n_users, k]; entries with item < 0 are dropped."""
+        k = items2d.shape[1] if items2d.ndim == 2 else 0
+        u = np.repeat(np.asarray(users, dtype=np.int64), k)
+        it = items2d.reshape(-1).astype(np.int64)
+        sc = scores2d.reshape(-1).astype(np.float32)
+        rk = np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))
+        keep = (it >= 0) & np.isfinite(sc)
+        return Candidates(u[keep], it[keep], sc[keep], rk[keep])
+
+
+class CandidateSource(Protocol):
+    name: str
+
+    def fit(self, data: InteractionData) -> "CandidateSource": ...
+
+    def candidates(self, users: np.ndarray, n: int) -> Candidates: ...
+
+
+def _topk_rows(matrix: sp.csr_matrix, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n columns by value of each requested CSR row, padded with -1 / -inf."""
+    items = np.full((len(rows), n), -1, dtype=np.int64)
+    scores = np.full((len(rows), n), -np.inf, dtype=np.float32)
+    for r, row in enumerate(rows):
+        if row < 0:
+            continue
+        lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+        if hi == lo:
+            continue
+        vals = matrix.data[lo:hi]
+        top = np.argsort(-vals, kind="stable")[:n]
+        items[r, :len(top)] = matrix.indices[lo:hi][top]
+        scores[r, :len(top)] = vals[top]
+    return items, scores
+
+
+@dataclass(frozen=True)
+class ALSParams:
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 2.0
+    iterations: int = 15
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    use_cg: bool = True
+    random_state: int = 42
+    num_threads: int = 0  # 0 = all cores
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> gpu when implicit was built with CUDA and it loads, else cpu."""
+    import implicit.gpu
+
+    if device == "cpu":
+        return "cpu"
+    has_cuda = bool(getattr(implicit.gpu, "HAS_CUDA", False))
+    if device == "gpu" and not has_cuda:
+        raise RuntimeError(
+            "ALS device 'gpu' was requested but implicit's CUDA extension is not available "
+            "(implicit.gpu.HAS_CUDA is False). It needs an NVIDIA GPU and libcublas/libcurand/rmm "
+            "at run time; see README 'GPU'. Use --device cpu or auto.")
+    return "gpu" if has_cuda else "cpu"
+
+
+class ALSSource:
+    """implicit's AlternatingLeastSquares on the confidence-weighted user x item matrix."""
+
+    name: ClassVar[str] = "als"
+
+    def __init__(self, params: ALSParams = ALSParams()):
+        self.params = params
+        self.model = None
+        self.device = "cpu"
+        self._user_items: sp.csr_matrix | None = None
+
+    def fit(self, data: InteractionData) -> "ALSSource":
+        from implicit.als import AlternatingLeastSquares
+
+        p = self.params
+        self.device = resolve_device(p.device)
+        # implicit parallelises itself; a second BLAS thread pool underneath only contends
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=p.factors, regularization=p.regularization, alpha=p.alpha,
+                iterations=p.iterations, use_gpu=self.device == "gpu", use_cg=p.use_cg,
+                random_state=p.random_state, calculate_training_loss=False,
+                **({} if self.device == "gpu" else {"num_threads": p.num_threads}))
+            model.fit(data.weighted, show_progress=False)
+        self.model = model.to_cpu() if self.device == "gpu" else model
+        self._user_items = data.weighted
+        return self
+
+    def candidates(self, users: np.ndarray, n: int) -> Candidates:
+        users = np.asarray(users, dtype=np.int64)
+        known = users[users >= 0]
+        if len(known) == 0 or n <= 0:
+            return Candidates.from_topk(np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros((0, 0)))
+        n = min(n, self.model.item_factors.shape[0])
+        ids, scores = self.model.recommend(known, self._user_items[known], N=n,
+                                           filter_already_liked_items=False)
+        return Candidates.from_topk(known, ids, scores)
+
+    def recommend_vector(self, user_vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.model.item_factors @ user_vector
+        top = np.argpartition(-scores, min(n, len(scores) - 1))[:n]
+        top = top[np.argsort(-scores[top])]
+        return top, scores[top]
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save(str(directory / "als.npz"))
+
+    @classmethod
+    def load(cls, directory: Path, data: InteractionData, params: ALSParams = ALSParams()) -> "ALSSource":
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        src = cls(params)
+        src.model = AlternatingLeastSquares.load(str(directory / "als.npz"))
+        src._user_items = data.weighted
+        return src
+
+
+@dataclass(frozen=True)
+class PopularityParams:
+    window_days: int = 7
+
+
+class PopularitySource:
+    """Most popular items in the recent window (confidence-weighted); same list for everyone."""
+
+    name: ClassVar[str] = "popular"
+
+    def __init__(self, params: PopularityParams = PopularityParams()):
+        self.params = params
+        self.ranking: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.scores: np.ndarray = np.zeros(0, dtype=np.float32)
+
+    def fit(self, data: InteractionData) -> "PopularitySource":
+        pop = data.item_pop_7d if self.params.window_days <= 7 else data.item_pop_28d
+        # ties (and empty windows) broken by longer-term popularity
+        key = pop.astype(np.float64) + 1e-6 * data.item_pop_28d
+        order = np.argsort(-key, kind="stable")
+        order = order[key[order] > 0]
+        self.ranking, self.scores = order.astype(np.int64), key[order].astype(np.float32)
+        return self
+
+    def candidates(self, users: np.ndarray, n: int) -> Candidates:
+        users = np.asarray(users, dtype=np.int64)
+        k = min(n, len(self.ranking))
+        items = np.broadcast_to(self.ranking[:k], (len(users), k))
+        scores = np.broadcast_to(self.scores[:k], (len(users), k))
+        return Candidates.from_topk(users, np.ascontiguousarray(items), np.ascontiguousarray(scores))
+
+
+class RepeatSource:
+    """The user's own history, most confident (recent, bought, carted) first."""
+
+    name: ClassVar[str] = "repeat"
+
+    def __init__(self) -> None:
+        self._weighted: sp.csr_matrix | None = None
+
+    def fit(self, data: InteractionData) -> "RepeatSource":
+        self._weighted = data.weighted
+        return self
+
+    def candidates(self, users: np.ndarray, n: int) -> Candidates:
+        users = np.asarray(users, dtype=np.int64)
+        items, scores = _topk_rows(self._weighted, users, n)
+        return Candidates.from_topk(users, items, scores)

@@ -1,0 +1,276 @@
+"""The two-stage recommender: recall sources -> merged candidates -> LightGBM ranker."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from features import schema as S
+from features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data
+from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
+from models.ranker import RankerParams, RankerResult, train_ranker
+from models.recall import (ALSParams, ALSSource, Candidates, PopularityParams, PopularitySource,
+                           RepeatSource)
+
+SOURCE_NAMES = ("als", "popular", "repeat")
+STRATEGY_MODEL = "model"
+STRATEGY_POPULAR = "popular"
+
+
+@dataclass(frozen=True)
+class RecallParams:
+    """Candidate budget per source."""
+
+    als: int = 100
+    popular: int = 50
+    repeat: int = 50
+
+    def budget(self, name: str) -> int:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class TwoStageParams:
+    interactions: InteractionParams = field(default_factory=InteractionParams)
+    als: ALSParams = field(default_factory=ALSParams)
+    popularity: PopularityParams = field(default_factory=PopularityParams)
+    recall: RecallParams = field(default_factory=RecallParams)
+    ranker: RankerParams = field(default_factory=RankerParams)
+    max_train_users: int = 20_000
+
+
+def source_feature_names() -> list[str]:
+    return [f"src_{name}_{kind}" for name in SOURCE_NAMES for kind in ("score", "rank")] + ["src_count"]
+
+
+FEATURE_NAMES = source_feature_names() + list(PAIR_FEATURES)
+
+
+@dataclass(frozen=True)
+class CandidateTable:
+    """Union of all sources' candidates, sorted by (user, item), with per-source features."""
+
+    users: np.ndarray
+    items: np.ndarray
+    source_features: np.ndarray  # [n, len(source_feature_names())], NaN where a source did not propose
+
+
+def merge_candidates(per_source: dict[str, Candidates], n_items: int) -> CandidateTable:
+    """Union of candidates; each source's score and rank kept as features (NaN when absent)."""
+    parts = [(name, c) for name, c in per_source.items() if len(c)]
+    if not parts:
+        return CandidateTable(np.zeros(0, np.int64), np.zeros(0, np.int64),
+                              np.zeros((0, len(source_feature_names())), np.float32))
+    # shift users by one so the unknown user (-1) still gets a non-negative key
+    keys = np.concatenate([(c.users + 1) * n_items + c.items for _, c in parts])
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    feats = np.full((len(uniq), len(source_feature_names())), np.nan, dtype=np.float32)
+    offset = 0
+    for name, c in parts:
+        j = 2 * SOURCE_NAMES.index(name)
+        idx = inverse[offset:offset + len(c)]
+        feats[idx, j] = c.scores
+        feats[idx, j + 1] = c.ranks
+        offset += len(c)
+    feats[:, -1] = (~np.isnan(feats[:, 1:-1:2])).sum(axis=1)
+    return CandidateTable(uniq // n_items - 1, uniq % n_items, feats)
+
+
+def fit_sources(data: InteractionData, params: TwoStageParams) -> dict[str, object]:
+    return {
+        "als": ALSSource(params.als).fit(data),
+        "popular": PopularitySource(params.popularity).fit(data),
+        "repeat": RepeatSource().fit(data),
+    }
+
+
+def top_k_by_group(users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int,
+                   user_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[len(user_order), k] item and score arrays (-1 / -inf padded) from a flat scored table."""
+    out_items = np.full((len(user_order), k), -1, dtype=np.int64)
+    out_scores = np.full((len(user_order), k), -np.inf, dtype=np.float32)
+    if len(users) == 0:
+        return out_items, out_scores
+    order = np.lexsort((-scores, users))
+    u_sorted = users[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(u_sorted)) + 1]
+    pos = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    keep = pos < k
+    row_of_user = pd.Index(user_order).get_indexer(u_sorted[keep])
+    ok = row_of_user >= 0
+    out_items[row_of_user[ok], pos[keep][ok]] = items[order][keep][ok]
+    out_scores[row_of_user[ok], pos[keep][ok]] = scores[order][keep][ok]
+    return out_items, out_scores
+
+
+@dataclass
+class RankingSet:
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    users: np.ndarray
+
+
+class TwoStageRecommender:
+    """Everything needed to answer `recommend` for a user: feature state, sources, ranker."""
+
+    def __init__(self, data: InteractionData, sources: dict[str, object], params: TwoStageParams,
+                 booster: lgb.Booster | None = None, best_iteration: int | None = None):
+        self.data = data
+        self.sources = sources
+        self.params = params
+        self.booster = booster
+        self.best_iteration = best_iteration
+
+    # ---- candidates and features -----------------------------------------------------
+    def candidate_table(self, users: np.ndarray) -> CandidateTable:
+        users = np.asarray(users, dtype=np.int64)
+        per_source = {name: src.candidates(users, self.params.recall.budget(name))
+                      for name, src in self.sources.items()}
+        return merge_candidates(per_source, self.data.n_items)
+
+    def features(self, table: CandidateTable) -> np.ndarray:
+        return np.hstack([table.source_features, pair_features(self.data, table.users, table.items)])
+
+    def score(self, table: CandidateTable) -> np.ndarray:
+        if self.booster is None:
+            raise RuntimeError("the ranker is not trained")
+        if len(table.users) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.booster.predict(self.features(table), num_iteration=self.best_iteration,
+                                    num_threads=self.params.ranker.num_threads or 0)
+
+    # ---- training ------------------------------------------------------------------
+    def ranking_set(self, label_events: pd.DataFrame, users: np.ndarray) -> RankingSet:
+        """Candidates of `users` labelled from `label_events`; groups without a positive dropped."""
+        table = self.candidate_table(users)
+        y = pair_labels(label_events, self.data.users, self.data.items, table.users, table.items)
+        group_has_pos = pd.Series(y > 0).groupby(table.users).transform("any").to_numpy()
+        keep = group_has_pos
+        x = self.features(table)[keep]
+        u = table.users[keep]
+        _, groups = np.unique(u, return_counts=True)
+        return RankingSet(x=x, y=y[keep], groups=groups, users=np.unique(u))
+
+    def fit_ranker(self, label_events: pd.DataFrame, seed: int = 42) -> RankerResult:
+        """Train the ranker on users active in `label_events` (known before the cutoff)."""
+        p = self.params
+        label_users = self.data.users.index_of(
+            label_events.loc[label_events[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES), S.USER_ID].unique())
+        label_users = np.unique(label_users[label_users >= 0])
+        rng = np.random.default_rng(seed)
+        if len(label_users) > p.max_train_users:
+            label_users = np.sort(rng.choice(label_users, p.max_train_users, replace=False))
+        is_val = rng.random(len(label_users)) < p.ranker.validation_share
+        train = self.ranking_set(label_events, label_users[~is_val])
+        val = self.ranking_set(label_events, label_users[is_val])
+        if len(train.groups) == 0:
+            raise ValueError("no training user has a positive label among their candidates; "
+                             "the label window is empty or recall finds nothing")
+        result = train_ranker(train.x, train.y, train.groups, val.x, val.y, val.groups,
+                              FEATURE_NAMES, p.ranker)
+        self.booster, self.best_iteration = result.booster, result.best_iteration
+        return result
+
+    # ---- inference -----------------------------------------------------------------
+    def recommend(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores per user index (-1 = unknown user)."""
+        users = np.asarray(users, dtype=np.int64)
+        items = np.full((len(users), k), -1, dtype=np.int64)
+        scores = np.full((len(users), k), -np.inf, dtype=np.float32)
+        known = np.flatnonzero(users >= 0)
+        if len(known):
+            uk = np.unique(users[known])
+            table = self.candidate_table(uk)
+            it, sc = top_k_by_group(table.users, table.items, self.score(table), k, uk)
+            row = np.searchsorted(uk, users[known])
+            items[known], scores[known] = it[row], sc[row]
+        unknown = np.flatnonzero(users < 0)
+        if len(unknown):
+            it, sc = self.cold_start(k)
+            items[unknown], scores[unknown] = it, sc
+        return items, scores
+
+    def cold_start(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ranked list for a user with no history (popular candidates through the ranker)."""
+        table = self.candidate_table(np.array([-1]))
+        it, sc = top_k_by_group(table.users, table.items, self.score(table), k, np.array([-1]))
+        return it[0], sc[0]
+
+    def recommend_ids(self, user_ids, k: int) -> list[dict]:
+        """[{"user_id", "items": [...], "scores": [...], "strategy"}] for external ids."""
+        idx = self.data.users.index_of(list(user_ids))
+        items, scores = self.recommend(idx, k)
+        out = []
+        for uid, u, its, scs in zip(user_ids, idx, items, scores):
+            ok = its >= 0
+            out.append({"user_id": str(uid), "items": self.data.items.ids[its[ok]].tolist(),
+                        "scores": [float(s) for s in scs[ok]],
+                        "strategy": STRATEGY_MODEL if u >= 0 else STRATEGY_POPULAR})
+        return out
+
+    def source_top_k(self, name: str, users: np.ndarray, k: int) -> np.ndarray:
+        """A single source's own top-k as [n_users, k] item indices (a baseline).
+
+        Personal sources know nothing of unknown users; those get the popularity list.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        uniq = np.unique(users)
+        c = self.sources[name].candidates(uniq, k)
+        items, _ = top_k_by_group(c.users, c.items, c.scores, k, uniq)
+        items = items[np.searchsorted(uniq, users)]
+        cold = users < 0
+        if name != "popular" and cold.any():
+            items[cold] = self.source_top_k("popular", np.array([-1]), k)[0]
+        return items
+
+    # ---- persistence -----------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        self.data.save(directory / "state")
+        self.sources["als"].save(directory / "als")
+        self.booster.save_model(str(directory / "ranker.txt"), num_iteration=self.best_iteration)
+        meta = {"params": asdict(self.params), "best_iteration": self.best_iteration,
+                "feature_names": FEATURE_NAMES, "ref_time": self.data.ref_time.isoformat()}
+        (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+
+    @classmethod
+    def load(cls, directory: Path) -> "TwoStageRecommender":
+        directory = Path(directory)
+        meta = json.loads((directory / "meta.json").read_text())
+        params = params_from_dict(meta["params"])
+        data = InteractionData.load(directory / "state")
+        sources = {"als": ALSSource.load(directory / "als", data, params.als),
+                   "popular": PopularitySource(params.popularity).fit(data),
+                   "repeat": RepeatSource().fit(data)}
+        booster = lgb.Booster(model_file=str(directory / "ranker.txt"))
+        return cls(data, sources, params, booster, None)
+
+
+def params_from_dict(d: dict) -> TwoStageParams:
+    ranker = dict(d["ranker"])
+    ranker["label_gain"] = tuple(ranker["label_gain"])
+    return TwoStageParams(interactions=InteractionParams(**d["interactions"]), als=ALSParams(**d["als"]),
+                          popularity=PopularityParams(**d["popularity"]), recall=RecallParams(**d["recall"]),
+                          ranker=RankerParams(**ranker), max_train_users=d["max_train_users"])
+
+
+def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.Timestamp,
+                    label_end: pd.Timestamp, params: TwoStageParams) -> tuple[TwoStageRecommender, RankerResult]:
+    """Ranker learnt at `train_end` (labels from [train_end, label_end)); recall refit at `label_end`."""
+    data_train = build_interaction_data(events, catalog, train_end, params.interactions)
+    learner = TwoStageRecommender(data_train, fit_sources(data_train, params), params)
+    label_events = events.loc[(events[S.TS] >= train_end) & (events[S.TS] < label_end)]
+    result = learner.fit_ranker(label_events, seed=params.ranker.seed)
+    data_final = build_interaction_data(events, catalog, label_end, params.interactions)
+    final = TwoStageRecommender(data_final, fit_sources(data_final, params), params,
+                                result.booster, result.best_iteration)
+    return final, result
+
+
+__all__ = ["TwoStageRecommender", "TwoStageParams", "RecallParams", "train_two_stage", "IdIndex"]
