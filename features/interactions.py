@@ -39,9 +39,16 @@ class IdIndex:
     def __init__(self, ids):
         self.ids = np.asarray(pd.Index(pd.unique(np.asarray(ids, dtype=object))).astype(str), dtype=object)
         self._index = pd.Index(self.ids)
+        self._positions: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def position(self, value: str) -> int:
+        """Index of one id (-1 if unknown) without pandas, for the per-request path."""
+        if self._positions is None:
+            self._positions = {v: i for i, v in enumerate(self.ids)}
+        return self._positions.get(value, -1)
 
     def index_of(self, values) -> np.ndarray:
         """Indices of `values`; -1 for ids not in the map."""

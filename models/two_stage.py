@@ -91,7 +91,9 @@ def fit_sources(data: InteractionData, params: TwoStageParams) -> dict[str, obje
 
 def top_k_by_group(users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int,
                    user_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[len(user_order), k] item and score arrays (-1 / -inf padded) from a flat scored table."""
+    """[len(user_order), k] item and score arrays (-1 / -inf padded) from a flat scored table.
+
+    `user_order` must be sorted and unique (as from np.unique)."""
     out_items = np.full((len(user_order), k), -1, dtype=np.int64)
     out_scores = np.full((len(user_order), k), -np.inf, dtype=np.float32)
     if len(users) == 0:
@@ -101,8 +103,9 @@ def top_k_by_group(users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: 
     starts = np.r_[0, np.flatnonzero(np.diff(u_sorted)) + 1]
     pos = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
     keep = pos < k
-    row_of_user = pd.Index(user_order).get_indexer(u_sorted[keep])
-    ok = row_of_user >= 0
+    sel = u_sorted[keep]
+    row_of_user = np.minimum(np.searchsorted(user_order, sel), max(len(user_order) - 1, 0))
+    ok = user_order[row_of_user] == sel
     out_items[row_of_user[ok], pos[keep][ok]] = items[order][keep][ok]
     out_scores[row_of_user[ok], pos[keep][ok]] = scores[order][keep][ok]
     return out_items, out_scores
@@ -197,14 +200,21 @@ class TwoStageRecommender:
         return items, scores
 
     def cold_start(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Ranked list for a user with no history (popular candidates through the ranker)."""
-        table = self.candidate_table(np.array([-1]))
-        it, sc = top_k_by_group(table.users, table.items, self.score(table), k, np.array([-1]))
-        return it[0], sc[0]
+        """A user with no history gets the recent popularity ranking."""
+        pop = self.sources["popular"]
+        items = np.full(k, -1, dtype=np.int64)
+        scores = np.full(k, -np.inf, dtype=np.float32)
+        n = min(k, len(pop.ranking))
+        items[:n], scores[:n] = pop.ranking[:n], pop.scores[:n]
+        return items, scores
 
     def recommend_ids(self, user_ids, k: int) -> list[dict]:
         """[{"user_id", "items": [...], "scores": [...], "strategy"}] for external ids."""
-        idx = self.data.users.index_of(list(user_ids))
+        user_ids = list(user_ids)
+        if len(user_ids) == 1:
+            idx = np.array([self.data.users.position(str(user_ids[0]))])
+        else:
+            idx = self.data.users.index_of(user_ids)
         items, scores = self.recommend(idx, k)
         out = []
         for uid, u, its, scs in zip(user_ids, idx, items, scores):

@@ -1,0 +1,158 @@
+"""`recsys`: generate data, train (a Prefect flow run), serve, and operate the registry aliases."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    help="Two-stage e-commerce recommender: implicit ALS recall + LightGBM LambdaRank, run by Prefect, "
+         "tracked in MLflow, served over HTTP. State lives in $RECSYS_HOME (default ./.recsys).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _env() -> None:
+    from tasks.paths import prepare_environment
+
+    prepare_environment()
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def generate(
+    users: int = typer.Option(3000, min=1, help="number of shoppers"),
+    items: int = typer.Option(1500, min=1, help="catalog size"),
+    days: int = typer.Option(56, min=1, help="days of events (at least label+test+1 days to train on)"),
+    seed: int = typer.Option(42, help="random seed: same seed, same data"),
+    start: str = typer.Option("2026-01-05", help="first day (UTC), YYYY-MM-DD"),
+    sessions_per_user_day: float = typer.Option(0.12, min=0.001, help="activity level (events scale with it)"),
+    out: Optional[Path] = typer.Option(None, help="data directory; default $RECSYS_HOME/data"),
+) -> None:
+    """Generate the synthetic e-commerce data set (events partitioned by day + catalog)."""
+    _env()
+    from features.synthetic import SyntheticParams
+    from tasks.data import write_synthetic_dataset
+    from tasks.paths import data_dir
+
+    target = out or data_dir()
+    params = SyntheticParams(n_users=users, n_items=items, n_days=days, seed=seed, start=start,
+                             sessions_per_user_day=sessions_per_user_day)
+    t0 = time.time()
+    step = max(1, days // 10)
+
+    def progress(done: int, total: int, n_events: int) -> None:
+        if done % step == 0 or done == total:
+            typer.echo(f"  day {done}/{total}: {n_events:,} events", err=True)
+
+    summary = write_synthetic_dataset(target, params, progress)
+    typer.echo(f"generated {summary['events']:,} events, {users:,} users, {items:,} items over {days} days "
+               f"into {target} in {time.time() - t0:.1f}s")
+
+
+@app.command()
+def train(
+    data_dir: Optional[Path] = typer.Option(None, help="event store; default $RECSYS_HOME/data"),
+    cutoff: Optional[str] = typer.Option(None, help="end of the data this run sees (UTC date, exclusive); "
+                                                    "default: the day after the last event"),
+    label_days: int = typer.Option(7, min=1, help="days after the training window whose events label the ranker"),
+    test_days: int = typer.Option(7, min=1, help="newest days, held out for evaluation and the gate"),
+    device: str = typer.Option("auto", help="ALS device: auto (GPU when implicit has CUDA), cpu or gpu"),
+    factors: int = typer.Option(64, min=1, help="ALS latent factors"),
+    iterations: int = typer.Option(15, min=1, help="ALS iterations"),
+    gate_metric: str = typer.Option("ndcg_at_10", help="metric the promotion gate compares"),
+    gate_margin: float = typer.Option(0.0, help="the lower CI bound of challenger-champion must exceed this"),
+    promote: bool = typer.Option(True, help="move the champion alias if the gate passes"),
+    experiment: str = typer.Option("recsys", help="MLflow experiment"),
+    model_name: str = typer.Option("recsys", help="registered model name"),
+    k: int = typer.Option(10, min=1, max=200, help="list length for metrics@k"),
+) -> None:
+    """Run the training flow (Prefect) end to end: data -> recall -> ranker -> evaluation -> MLflow -> gate."""
+    if device not in ("auto", "cpu", "gpu"):
+        _fail(f"--device must be auto, cpu or gpu, not '{device}'")
+    _env()
+    from features.split import SplitParams
+    from flows.train import train as train_flow
+    from models.config import TrainConfig
+    from models.gate import GateParams
+    from models.recall import ALSParams
+    from models.two_stage import TwoStageParams
+
+    try:
+        config = TrainConfig(
+            data_dir=str(data_dir) if data_dir else None, experiment=experiment, registered_model=model_name, k=k,
+            split=SplitParams(label_days=label_days, test_days=test_days, cutoff=cutoff),
+            model=TwoStageParams(als=ALSParams(factors=factors, iterations=iterations, device=device)),
+            gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote)
+        result = train_flow(config=config)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({k_: v for k_, v in result.items() if k_ != "metrics"}))
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="bind address"),
+    port: int = typer.Option(8000, min=1, max=65535),
+    model_name: str = typer.Option("recsys", help="registered model to follow"),
+    alias: str = typer.Option("champion", help="registry alias to serve"),
+    poll_interval: float = typer.Option(30.0, min=0, help="seconds between alias checks (0 = never)"),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Serve the champion over HTTP (FastAPI): /recommendations/{user_id}?k=, /health, /ready, /version."""
+    _env()
+    import uvicorn
+
+    from serving.app import create_app
+
+    uvicorn.run(create_app(model_name, alias, poll_interval), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def promote(
+    version: str = typer.Option(..., help="model version to make champion"),
+    reason: str = typer.Option(..., help="why (recorded on the version)"),
+    model_name: str = typer.Option("recsys"),
+    who: Optional[str] = typer.Option(None, help="operator name; default the OS user"),
+) -> None:
+    """Manually point `champion` at a version (the old one keeps `previous`)."""
+    _env()
+    from tasks import tracking
+
+    with tracking.gate_lock(model_name):
+        old = tracking.move_champion(model_name, version, f"manual: {reason}", actor=who)
+    typer.echo(f"{model_name}: champion {old} -> {version}")
+
+
+@app.command()
+def rollback(model_name: str = typer.Option("recsys"),
+             reason: str = typer.Option("rollback", help="why (recorded on the version)")) -> None:
+    """Restore the `previous` champion in one step."""
+    _env()
+    from tasks import tracking
+
+    with tracking.gate_lock(model_name):
+        prev = tracking.alias_version(model_name, tracking.PREVIOUS)
+        if prev is None:
+            _fail(f"model '{model_name}' has no 'previous' alias to roll back to")
+        old = tracking.move_champion(model_name, prev, f"rollback: {reason}")
+    typer.echo(f"{model_name}: champion {old} -> {prev}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

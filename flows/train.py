@@ -1,0 +1,33 @@
+"""The training flow: one Prefect flow run = one MLflow run = (maybe) one new champion."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from models.config import TrainConfig
+from tasks.training import (evaluate_model, finish_run, load_data, log_results, metric_table, promotion_gate,
+                            register_model, split_data, start_run, train_model)
+
+
+@flow(name="train", log_prints=True)
+def train(config: TrainConfig = TrainConfig()) -> dict:
+    """Load and validate events, split at the cutoff, train ALS recall + LambdaRank, evaluate against
+    baselines, log to MLflow, register the model and let the promotion gate decide on `champion`."""
+    data = load_data(config)
+    split = split_data(data.events, config.split)
+    run_id = start_run(config, split, data, flow_run.id, flow_run.ui_url)
+    try:
+        rec, ranker = train_model(data, split, config)
+        evaluation = evaluate_model(rec, data, split, config.k)
+        log_results(run_id, rec, ranker, evaluation, config.k)
+        version = register_model(run_id, rec, evaluation, config, split)
+        decision = promotion_gate(run_id, version, data, split, config)
+    except BaseException as exc:
+        finish_run(run_id, exc)
+        raise
+    finish_run(run_id)
+    print("\n" + metric_table(evaluation.metrics, config.k))
+    print(f"\nMLflow run {run_id}; model {config.registered_model} version {version}; gate: {decision.reason}")
+    return {"run_id": run_id, "version": version, "promoted": decision.promote, "reason": decision.reason,
+            "metrics": evaluation.metrics}

@@ -1,0 +1,46 @@
+"""The typed configuration of a training run. Prefect validates it, the UI renders it as a form."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.split import SplitParams
+from models.gate import GateParams
+from models.two_stage import TwoStageParams
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: str | None = Field(None, description="event store; default $RECSYS_HOME/data")
+    experiment: str = Field("recsys", min_length=1)
+    registered_model: str = Field("recsys", min_length=1)
+    k: int = Field(10, ge=1, le=200, description="list length evaluated and logged (metrics @k)")
+    split: SplitParams = Field(default_factory=SplitParams)
+    model: TwoStageParams = Field(default_factory=TwoStageParams)
+    gate: GateParams = Field(default_factory=GateParams)
+    promote: bool = Field(True, description="move the champion alias when the gate passes")
+    max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
+
+    def config_hash(self) -> str:
+        payload = {"k": self.k, "split": asdict(self.split), "model": asdict(self.model), "gate": asdict(self.gate)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def flat_params(self) -> dict[str, object]:
+        """Flattened `section.field` params for MLflow."""
+        out: dict[str, object] = {"k": self.k, "promote": self.promote}
+
+        def walk(prefix: str, value) -> None:
+            if isinstance(value, dict):
+                for key, v in value.items():
+                    walk(f"{prefix}.{key}", v)
+            else:
+                out[prefix] = value
+
+        for section in ("split", "model", "gate"):
+            walk(section, asdict(getattr(self, section)))
+        return out

@@ -1,0 +1,88 @@
+"""Offline evaluation of the two-stage model and its baselines on one test window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features import schema as S
+from models.metrics import catalog_coverage, per_user_metrics, summarize
+from models.two_stage import SOURCE_NAMES, TwoStageRecommender
+
+BASELINES = {"popularity": "popular", "als": "als", "repeat": "repeat"}
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]  # flat, keyed as logged: test.ndcg_at_10, baseline.als.ndcg_at_10, ...
+    user_ids: list[str]
+    per_user: dict[str, np.ndarray] = field(default_factory=dict)  # two-stage, per test user
+
+
+def relevant_items(test_events: pd.DataFrame) -> pd.Series:
+    """user_id -> set of purchased item ids in the window, users sorted."""
+    buys = test_events.loc[(test_events[S.EVENT_TYPE] == S.PURCHASE) & test_events[S.ITEM_ID].notna()]
+    return buys.groupby(S.USER_ID, sort=True)[S.ITEM_ID].unique().map(set)
+
+
+def score_users(rec: TwoStageRecommender, user_ids: list[str], relevant: list[set], k: int) -> dict[str, np.ndarray]:
+    """Per-user metrics of `rec` (through its public `recommend_ids`, as served) on given truth."""
+    lists = [r["items"] for r in rec.recommend_ids(user_ids, k)]
+    return per_user_metrics(lists, relevant, k)
+
+
+def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int) -> Evaluation:
+    truth = relevant_items(test_events)
+    user_ids = truth.index.astype(str).tolist()
+    relevant = truth.tolist()
+    idx = rec.data.users.index_of(user_ids)
+    ids = rec.data.items.ids
+    metrics: dict[str, float] = {"test.n_users": float(len(user_ids)),
+                                 "test.new_user_share": float(np.mean(idx < 0)) if len(idx) else 0.0}
+
+    def as_lists(items2d: np.ndarray) -> list[list[str]]:
+        return [ids[row[row >= 0]].tolist() for row in items2d]
+
+    items, _ = rec.recommend(idx, k)
+    lists = as_lists(items)
+    per_user = per_user_metrics(lists, relevant, k)
+    metrics.update({f"test.{m}": v for m, v in summarize(per_user).items()})
+    metrics[f"test.coverage_at_{k}"] = catalog_coverage(lists, rec.data.n_items)
+    for segment, mask in (("returning", idx >= 0), ("new", idx < 0)):
+        if mask.any():
+            metrics[f"test.{segment}.ndcg_at_{k}"] = float(per_user[f"ndcg_at_{k}"][mask].mean())
+    for baseline, source in BASELINES.items():
+        b_lists = as_lists(rec.source_top_k(source, idx, k))
+        for m, v in summarize(per_user_metrics(b_lists, relevant, k)).items():
+            metrics[f"baseline.{baseline}.{m}"] = v
+        metrics[f"baseline.{baseline}.coverage_at_{k}"] = catalog_coverage(b_lists, rec.data.n_items)
+    metrics.update(candidate_recall(rec, idx, relevant))
+    return Evaluation(metrics=metrics, user_ids=user_ids, per_user=per_user)
+
+
+def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[set]) -> dict[str, float]:
+    """recall.<source>_recall_at_<budget>: share of relevant items each source (and the union) proposes."""
+    users = np.unique(idx)
+    table = rec.candidate_table(users)
+    ids = rec.data.items.ids
+    total = sum(len(r) for r in relevant)
+    if total == 0:
+        return {}
+    found = {name: 0 for name in SOURCE_NAMES}
+    found["union"] = 0
+    order = np.argsort(table.users, kind="stable")
+    u_sorted = table.users[order]
+    for u_idx, rel in zip(idx, relevant):
+        lo, hi = np.searchsorted(u_sorted, [u_idx, u_idx + 1])
+        rows = order[lo:hi]
+        cand_items = ids[table.items[rows]]
+        found["union"] += len(rel & set(cand_items))
+        for j, name in enumerate(SOURCE_NAMES):
+            proposed = ~np.isnan(table.source_features[rows, 2 * j])
+            found[name] += len(rel & set(cand_items[proposed]))
+    budget_total = sum(rec.params.recall.budget(n) for n in SOURCE_NAMES)
+    out = {f"recall.{name}_recall_at_{rec.params.recall.budget(name)}": found[name] / total for name in SOURCE_NAMES}
+    out[f"recall.union_recall_at_{budget_total}"] = found["union"] / total
+    return out

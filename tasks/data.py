@@ -1,0 +1,116 @@
+"""Event store I/O: Parquet partitioned by UTC day, a catalog table, quarantine of bad rows."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from features import schema as S
+from features.synthetic import SyntheticParams, SyntheticWorld
+from features.validation import split_valid_rows
+from tasks.paths import catalog_path, events_dir, quarantine_dir
+
+log = logging.getLogger(__name__)
+
+EVENT_ARROW_SCHEMA = pa.schema([
+    (S.USER_ID, pa.string()), (S.ITEM_ID, pa.string()), (S.EVENT_TYPE, pa.string()),
+    (S.TS, pa.timestamp("us", tz="UTC")), (S.SESSION_ID, pa.string()), (S.QUERY, pa.string()),
+    (S.QUANTITY, pa.int64()), (S.PRICE, pa.float64()),
+])
+
+
+def write_day_partition(events: pd.DataFrame, base: Path, day: pd.Timestamp, part: str = "part-0") -> Path:
+    """Write one day's events as events/day=YYYY-MM-DD/<part>.parquet (replacing that part)."""
+    directory = events_dir(base) / f"{S.DAY}={day:%Y-%m-%d}"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{part}.parquet"
+    table = pa.Table.from_pandas(events[list(S.EVENT_COLUMNS)], schema=EVENT_ARROW_SCHEMA, preserve_index=False)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def write_catalog(catalog: pd.DataFrame, base: Path) -> Path:
+    path = catalog_path(base)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    catalog.to_parquet(path, index=False)
+    return path
+
+
+def write_synthetic_dataset(base: Path, params: SyntheticParams,
+                            progress: Callable[[int, int, int], None] | None = None) -> dict:
+    """Generate the synthetic data set day by day into `base` (memory stays flat)."""
+    world = SyntheticWorld(params)
+    write_catalog(world.catalog(), base)
+    n_events = 0
+    for d, (day, events) in enumerate(world.iter_days()):
+        write_day_partition(events, base, day)
+        n_events += len(events)
+        if progress:
+            progress(d + 1, params.n_days, n_events)
+    return {"events": n_events, "items": params.n_items, "users": params.n_users, "days": params.n_days,
+            "path": str(base)}
+
+
+def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """All events (ts < end when given) from the store, with contract dtypes."""
+    path = events_dir(base)
+    if not path.exists():
+        raise FileNotFoundError(f"no event store at {path}: run `recsys generate` or `recsys ingest` first")
+    dataset = ds.dataset(path, format="parquet", partitioning="hive", schema=EVENT_ARROW_SCHEMA)
+    flt = ds.field(S.TS) < pa.scalar(end.to_pydatetime(), pa.timestamp("us", tz="UTC")) if end is not None else None
+    table = dataset.to_table(columns=columns or list(S.EVENT_COLUMNS), filter=flt)
+    if table.num_rows == 0:
+        raise ValueError(f"the event store at {path} has no events" + (f" before {end}" if end is not None else ""))
+    return table.to_pandas()
+
+
+def read_catalog(base: Path) -> pd.DataFrame:
+    path = catalog_path(base)
+    if not path.exists():
+        raise FileNotFoundError(f"no catalog at {path}: run `recsys generate` or `recsys ingest` first")
+    return pd.read_parquet(path)
+
+
+def validate_and_quarantine(events: pd.DataFrame, base: Path, source: str,
+                            max_rejected_share: float) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Keep valid rows; write rejected ones with their rule to quarantine; fail past the threshold."""
+    valid, rejected = split_valid_rows(events, now=pd.Timestamp.now(tz="UTC"))
+    counts = rejected["reject_rule"].value_counts().to_dict() if len(rejected) else {}
+    if len(rejected):
+        qdir = quarantine_dir(base)
+        qdir.mkdir(parents=True, exist_ok=True)
+        out = rejected.assign(source_file=source)
+        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+        out.astype({c: "string" for c in out.columns if out[c].dtype == object}).to_parquet(
+            qdir / f"rejected-{digest}.parquet", index=False)
+    share = len(rejected) / max(len(events), 1)
+    if share > max_rejected_share:
+        worst = max(counts, key=counts.get)
+        examples = rejected.loc[rejected["reject_rule"] == worst].head(3)
+        raise ValueError(
+            f"{source}: {len(rejected)} of {len(events)} rows ({share:.1%}) were rejected, over the "
+            f"{max_rejected_share:.1%} threshold; most common rule '{worst}' ({counts[worst]} rows), "
+            f"e.g. source rows {examples['source_row'].tolist()}. Rejected rows are in {quarantine_dir(base)}.")
+    return valid, {str(k): int(v) for k, v in counts.items()}
+
+
+def dataset_digest(events: pd.DataFrame) -> str:
+    """A cheap content digest of an events frame (row count, time range, hashed sample of ids)."""
+    h = hashlib.sha256()
+    h.update(str(len(events)).encode())
+    if len(events):
+        h.update(str(events[S.TS].min()).encode() + str(events[S.TS].max()).encode())
+        sample = pd.util.hash_pandas_object(events[[S.USER_ID, S.ITEM_ID, S.EVENT_TYPE]].iloc[:: max(1, len(events) // 10000)],
+                                            index=False).to_numpy()
+        h.update(np.ascontiguousarray(sample).tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,75 @@
+import pytest
+from mlflow import MlflowClient
+
+from models.gate import GateParams
+from tasks.paths import tracking_uri
+from tests.integration.conftest import small_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_first_run_logs_metrics_registers_and_becomes_champion(first_run):
+    client = MlflowClient(tracking_uri())
+    run = client.get_run(first_run["run_id"])
+    m = run.data.metrics
+    for key in ("test.ndcg_at_10", "test.map_at_10", "test.recall_at_10", "test.hitrate_at_10",
+                "baseline.popularity.ndcg_at_10", "baseline.als.ndcg_at_10", "recall.als_recall_at_100"):
+        assert key in m, key
+    assert 0 < m["test.ndcg_at_10"] <= 1
+    assert m["test.ndcg_at_10"] > m["baseline.popularity.ndcg_at_10"]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["gate.decision"] == "promoted"
+    assert {"dataset_digest", "config_hash", "als_device", "prefect.flow_run_id"} <= set(run.data.tags)
+    history = client.get_metric_history(run.info.run_id, "rank.valid.ndcg_at_10")
+    assert len(history) > 1 and [h.step for h in history] == list(range(len(history)))
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/feature_importance.png" in artifacts
+    assert first_run["version"] == "1" and first_run["promoted"]
+    assert str(client.get_model_version_by_alias("recsys", "champion").version) == "1"
+
+
+def test_gate_promotes_a_winner_and_keeps_the_champion_against_a_loser(first_run):
+    from flows.train import train
+
+    client = MlflowClient(tracking_uri())
+    # margin -1: any challenger clears it -> promoted, the old champion keeps `previous`
+    won = train(config=small_config(gate=GateParams(margin=-1.0)))
+    assert won["promoted"] and won["version"] == "2"
+    assert str(client.get_model_version_by_alias("recsys", "champion").version) == "2"
+    assert str(client.get_model_version_by_alias("recsys", "previous").version) == "1"
+    # margin +1: no challenger can clear it -> champion untouched, reason recorded
+    lost = train(config=small_config(gate=GateParams(margin=1.0)))
+    assert not lost["promoted"] and lost["version"] == "3"
+    assert str(client.get_model_version_by_alias("recsys", "champion").version) == "2"
+    run = client.get_run(lost["run_id"])
+    assert run.data.tags["gate.decision"] == "rejected"
+    assert "margin +1.0000" in run.data.tags["gate.reason"]
+    assert client.get_model_version("recsys", "3").tags["gate.decision"] == "rejected"
+    assert "gate.ci_low" in run.data.metrics
+
+
+def test_failed_run_leaves_champion_and_says_why(first_run):
+    from flows.train import train
+
+    client = MlflowClient(tracking_uri())
+    before = str(client.get_model_version_by_alias("recsys", "champion").version)
+    with pytest.raises(ValueError, match="gate metric"):
+        train(config=small_config(gate=GateParams(metric="no_such_metric", margin=-1.0)))
+    assert str(client.get_model_version_by_alias("recsys", "champion").version) == before
+    failed = client.search_runs([client.get_experiment_by_name("recsys").experiment_id],
+                                filter_string="attributes.status = 'FAILED'")
+    assert failed and "gate metric" in failed[0].data.tags["failure"]
+
+
+def test_registered_model_loads_in_a_fresh_process(first_run, recsys_home):
+    import json
+    import subprocess
+    import sys
+
+    code = ("import mlflow, pandas as pd, json; m = mlflow.pyfunc.load_model('models:/recsys@champion'); "
+            "out = m.predict(pd.DataFrame({'user_id': ['u000001', 'nobody']}), params={'k': 5}); "
+            "print(json.dumps(out.groupby('user_id').size().to_dict()))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=recsys_home)  # not the repo: the model must carry its own code
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"nobody": 5, "u000001": 5}

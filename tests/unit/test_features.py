@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import pandas as pd
+
+from features import schema as S
+from features.interactions import build_interaction_data
+from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
+from tests.unit.conftest import make_events
+
+CUTOFF = pd.Timestamp("2026-01-10", tz="UTC")
+
+
+def _catalog():
+    return pd.DataFrame({S.ITEM_ID: ["a", "b", "c"], S.TITLE: ["x", "y", "z"], S.CATEGORY: ["k", "k", "m"],
+                         S.PRICE: [1.0, 2.0, 3.0]})
+
+
+def _before():
+    return make_events([("u1", "a", S.VIEW, "2026-01-02 10:00"), ("u1", "a", S.PURCHASE, "2026-01-03 10:00"),
+                        ("u2", "b", S.VIEW, "2026-01-09 23:59"), ("u2", "c", S.ADD_TO_CART, "2026-01-05 10:00")])
+
+
+def test_features_never_read_events_at_or_after_the_cutoff():
+    before = _before()
+    after = make_events([("u1", "b", S.PURCHASE, "2026-01-10 00:00"), ("u2", "a", S.VIEW, "2026-01-11 10:00"),
+                         ("u3", "c", S.PURCHASE, "2026-01-12 10:00")])
+    d1 = build_interaction_data(before, _catalog(), CUTOFF)
+    d2 = build_interaction_data(pd.concat([before, after], ignore_index=True), _catalog(), CUTOFF)
+    users = np.repeat(d1.users.index_of(["u1", "u2"]), 3)
+    items = np.tile(d1.items.index_of(["a", "b", "c"]), 2)
+    np.testing.assert_array_equal(pair_features(d1, users, items), pair_features(d2, users, items))
+    assert list(d2.users.ids) == list(d1.users.ids)  # u3 only exists after the cutoff
+
+
+def test_known_feature_values():
+    d = build_interaction_data(_before(), _catalog(), CUTOFF)
+    u1, a, c = d.users.position("u1"), d.items.position("a"), d.items.position("c")
+    f = dict(zip(PAIR_FEATURES, pair_features(d, np.array([u1]), np.array([a]))[0]))
+    assert f["ui_views"] == 1 and f["ui_purchases"] == 1 and f["ui_carts"] == 0
+    assert f["ui_days_since"] == pytest.approx(6 + 14 / 24)  # last touch 2026-01-03 10:00, cutoff 01-10 00:00
+    assert f["u_cat_share"] == pytest.approx(1.0)
+    g = dict(zip(PAIR_FEATURES, pair_features(d, np.array([-1]), np.array([c]))[0]))
+    assert g["ui_views"] == 0 and g["u_days_since_last"] == 999.0  # unknown user gets defaults
+
+
+def test_graded_labels_take_the_strongest_event():
+    d = build_interaction_data(_before(), _catalog(), CUTOFF)
+    label = make_events([("u1", "b", S.VIEW, "2026-01-11 10:00"), ("u1", "b", S.PURCHASE, "2026-01-11 11:00"),
+                         ("u2", "a", S.VIEW, "2026-01-12 10:00")])
+    users = d.users.index_of(["u1", "u2", "u2"])
+    items = d.items.index_of(["b", "a", "c"])
+    assert pair_labels(label, d.users, d.items, users, items).tolist() == [3, 1, 0]
