@@ -28,6 +28,6 @@ for user in u000001 u000002 u000003 a-brand-new-visitor; do
 import json, sys
 r = json.load(sys.stdin)
 items = ", ".join(i["item_id"] for i in r["items"])
-print(f"  {r[\"user_id\"]:<22} v{r[\"model_version\"]} {r[\"strategy\"]:<8} {items}")'
+print("  %-22s v%s %-8s %s" % (r["user_id"], r["model_version"], r["strategy"], items))'
 done
 echo "done in $(( $(date +%s) - start ))s. MLflow UI: mlflow ui --backend-store-uri sqlite:///$RECSYS_HOME/mlflow.db"
