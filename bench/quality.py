@@ -48,7 +48,8 @@ def synthetic_data() -> tuple[pd.DataFrame, pd.DataFrame]:
 def load_online_retail_temporary(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     raw = pd.read_csv(path, encoding="latin-1", dtype={"InvoiceNo": str, "StockCode": str, "CustomerID": str})
     raw = raw.loc[~raw["InvoiceNo"].str.startswith("C") & raw["CustomerID"].notna()
-                  & (raw["Quantity"] > 0) & (raw["UnitPrice"] > 0)]
+                  & (raw["Quantity"] > 0) & (raw["UnitPrice"] > 0)
+                  & raw["StockCode"].str.match(r"^\d")]  # POST, M, DOT, BANK CHARGES are not products
     events = pd.DataFrame({
         S.USER_ID: raw["CustomerID"].str.replace(r"\.0$", "", regex=True),
         S.ITEM_ID: raw["StockCode"].str.strip().str.upper(),

@@ -94,6 +94,9 @@ class InteractionData:
     item_buyers: np.ndarray | None = None  # distinct buyers, all time
     item_repeat_rate: np.ndarray | None = None  # share of buyers who bought it more than once
     item_pop_all: np.ndarray | None = None  # confidence-weighted events, all time (no decay)
+    item_price_pct: np.ndarray | None = None  # price percentile inside the item's category, [0, 1]
+    user_price_pct: np.ndarray | None = None  # the user's confidence-weighted mean of item_price_pct
+    item_cat_pop_share: np.ndarray | None = None  # the item's share of its category's 28-day weight
 
     @property
     def n_users(self) -> int:
@@ -107,7 +110,8 @@ class InteractionData:
     _SPARSE = ("weighted", "views", "carts", "purchases", "last_seen", "user_cat_share", "covis")
     _DENSE = ("item_category", "item_price", "item_age_days", "item_pop_7d", "item_pop_28d",
               "item_buys_28d", "user_mean_log_price", "user_days_since_last", "user_type_counts",
-              "user_events_7d", "user_cat_entropy", "item_buyers", "item_repeat_rate", "item_pop_all")
+              "user_events_7d", "user_cat_entropy", "item_buyers", "item_repeat_rate", "item_pop_all",
+              "item_price_pct", "user_price_pct", "item_cat_pop_share")
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,15 @@ def build_interaction_data(events: pd.DataFrame, catalog: pd.DataFrame, ref_time
     item_repeat_rate = (item_repeaters / np.maximum(item_buyers, 1.0)).astype(np.float32)
     item_pop_all = np.bincount(i, weights=type_w, minlength=n_i).astype(np.float32)
 
+    # price level relative to the category (a cheap phone case and a cheap sofa are both "cheap")
+    price_pct = (pd.Series(np.nan_to_num(item_price, nan=0.0)).groupby(item_category).rank(pct=True)
+                 .to_numpy(dtype=np.float32))
+    user_price_pct = ((weighted @ price_pct) / np.maximum(w_sum, 1e-9)).astype(np.float32)
+    cat_pop = np.bincount(item_category, weights=item_pop_28d + 1e-3, minlength=len(categories))
+    item_cat_pop_share = ((item_pop_28d + 1e-3) / cat_pop[item_category]).astype(np.float32)
+
     return InteractionData(
+        item_price_pct=price_pct, user_price_pct=user_price_pct, item_cat_pop_share=item_cat_pop_share,
         covis=covis, user_type_counts=user_type_counts, user_events_7d=user_events_7d,
         user_cat_entropy=user_cat_entropy, item_buyers=item_buyers, item_repeat_rate=item_repeat_rate,
         item_pop_all=item_pop_all,

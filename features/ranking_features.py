@@ -19,6 +19,7 @@ PAIR_FEATURES = (
     "u_cat_share", "price_vs_user",
     "u_views", "u_carts", "u_buys", "u_events_7d", "u_cat_entropy", "u_log_price",
     "i_buyers", "i_repeat_rate", "i_pop_all", "ui_covis", "ui_buy_share",
+    "i_price_pct", "ui_price_pct_gap", "i_cat_pop_share", "ui_cat_expect",
 )
 # the graded relevance of a pair in a label window
 LABEL_OF_EVENT = {S.VIEW: 1, S.ADD_TO_CART: 2, S.PURCHASE: 3}
@@ -71,6 +72,11 @@ def pair_features(data: InteractionData, users: np.ndarray, items: np.ndarray) -
         buys = data.user_type_counts[uk, 2]
         put("ui_buy_share", csr_lookup(data.purchases, uk, ik) / np.maximum(buys, 1.0))
     put("u_log_price", data.user_mean_log_price[uk])
+    if data.item_price_pct is not None:
+        out[:, PAIR_FEATURES.index("i_price_pct")] = data.item_price_pct[items]
+        put("ui_price_pct_gap", np.abs(data.item_price_pct[ik] - data.user_price_pct[uk]), default=0.5)
+        out[:, PAIR_FEATURES.index("i_cat_pop_share")] = data.item_cat_pop_share[items]
+        put("ui_cat_expect", out[known, PAIR_FEATURES.index("u_cat_share")] * data.item_cat_pop_share[ik])
     if data.covis is not None:
         put("ui_covis", history_scores(data.weighted, data.covis, uk, ik))
     return out
