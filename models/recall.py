@@ -78,18 +78,18 @@ class ALSParams:
 
 
 def resolve_device(device: str) -> str:
-    """`auto` -> gpu when implicit was built with CUDA and it loads, else cpu."""
-    import implicit.gpu
-
+    """`auto` -> gpu when implicit's CUDA extension loads, else cpu; `gpu` without CUDA is an error."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"ALS device must be auto, cpu or gpu, not '{device}'")
     if device == "cpu":
         return "cpu"
-    has_cuda = bool(getattr(implicit.gpu, "HAS_CUDA", False))
-    if device == "gpu" and not has_cuda:
-        raise RuntimeError(
-            "ALS device 'gpu' was requested but implicit's CUDA extension is not available "
-            "(implicit.gpu.HAS_CUDA is False). It needs an NVIDIA GPU and libcublas/libcurand/rmm "
-            "at run time; see README 'GPU'. Use --device cpu or auto.")
-    return "gpu" if has_cuda else "cpu"
+    from models.gpu import cuda_status
+
+    ok, reason = cuda_status()
+    if device == "gpu" and not ok:
+        raise RuntimeError(f"ALS device 'gpu' was requested but the GPU path cannot load: {reason}. "
+                           "Use --device cpu or auto.")
+    return "gpu" if ok else "cpu"
 
 
 class ALSSource:

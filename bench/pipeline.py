@@ -1,0 +1,286 @@
+"""Training-pipeline benchmark: each stage inside the pipeline vs the plain library call it wraps,
+the whole Prefect + MLflow flow vs the same pure functions in a plain script, and wall time /
+peak RSS of the whole flow at several data sizes.
+
+    python bench/pipeline.py                       # 1M events, all comparisons
+    python bench/pipeline.py --sizes 1e6,3e6,1e7   # + scaling table (each size in its own process)
+    python bench/pipeline.py --json                # the same as one JSON object
+
+Ratios are measured in the same run on the same machine (no stored baselines): pipeline / plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGETS = {"als_fit": 1.05, "candidates": 1.2, "ranker_fit": 1.05, "flow_vs_script": 1.15}
+
+
+def synthetic_params(n_events: float, seed: int = 7):
+    from features.synthetic import SyntheticParams, events_per_day_estimate
+
+    days = 56
+    base = SyntheticParams(n_users=1000, n_items=500, n_days=days, seed=seed)
+    per_user_day = events_per_day_estimate(base) / base.n_users
+    n_users = max(500, int(n_events / (days * per_user_day)))
+    return SyntheticParams(n_users=n_users, n_items=max(500, n_users // 4), n_days=days, seed=seed)
+
+
+def timed(fn, *args, repeat: int = 1, **kwargs):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def stage_benchmarks(data_dir: Path, repeat: int) -> dict:
+    """ALS, candidate generation and ranker training: pipeline code vs the plain library."""
+    import lightgbm as lgb
+    import numpy as np
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from features import schema as S
+    from features.interactions import build_interaction_data
+    from features.split import SplitParams, temporal_split
+    from models.recall import ALSParams, ALSSource
+    from models.two_stage import FEATURE_NAMES, TwoStageParams, TwoStageRecommender, fit_sources
+    from models.ranker import RankerParams, train_ranker
+    from tasks.data import read_catalog, read_events
+
+    events, catalog = read_events(data_dir), read_catalog(data_dir)
+    split = temporal_split(events[S.TS].max(), SplitParams())
+    t_state, data = timed(build_interaction_data, events, catalog, split.train_end)
+    p = ALSParams(device="cpu", iterations=10)
+    out: dict = {"events": len(events), "users": data.n_users, "items": data.n_items,
+                 "interaction_state_s": t_state}
+
+    def plain_als(use_cg: bool = True):
+        with threadpool_limits(1, "blas"):
+            m = AlternatingLeastSquares(factors=p.factors, regularization=p.regularization, alpha=p.alpha,
+                                        iterations=p.iterations, use_cg=use_cg, random_state=p.random_state,
+                                        calculate_training_loss=False, num_threads=p.num_threads)
+            m.fit(data.weighted, show_progress=False)
+        return m
+
+    t_plain, plain_model = timed(plain_als, repeat=repeat)
+    t_pipe, source = timed(lambda: ALSSource(p).fit(data), repeat=repeat)
+    t_chol, _ = timed(plain_als, False)
+    out["als"] = {"pipeline_s": t_pipe, "plain_s": t_plain, "ratio": t_pipe / t_plain,
+                  "cholesky_s": t_chol, "s_per_iteration": t_pipe / p.iterations}
+    from models.gpu import cuda_status
+
+    if cuda_status()[0]:
+        gp = ALSParams(device="gpu", iterations=p.iterations)
+        t_gpu, _ = timed(lambda: ALSSource(gp).fit(data), repeat=repeat)
+        out["als"]["gpu_s"], out["als"]["gpu_s_per_iteration"] = t_gpu, t_gpu / gp.iterations
+
+    users = np.arange(data.n_users)
+    n = TwoStageParams().recall.als
+
+    def plain_recommend():
+        return plain_model.recommend(users, data.weighted[users], N=n, filter_already_liked_items=False)
+
+    t_plain_rec, _ = timed(plain_recommend, repeat=repeat)
+    t_pipe_rec, cands = timed(source.candidates, users, n, repeat=repeat)
+    out["candidates"] = {"pipeline_s": t_pipe_rec, "plain_s": t_plain_rec, "ratio": t_pipe_rec / t_plain_rec,
+                         "users": len(users), "n": n}
+
+    params = TwoStageParams(als=p)
+    rec = TwoStageRecommender(data, fit_sources(data, params), params)
+    label = events.loc[(events[S.TS] >= split.train_end) & (events[S.TS] < split.label_end)]
+    label_users = np.unique(data.users.index_of(label[S.USER_ID].unique()))
+    label_users = label_users[label_users >= 0]
+    t_table, table = timed(rec.candidate_table, label_users)
+    t_feat, x = timed(rec.features, table)
+    out["features"] = {"pairs": len(table.users), "candidate_table_s": t_table, "pair_features_s": t_feat,
+                       "rows_per_s": len(table.users) / max(t_table + t_feat, 1e-9)}
+
+    rs = rec.ranking_set(label, label_users)
+    rp = RankerParams(n_estimators=100, early_stopping_rounds=10_000)  # fixed rounds on both sides
+
+    def plain_lgb():
+        ds = lgb.Dataset(rs.x, rs.y, group=rs.groups, feature_name=FEATURE_NAMES)
+        return lgb.train({"objective": "lambdarank", "learning_rate": rp.learning_rate,
+                          "num_leaves": rp.num_leaves, "min_child_samples": rp.min_child_samples,
+                          "colsample_bytree": rp.colsample_bytree, "label_gain": list(rp.label_gain),
+                          "seed": rp.seed, "verbose": -1, "eval_at": [rp.eval_at],
+                          "lambdarank_truncation_level": max(rp.eval_at * 2, 20)}, ds,
+                         num_boost_round=rp.n_estimators)
+
+    empty = np.zeros((0, rs.x.shape[1])), np.zeros(0, int), np.zeros(0, int)
+    t_plain_lgb, _ = timed(plain_lgb, repeat=repeat)
+    t_pipe_lgb, _ = timed(train_ranker, rs.x, rs.y, rs.groups, *empty, FEATURE_NAMES, rp, repeat=repeat)
+    out["ranker"] = {"pipeline_s": t_pipe_lgb, "plain_s": t_plain_lgb, "ratio": t_pipe_lgb / t_plain_lgb,
+                     "rows": len(rs.y), "groups": len(rs.groups)}
+    return out
+
+
+PLAIN_SCRIPT = """
+import sys, time, tempfile
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from features import schema as S
+from features.split import temporal_split, window
+from models.config import TrainConfig
+from models.evaluation import evaluate
+from models.two_stage import train_two_stage
+from features.validation import split_valid_rows
+from tasks.data import read_catalog, read_events
+import pandas as pd
+t0 = time.perf_counter()
+config = TrainConfig(**{config!r})
+base = Path({data!r})
+events = read_events(base)
+events, _ = split_valid_rows(events, now=pd.Timestamp.now(tz="UTC"))
+catalog = read_catalog(base)
+split = temporal_split(events[S.TS].max(), config.split)
+rec, _ = train_two_stage(events, catalog, split.train_end, split.label_end, config.model)
+evaluate(rec, window(events, split.label_end, split.test_end), config.k)
+with tempfile.TemporaryDirectory() as tmp:
+    rec.save(Path(tmp) / "model")
+print(time.perf_counter() - t0)
+"""
+
+FLOW_SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tasks.paths import prepare_environment
+prepare_environment()
+from models.config import TrainConfig
+from flows.train import train
+t0 = time.perf_counter()
+train(config=TrainConfig(**{config!r}))
+print(time.perf_counter() - t0)
+"""
+
+
+def run_child(code: str, env: dict) -> tuple[float, float, float]:
+    """(seconds reported by the child, wall seconds, peak RSS GiB of the child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of children is the max over all waited-for children: run the biggest last
+    return float(proc.stdout.strip().splitlines()[-1]), wall, max(peak, before) / 1024 ** 2
+
+
+def flow_vs_script(data_dir: Path, home: Path) -> dict:
+    config = {"data_dir": str(data_dir), "model": {"als": {"device": "cpu"}}}
+    env = {**os.environ, "RECSYS_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+           "PREFECT_HOME": str(home / "prefect"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env.pop("PREFECT_API_URL", None)
+    script_s, _, _ = run_child(PLAIN_SCRIPT.format(root=str(ROOT), config=config, data=str(data_dir)), env)
+    flow_s, flow_wall, peak = run_child(FLOW_SCRIPT.format(root=str(ROOT), config=config), env)
+    return {"script_s": script_s, "flow_s": flow_s, "flow_wall_s": flow_wall, "ratio": flow_s / script_s,
+            "peak_rss_gib": peak}
+
+
+def generate(n_events: float, target: Path) -> dict:
+    from tasks.data import write_synthetic_dataset
+
+    return write_synthetic_dataset(target, synthetic_params(n_events))
+
+
+def scaling(sizes: list[float], work: Path) -> list[dict]:
+    """Whole flow (as `recsys train` would run it) per size, each in a fresh process and home."""
+    rows = []
+    for n in sizes:
+        home = work / f"scale-{int(n)}"
+        info = generate(n, home / "data")
+        config = {"data_dir": str(home / "data"), "model": {"als": {"device": "cpu"}}}
+        env = {**os.environ, "RECSYS_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+               "PREFECT_HOME": str(home / "prefect"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+        code = ("import resource, subprocess, sys; p = subprocess.run([sys.executable, '-c', sys.argv[1]]); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        inner = FLOW_SCRIPT.format(root=str(ROOT), config=config)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code, inner], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-3000:])
+        lines = proc.stdout.strip().splitlines()
+        rows.append({"events": info["events"], "flow_s": float(lines[-2]), "wall_s": wall,
+                     "peak_rss_gib": int(lines[-1]) / 1024 ** 2})
+    for prev, cur in zip(rows, rows[1:]):
+        cur["events_ratio"] = cur["events"] / prev["events"]
+        cur["time_ratio"] = cur["flow_s"] / prev["flow_s"]
+        cur["rss_ratio"] = cur["peak_rss_gib"] / prev["peak_rss_gib"]
+    return rows
+
+
+def table(result: dict) -> str:
+    s, lines = result["stages"], []
+    lines.append(f"data: {s['events']:,} events, {s['users']:,} users, {s['items']:,} items "
+                 f"(interaction state built in {s['interaction_state_s']:.2f}s)")
+    lines.append(f"{'comparison':<44}{'pipeline':>10}{'plain':>10}{'ratio':>8}{'target':>8}")
+    rows = [("ALS fit (CG), same matrix/threads/params", s["als"], "als_fit"),
+            ("candidates for all users vs model.recommend", s["candidates"], "candidates"),
+            ("ranker fit vs lightgbm.train lambdarank", s["ranker"], "ranker_fit")]
+    for label, r, key in rows:
+        lines.append(f"{label:<44}{r['pipeline_s']:>9.2f}s{r['plain_s']:>9.2f}s{r['ratio']:>8.3f}"
+                     f"{'<=' + str(TARGETS[key]):>8}")
+    f = result.get("flow")
+    if f:
+        lines.append(f"{'whole flow (Prefect+MLflow) vs plain script':<44}{f['flow_s']:>9.2f}s{f['script_s']:>9.2f}s"
+                     f"{f['ratio']:>8.3f}{'<=' + str(TARGETS['flow_vs_script']):>8}")
+    gpu = (f"; GPU {s['als']['gpu_s_per_iteration']:.3f}s/iteration" if "gpu_s" in s["als"]
+           else "; GPU: not available here")
+    lines.append(f"ALS Cholesky (use_cg=False) reference: {s['als']['cholesky_s']:.2f}s; "
+                 f"CPU CG {s['als']['s_per_iteration']:.3f}s/iteration{gpu}")
+    lines.append(f"feature building: {s['features']['pairs']:,} pairs at {s['features']['rows_per_s']:,.0f} rows/s "
+                 f"(candidates {s['features']['candidate_table_s']:.2f}s + features "
+                 f"{s['features']['pair_features_s']:.2f}s)")
+    if result.get("scaling"):
+        lines.append(f"{'events':>12}{'flow s':>10}{'peak RSS GiB':>14}{'x events':>10}{'x time':>8}{'x RSS':>8}")
+        for r in result["scaling"]:
+            lines.append(f"{r['events']:>12,}{r['flow_s']:>10.1f}{r['peak_rss_gib']:>14.2f}"
+                         f"{r.get('events_ratio', float('nan')):>10.2f}{r.get('time_ratio', float('nan')):>8.2f}"
+                         f"{r.get('rss_ratio', float('nan')):>8.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=float, default=1e6, help="events for the stage and flow comparisons")
+    ap.add_argument("--sizes", default="", help="comma-separated event counts for the scaling table, e.g. 1e6,3e6,1e7")
+    ap.add_argument("--repeat", type=int, default=2, help="repeat each timed stage, keep the best")
+    ap.add_argument("--skip-flow", action="store_true", help="skip the whole-flow vs script comparison")
+    ap.add_argument("--workdir", default=None, help="where to write generated data (default: a temp dir)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args()
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        print(f"generating {args.events:,.0f} events ...", file=sys.stderr)
+        generate(args.events, work / "data")
+        result: dict = {"stages": stage_benchmarks(work / "data", args.repeat), "targets": TARGETS}
+        if not args.skip_flow:
+            print("whole flow vs plain script ...", file=sys.stderr)
+            result["flow"] = flow_vs_script(work / "data", work / "home")
+        sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
+        if sizes:
+            print(f"scaling over {sizes} ...", file=sys.stderr)
+            result["scaling"] = scaling(sizes, work)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+
+
+if __name__ == "__main__":
+    main()
