@@ -97,6 +97,8 @@ class InteractionData:
     item_price_pct: np.ndarray | None = None  # price percentile inside the item's category, [0, 1]
     user_price_pct: np.ndarray | None = None  # the user's confidence-weighted mean of item_price_pct
     item_cat_pop_share: np.ndarray | None = None  # the item's share of its category's 28-day weight
+    user_cat_events: sp.csr_matrix | None = None  # users x categories, item events (no decay, no type weight)
+    category_share: np.ndarray | None = None  # share of all item events per category
 
     @property
     def n_users(self) -> int:
@@ -107,11 +109,12 @@ class InteractionData:
         return len(self.items)
 
     # ---- persistence (npz + npy; no pickle) ----------------------------------------
-    _SPARSE = ("weighted", "views", "carts", "purchases", "last_seen", "user_cat_share", "covis")
+    _SPARSE = ("weighted", "views", "carts", "purchases", "last_seen", "user_cat_share", "covis", "user_cat_events")
     _DENSE = ("item_category", "item_price", "item_age_days", "item_pop_7d", "item_pop_28d",
               "item_buys_28d", "user_mean_log_price", "user_days_since_last", "user_type_counts",
               "user_events_7d", "user_cat_entropy", "item_buyers", "item_repeat_rate", "item_pop_all",
-              "item_price_pct", "user_price_pct", "item_cat_pop_share")
+              "item_price_pct", "user_price_pct", "item_cat_pop_share",
+              "category_share")
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -230,8 +233,13 @@ def build_interaction_data(events: pd.DataFrame, catalog: pd.DataFrame, ref_time
     cat_pop = np.bincount(item_category, weights=item_pop_28d + 1e-3, minlength=len(categories))
     item_cat_pop_share = ((item_pop_28d + 1e-3) / cat_pop[item_category]).astype(np.float32)
 
+    events_any = _matrix(u, i, np.ones(len(u)), shape)
+    user_cat_events = (events_any @ onehot).tocsr().astype(np.float32)
+    category_share = np.asarray(user_cat_events.sum(axis=0)).ravel()
+    category_share = (category_share / max(category_share.sum(), 1e-9)).astype(np.float32)
+
     return InteractionData(
-        item_price_pct=price_pct, user_price_pct=user_price_pct, item_cat_pop_share=item_cat_pop_share,
+        user_cat_events=user_cat_events, category_share=category_share, item_price_pct=price_pct, user_price_pct=user_price_pct, item_cat_pop_share=item_cat_pop_share,
         covis=covis, user_type_counts=user_type_counts, user_events_7d=user_events_7d,
         user_cat_entropy=user_cat_entropy, item_buyers=item_buyers, item_repeat_rate=item_repeat_rate,
         item_pop_all=item_pop_all,

@@ -20,7 +20,10 @@ PAIR_FEATURES = (
     "u_views", "u_carts", "u_buys", "u_events_7d", "u_cat_entropy", "u_log_price",
     "i_buyers", "i_repeat_rate", "i_pop_all", "ui_covis", "ui_buy_share",
     "i_price_pct", "ui_price_pct_gap", "i_cat_pop_share", "ui_cat_expect",
+    "u_cat_events", "u_cat_smoothed",
 )
+# pseudo-events of the global category mix added to each user's own (taste estimate for light users)
+CATEGORY_PRIOR_EVENTS = 5.0
 # the graded relevance of a pair in a label window
 LABEL_OF_EVENT = {S.VIEW: 1, S.ADD_TO_CART: 2, S.PURCHASE: 3}
 
@@ -77,6 +80,12 @@ def pair_features(data: InteractionData, users: np.ndarray, items: np.ndarray) -
         put("ui_price_pct_gap", np.abs(data.item_price_pct[ik] - data.user_price_pct[uk]), default=0.5)
         out[:, PAIR_FEATURES.index("i_cat_pop_share")] = data.item_cat_pop_share[items]
         put("ui_cat_expect", out[known, PAIR_FEATURES.index("u_cat_share")] * data.item_cat_pop_share[ik])
+    if data.user_cat_events is not None:
+        cat_events = csr_lookup(data.user_cat_events, uk, data.item_category[ik])
+        totals = np.asarray(data.user_cat_events[uk].sum(axis=1)).ravel() if len(uk) else np.zeros(0)
+        prior = CATEGORY_PRIOR_EVENTS * data.category_share[data.item_category[ik]]
+        put("u_cat_events", np.log1p(cat_events))
+        put("u_cat_smoothed", (cat_events + prior) / (totals + CATEGORY_PRIOR_EVENTS))
     if data.covis is not None:
         put("ui_covis", history_scores(data.weighted, data.covis, uk, ik))
     return out
