@@ -51,8 +51,9 @@ _ADJECTIVES = ("classic", "modern", "vintage", "compact", "deluxe", "eco", "smar
 _BRANDS = tuple(f"brand{b:02d}" for b in range(30))
 _LEVEL_AFFINITY = np.array([[1.0, 0.3, 0.08], [0.3, 1.0, 0.3], [0.08, 0.3, 1.0]])
 _WEEKDAY_FACTOR = np.array([1.0, 0.95, 1.0, 1.05, 1.1, 1.35, 1.25])  # Mon..Sun
-# hour-of-day weights: quiet nights, a lunchtime bump, busy evenings
-_HOUR_WEIGHTS = np.array([1, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 6, 7, 6, 5, 5, 6, 7, 9, 10, 10, 8, 5, 2],
+# hour-of-day weights: quiet nights, a lunchtime bump, busy evenings; no session starts after 23:00,
+# so sessions end the day they start (a day's events stay in that day's partition)
+_HOUR_WEIGHTS = np.array([1, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 6, 7, 6, 5, 5, 6, 7, 9, 10, 10, 8, 5, 0],
                          dtype=float)
 
 

@@ -57,3 +57,13 @@ def test_new_items_appear_over_time():
     created = cat.set_index(S.ITEM_ID)[S.CREATED_AT]
     first_seen = ev.dropna(subset=[S.ITEM_ID]).groupby(S.ITEM_ID)[S.TS].min()
     assert (first_seen >= created.reindex(first_seen.index).dt.normalize()).all()
+
+
+def test_generated_events_pass_validation_untouched():
+    from features.validation import split_valid_rows
+
+    # many sessions per day, so late-night sessions (which once spilled past midnight) are plenty
+    ev = _events(SyntheticParams(n_users=3000, n_items=200, n_days=3, seed=5, sessions_per_user_day=3.0))
+    valid, rejected = split_valid_rows(ev, now=pd.Timestamp("2030-01-01", tz="UTC"))
+    assert len(rejected) == 0, rejected["reject_rule"].value_counts().to_dict()
+    assert len(valid) == len(ev)
