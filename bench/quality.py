@@ -68,7 +68,8 @@ def load_online_retail_temporary(path: Path) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def synthetic_setup() -> tuple[SplitParams, TwoStageParams]:
-    return SplitParams(), TwoStageParams()
+    """The `recsys train` defaults, plus ranking sets stacked from 5 weekly label windows."""
+    return SplitParams(), TwoStageParams(train_windows=5)
 
 
 def retail_setup() -> tuple[SplitParams, TwoStageParams]:
@@ -77,7 +78,7 @@ def retail_setup() -> tuple[SplitParams, TwoStageParams]:
             TwoStageParams(interactions=InteractionParams(half_life_days=90.0,
                                                           covisitation=CovisitationParams(max_lag=20)),
                            als=ALSParams(factors=64, iterations=15, device="cpu"),
-                           popularity=PopularityParams(window_days=28),
+                           popularity=PopularityParams(window_days=28), train_windows=2,
                            recall=RecallParams(als=100, popular=50, repeat=100, covis=100, trending=30, text=50)))
 
 

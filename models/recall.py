@@ -384,8 +384,12 @@ class ItemKNNSource:
     def fit(self, data: InteractionData) -> "ItemKNNSource":
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 
+        import warnings
+
         cls = BM25Recommender if self.params.kind == "bm25" else CosineRecommender
-        with threadpool_limits(1, "blas"):
+        # implicit converts its own BM25-weighted COO back to CSR and warns about it
+        with threadpool_limits(1, "blas"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             self.model = cls(K=self.params.neighbours, num_threads=1)
             self.model.fit(data.weighted, show_progress=False)
         self._user_items = data.weighted

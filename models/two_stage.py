@@ -52,6 +52,10 @@ class TwoStageParams:
     max_train_users: int = 20_000
     # ranking sets stacked from this many label windows, each `label_end - train_end` long, going back
     train_windows: int = 1
+    train_window_stride_days: int = 0  # days between stacked cutoffs; 0 = the label window's length
+    # who the ranker learns from: every user active in the label window, or only its buyers
+    # (the population the offline test scores: relevant = purchases)
+    train_users: str = "active"
     # MMR re-ranking over categories: 0 = off (pure ranker order), 1 = diversity only
     diversity: float = 0.0
     diversity_pool: int = 50
@@ -187,33 +191,40 @@ class TwoStageRecommender:
 
     def label_users(self, label_events: pd.DataFrame, seed: int) -> np.ndarray:
         """Users active in `label_events` and known before the cutoff (sampled to max_train_users)."""
+        types = (S.PURCHASE,) if self.params.train_users == "buyers" else S.ITEM_EVENT_TYPES
         users = self.data.users.index_of(
-            label_events.loc[label_events[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES), S.USER_ID].unique())
+            label_events.loc[label_events[S.EVENT_TYPE].isin(types), S.USER_ID].unique())
         users = np.unique(users[users >= 0])
         if len(users) > self.params.max_train_users:
             rng = np.random.default_rng(seed)
             users = np.sort(rng.choice(users, self.params.max_train_users, replace=False))
         return users
 
+    def split_ranking_sets(self, label_events: pd.DataFrame, seed: int) -> tuple[RankingSet, RankingSet]:
+        """(train, validation) ranking sets of this cutoff, validation a random share of users."""
+        label_users = self.label_users(label_events, seed)
+        is_val = np.random.default_rng(seed).random(len(label_users)) < self.params.ranker.validation_share
+        return (self.ranking_set(label_events, label_users[~is_val]),
+                self.ranking_set(label_events, label_users[is_val]))
+
     def fit_ranker(self, label_events: pd.DataFrame, seed: int = 42,
-                   extra_train: tuple[RankingSet, ...] = ()) -> RankerResult:
+                   extra: tuple[tuple[RankingSet, RankingSet], ...] = ()) -> RankerResult:
         """Train the ranker on users active in `label_events` (known before the cutoff).
 
-        A random share of those users validates (early stopping); `extra_train` ranking sets
-        (older label windows) are stacked onto the training side only."""
+        A random share of those users validates (early stopping); `extra` (train, validation)
+        ranking sets of older label windows are stacked onto both sides."""
         p = self.params
-        label_users = self.label_users(label_events, seed)
-        rng = np.random.default_rng(seed)
-        is_val = rng.random(len(label_users)) < p.ranker.validation_share
-        train = self.ranking_set(label_events, label_users[~is_val])
-        val = self.ranking_set(label_events, label_users[is_val])
-        sets = [train, *extra_train]
+        train, val = self.split_ranking_sets(label_events, seed)
+        sets, vals = [train, *(e[0] for e in extra)], [val, *(e[1] for e in extra)]
         if sum(len(t.groups) for t in sets) == 0:
             raise ValueError("no training user has a positive label among their candidates; "
                              "the label window is empty or recall finds nothing")
-        result = train_ranker(np.vstack([t.x for t in sets]), np.concatenate([t.y for t in sets]),
-                              np.concatenate([t.groups for t in sets]), val.x, val.y, val.groups,
-                              FEATURE_NAMES, p.ranker)
+
+        def stack(parts: list[RankingSet]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return (np.vstack([t.x for t in parts]), np.concatenate([t.y for t in parts]),
+                    np.concatenate([t.groups for t in parts]))
+
+        result = train_ranker(*stack(sets), *stack(vals), FEATURE_NAMES, p.ranker)
         self.booster, self.best_iteration = result.booster, result.best_iteration
         return result
 
@@ -330,7 +341,8 @@ def params_from_dict(d: dict) -> TwoStageParams:
     ranker["label_gain"] = tuple(ranker["label_gain"])
     inter = dict(d["interactions"])
     inter["covisitation"] = CovisitationParams(**inter.get("covisitation", {}))
-    scalars = {name: d[name] for name in ("max_train_users", "train_windows", "diversity", "diversity_pool")
+    scalars = {name: d[name] for name in ("max_train_users", "train_windows", "train_window_stride_days", "train_users", "diversity",
+                                          "diversity_pool")
                if name in d}
     return TwoStageParams(interactions=InteractionParams(**inter), als=ALSParams(**d["als"]),
                           popularity=PopularityParams(**d["popularity"]),
@@ -371,24 +383,23 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
     """Ranker learnt at `train_end` (labels from [train_end, label_end)); recall refit at `label_end`.
 
     With `train_windows` > 1 the ranking sets of earlier cutoffs (train_end - w * window,
-    labelled by the window after each) are stacked onto the training set; validation stays
-    on the held-out users of the newest window."""
+    labelled by the window after each) are stacked; each window holds out the same share of
+    its users for validation (early stopping on all windows' held-out users)."""
     span = pd.Timestamp(label_end) - pd.Timestamp(train_end)
+    stride = pd.Timedelta(days=params.train_window_stride_days) if params.train_window_stride_days > 0 else span
     extra = []
     for w in range(1, max(params.train_windows, 1)):
-        start = pd.Timestamp(train_end) - w * span
+        start = pd.Timestamp(train_end) - w * stride
         data_w = build_interaction_data(events, catalog, start, params.interactions)
         if data_w.n_users == 0:
             break
         learner_w = TwoStageRecommender(data_w, fit_sources(data_w, params), params)
         labels_w = events.loc[(events[S.TS] >= start) & (events[S.TS] < start + span)]
-        rs = learner_w.ranking_set(labels_w, learner_w.label_users(labels_w, params.ranker.seed + w))
-        if len(rs.groups):
-            extra.append(rs)
+        extra.append(learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
     data_train = build_interaction_data(events, catalog, train_end, params.interactions)
     learner = TwoStageRecommender(data_train, fit_sources(data_train, params), params)
     label_events = events.loc[(events[S.TS] >= train_end) & (events[S.TS] < label_end)]
-    result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra_train=tuple(extra))
+    result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra=tuple(extra))
     data_final = build_interaction_data(events, catalog, label_end, params.interactions)
     final = TwoStageRecommender(data_final, fit_sources(data_final, params), params,
                                 result.booster, result.best_iteration)
