@@ -80,3 +80,18 @@ def test_diversity_knob_raises_category_diversity(trained):
     lists = lambda a: [r[r >= 0] for r in a]  # noqa: E731
     cat = rec.data.item_category
     assert intra_list_diversity(lists(div), cat).mean() >= intra_list_diversity(lists(base), cat).mean()
+
+
+def test_params_round_trip_through_json_dict():
+    import dataclasses
+    import json
+
+    from features.covisitation import CovisitationParams
+    from features.interactions import InteractionParams
+    from models.recall import TrendingParams
+    from models.two_stage import params_from_dict
+
+    p = _params(train_windows=3, train_window_stride_days=2, train_users="buyers", diversity=0.4,
+                interactions=InteractionParams(covisitation=CovisitationParams(max_lag=3)),
+                trending=TrendingParams(per_category=True))
+    assert params_from_dict(json.loads(json.dumps(dataclasses.asdict(p)))) == p
