@@ -7,6 +7,7 @@ import fcntl
 import getpass
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,8 +44,12 @@ def ensure_experiment(name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    # a tracking server decides where artifacts go (its --artifacts-destination, proxied); a local store
+    # would put them under the current directory, so point it into RECSYS_HOME
+    remote = tracking_uri().startswith(("http://", "https://", "databricks"))
+    location = None if remote and not os.environ.get("RECSYS_ARTIFACT_ROOT") else f"{artifact_root()}/{name}"
     try:
-        return c.create_experiment(name, artifact_location=f"{artifact_root()}/{name}")
+        return c.create_experiment(name, artifact_location=location)
     except MlflowException:  # created concurrently
         return c.get_experiment_by_name(name).experiment_id
 
