@@ -3,8 +3,9 @@
 # store (AWS S3, MinIO, Ceph, ...), artifacts proxied by the server so clients need no bucket credentials.
 #
 # Required:
-#   MLFLOW_BACKEND_STORE_URI   postgresql://USER:PASSWORD@HOST:5432/DB   (needs psycopg2-binary, pinned in
-#                              requirements.lock); create the database first: `createdb mlflow`
+#   MLFLOW_BACKEND_STORE_URI   postgresql://USER:PASSWORD@HOST:5432/DB   (driver: psycopg2-binary, pinned in
+#                              requirements.lock; rewritten to postgresql+psycopg2:// below). Create the
+#                              database first (`createdb mlflow`); the server creates its tables.
 #   MLFLOW_ARTIFACTS_DESTINATION  s3://BUCKET/PREFIX
 # For the artifact store (read by boto3 in the server process only):
 #   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   credentials for the bucket
@@ -27,7 +28,9 @@ set -euo pipefail
 : "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI=postgresql://user:pass@host:5432/mlflow}"
 : "${MLFLOW_ARTIFACTS_DESTINATION:?set MLFLOW_ARTIFACTS_DESTINATION=s3://bucket/prefix}"
 case "$MLFLOW_BACKEND_STORE_URI" in
-  postgresql://*|postgresql+psycopg2://*) ;;
+  # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the pinned driver is psycopg2(-binary)
+  postgresql://*) MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://${MLFLOW_BACKEND_STORE_URI#postgresql://}" ;;
+  postgresql+psycopg2://*) ;;
   *) echo "MLFLOW_BACKEND_STORE_URI must be a postgresql:// URI" >&2; exit 2 ;;
 esac
 if [[ "$MLFLOW_ARTIFACTS_DESTINATION" == s3://* && -z "${AWS_ACCESS_KEY_ID:-}" ]]; then
