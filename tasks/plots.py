@@ -80,8 +80,10 @@ def recall_by_source_figure(recall: dict[str, float]):
 def gate_figure(report: dict):
     """Challenger vs champion on the primary metric (with the CI of the difference) and each guardrail."""
     rows = [(report["metric"], report.get("challenger"), report.get("champion"))]
-    rows += [(g["name"], g.get("challenger"), g.get("champion")) for g in report.get("guardrails", [])
-             if g.get("challenger") is not None]
+    units = {"latency_p95": "latency_p95 (ms)"}
+    rows += [(units.get(g["name"], g["name"]), g.get("challenger"), g.get("champion"))
+             for g in report.get("guardrails", [])
+             if g.get("challenger") is not None and g["name"] != "latency_ratio"]  # same numbers as latency_p95
     fig, axes = plt.subplots(1, len(rows), figsize=(3.0 * len(rows), 3.4), squeeze=False)
     for ax, (name, chal, champ) in zip(axes[0], rows):
         vals = [v if v is not None else 0.0 for v in (champ, chal)]

@@ -177,6 +177,14 @@ def log_text(run_id: str, text: str, artifact_file: str) -> None:
     client().log_text(run_id, text, artifact_file)
 
 
+def rename_run(run_id: str, name: str) -> None:
+    client().update_run(run_id, name=name)
+
+
+def run_name(run_id: str) -> str:
+    return client().get_run(run_id).info.run_name
+
+
 def set_note(run_id: str, markdown: str) -> None:
     """The run's description in the UI (Overview tab)."""
     client().set_tag(run_id, "mlflow.note.content", markdown[:5000])

@@ -136,7 +136,7 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
         tags["prefect.flow_run_id"] = flow_run_id
     if flow_run_url:
         tags["prefect.flow_run_url"] = flow_run_url
-    name = f"train cutoff={split.test_end:%Y-%m-%d} at {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M}"
+    name = f"train cutoff={split.test_end:%Y-%m-%d} at {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M:%S}"
     run_id = tracking.start_run(config.experiment, name, tags)
     tracking.log_params(run_id, config.flat_params())
     data_metrics = {"data.events": len(data.events), "data.users": data.events[S.USER_ID].nunique(),
@@ -334,6 +334,10 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
             tracking.log_figure(target, fig, "plots/gate.png")
         plots.close(fig)
         tracking.set_note(run_id, md)
+        # the outcome in the name, so the runs table reads "... -> v3 champion" / "... -> v4 kept v3"
+        base = tracking.run_name(run_id).split(" -> ")[0]
+        tracking.rename_run(run_id, f"{base} -> v{version} " + (
+            "champion" if promoted else f"rejected (champion v{champion})" if champion else "not promoted"))
         tracking.set_version_tags(name, version, {"gate.decision": gate_tags["gate.decision"],
                                                   "gate.reason": decision.reason[:5000], "gate.run_id": gate_run,
                                                   "gate.vs_champion": champion or "none"})

@@ -21,7 +21,7 @@ def _children(client, run):
 def test_parent_run_has_lineage_tags_datasets_and_stable_metric_keys(first_run, client):
     run = client.get_run(first_run["run_id"])
     tags = run.data.tags
-    assert run.info.run_name.startswith("train cutoff=")
+    assert run.info.run_name.startswith("train cutoff=") and run.info.run_name.endswith("-> v1 champion")
     for key in ("flow", "data_window", "dataset_digest", "code_version", "config_hash", "als_device",
                 "prefect.flow_run_id", "split.train_end", "gate.decision", "gate.reason"):
         assert tags.get(key), key
@@ -65,5 +65,24 @@ def test_one_child_run_per_stage_in_order(first_run, client):
     assert sorted(steps) == list(range(1, 21))
     gate = children["gate"]
     assert gate.data.tags["gate.decision"] == "promoted"
-    assert "gate.promoted" in gate.data.metrics
+    assert "gate.promoted" in gate.data.metrics and "gate.guardrail.latency_p95.challenger" in gate.data.metrics
     assert {"gate_report.md", "gate_report.json"} <= {a.path for a in client.list_artifacts(gate.info.run_id)}
+
+
+def test_a_guardrail_vetoes_in_a_real_flow_and_says_so_everywhere(first_run, client):
+    from flows.train import train
+    from models.gate import GateParams
+    from tests.integration.conftest import small_config
+
+    # an impossible latency cap: the primary decision (first model) would promote, the guardrail vetoes
+    result = train(config=small_config(registered_model="recsys-veto", gate=GateParams(max_p95_latency_ms=0.001)))
+    assert not result["promoted"] and result["reason"].startswith("vetoed by guardrail latency_p95")
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["gate.decision"] == "rejected" and run.data.tags["gate.vetoed_by"] == "latency_p95"
+    assert run.data.metrics["gate.guardrail.latency_p95.passed"] == 0.0
+    assert run.info.run_name.endswith(f"-> v{result['version']} not promoted")
+    version = client.get_model_version("recsys-veto", result["version"])
+    assert version.tags["gate.decision"] == "rejected" and "latency_p95" in version.tags["gate.reason"]
+    assert "champion" not in client.get_registered_model("recsys-veto").aliases
+    report = client.download_artifacts(run.info.run_id, "gate_report.md")
+    assert "**VETO**" in open(report).read()
