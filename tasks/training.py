@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import subprocess
 import time
@@ -132,6 +133,9 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
             "split.test_end": f"{split.test_end:%Y-%m-%d}", "registered_model": config.registered_model}
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit
+    # what the UI shows as Source / Created by
+    tags.update({"mlflow.source.type": "JOB", "mlflow.source.name": "prefect flow train (flows/train.py)",
+                 "mlflow.user": getpass.getuser()})
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
     if flow_run_url:
