@@ -1,4 +1,5 @@
-"""The training flow: one Prefect flow run = one MLflow run = (maybe) one new champion."""
+"""The training flow: one Prefect flow run = one parent MLflow run (child runs per stage: data, recall, rank,
+evaluate, gate) = (maybe) one new champion."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def train(config: TrainConfig = TrainConfig()) -> dict:
     try:
         rec, ranker = train_model(data, split, config)
         evaluation = evaluate_model(rec, data, split, config.k)
-        log_results(run_id, rec, ranker, evaluation, config.k)
+        log_results(run_id, rec, ranker, evaluation, config.k, data, split)
         version = register_model(run_id, rec, evaluation, config, split)
         decision = promotion_gate(run_id, version, data, split, config)
     except BaseException as exc:
