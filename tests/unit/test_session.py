@@ -8,9 +8,9 @@ import pytest
 from features import schema as S
 from features.interactions import build_interaction_data
 from models.recall import ALSParams
-from models.search import search, similar_items
+from models.search import query_scores, search, similar_items
 from models.session import (CONTENT, MODEL, POPULAR, SESSION, SIMILAR_ALS, SIMILAR_CONTENT, SessionParams,
-                            build_serving_index, fold_session, recommend_session, recommend_user)
+                            build_serving_index, fold_session, session_row, recommend_session, recommend_user)
 from models.two_stage import RecallParams, TwoStageParams, TwoStageRecommender, fit_sources
 from tests.unit.conftest import make_events
 
@@ -79,12 +79,22 @@ def test_known_user_gets_ranked_own_group_and_unknown_gets_popular(shop):
 
 
 def test_folding_the_users_own_history_reproduces_the_trained_vector(shop):
-    rec, _ = shop
+    rec, index = shop
     u = rec.data.users.position("u05")
-    vec = fold_session(rec, u, np.zeros(0, np.int64), [])
+    vec = fold_session(rec, index, u, np.zeros(0, np.int64), [])
     trained = rec.sources["als"].model.user_factors[u]
     cos = vec @ trained / (np.linalg.norm(vec) * np.linalg.norm(trained))
     assert cos > 0.99
+
+
+def test_fold_matches_implicits_recalculate_user(shop):
+    rec, index = shop
+    u = rec.data.users.position("u12")
+    items = item_idx(rec, "i01", "i17", "i17")
+    types = ["view", "add_to_cart", "purchase"]
+    row = session_row(rec, u, items, types, SessionParams())
+    expected = rec.sources["als"].model.recalculate_user(0, row)
+    np.testing.assert_allclose(fold_session(rec, index, u, items, types), expected, rtol=1e-3, atol=1e-4)
 
 
 def test_a_session_changes_the_answer_immediately(shop):
@@ -98,7 +108,7 @@ def test_a_session_changes_the_answer_immediately(shop):
     # (this toy ranker learnt "the user's history group", so it still puts shoes first)
     u = rec.data.users.position("u03")
     tea_items = item_idx(rec, *[f"i{i}" for i in range(16, 24)])
-    vec = fold_session(rec, u, tea_items, ["purchase"] * 8)
+    vec = fold_session(rec, index, u, tea_items, ["purchase"] * 8)
     top, _ = rec.sources["als"].recommend_vector(vec, 3)
     assert groups(rec, top) == [2, 2, 2]
     before = recommend_user(rec, index, u, 5)
@@ -140,3 +150,10 @@ def test_similar_items(shop):
     new = rec.data.items.position("i24")
     content = similar_items(rec, index, new, 3)
     assert content.strategy == SIMILAR_CONTENT and groups(rec, content.items) == [0, 0, 0]
+
+
+@pytest.mark.parametrize("query", ["green tea", "Red SHOE shoe deluxe", "model 3", "unknown words", ""])
+def test_fast_query_scores_match_the_text_index(shop, query):
+    _, index = shop
+    expected = (index.text.matrix @ index.text.query_vector(query).T).toarray().ravel()
+    np.testing.assert_allclose(query_scores(index, query), expected, rtol=1e-5, atol=1e-6)
