@@ -186,8 +186,9 @@ def workloads(home: Path, n: int, seed: int = 0) -> dict[str, list[bytes]]:
     return out
 
 
-def start_service(env: dict, port: int) -> subprocess.Popen:
-    cmd = [str(BIN / "recsys"), "serve", "--port", str(port), "--poll-interval", "0", "--log-level", "warning"]
+def start_service(env: dict, port: int, workers: int = 1) -> subprocess.Popen:
+    cmd = [str(BIN / "recsys"), "serve", "--port", str(port), "--poll-interval", "0", "--log-level", "warning",
+           "--workers", str(workers)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -218,6 +219,7 @@ def main() -> None:
     ap.add_argument("--ladder-duration", type=float, default=5.0)
     ap.add_argument("--scenarios", default="health,recommendations,session,search",
                     help="comma-separated subset of health,recommendations,session,search")
+    ap.add_argument("--workers", type=int, default=1, help="`recsys serve --workers`")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args()
 
@@ -229,7 +231,7 @@ def main() -> None:
     env["RECSYS_HOME"] = str(home)
     env.pop("MLFLOW_TRACKING_URI", None)
     port = free_port()
-    proc = start_service(env, port)
+    proc = start_service(env, port, args.workers)
     try:
         wait_ready(port, proc)
         loads = workloads(home, 4000)
@@ -252,13 +254,13 @@ def main() -> None:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
-    out = {"host": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
+    out = {"host": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}, "workers": args.workers,
            "rate": args.rate, "duration_s": args.duration, "scenarios": results, "ladder": ladder,
            "max_rate_p99_under_50ms": best}
     if args.json:
         print(json.dumps(out))
         return
-    print(f"open loop, {args.rate:g} req/s, {args.duration:g}s measured per scenario, "
+    print(f"open loop, {args.rate:g} req/s, {args.duration:g}s measured per scenario, {args.workers} worker(s), "
           f"{out['host']['cpus']} cpus, load avg {out['host']['load_avg_1m']}")
     print(f"{'scenario':<16}{'req':>7}{'err':>5}{'rps':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
           f"{'srv cpu ms/req':>16}")

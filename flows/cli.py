@@ -113,6 +113,8 @@ def serve(
     challenger_alias: str = typer.Option("challenger", help="alias of the A/B challenger"),
     log_level: str = typer.Option("info"),
     access_log: bool = typer.Option(False, help="uvicorn access log (costs latency under load)"),
+    workers: int = typer.Option(1, min=1, help="worker processes (each loads the model and follows the alias; "
+                                               "/metrics is per worker)"),
 ) -> None:
     """Serve the champion over HTTP (FastAPI): /recommendations/{user_id}?k=, POST /recommendations (session),
     /search?q=, /similar/{item_id}, /health, /ready, /version, /metrics."""
@@ -126,9 +128,18 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     imp_dir = str(impressions_dir or recsys_home() / "impressions") if impressions else None
-    uvicorn.run(create_app(model_name, alias, poll_interval, impressions_dir=imp_dir, ab_share=ab_share,
-                           challenger_alias=challenger_alias),
-                host=host, port=port, log_level=log_level, access_log=access_log)
+    kwargs = dict(model_name=model_name, alias=alias, poll_interval_s=poll_interval, impressions_dir=imp_dir,
+                  ab_share=ab_share, challenger_alias=challenger_alias)
+    if workers > 1:
+        import os
+
+        from serving.app import CONFIG_ENV
+
+        os.environ[CONFIG_ENV] = json.dumps(kwargs)
+        uvicorn.run("serving.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    log_level=log_level, access_log=access_log)
+    else:
+        uvicorn.run(create_app(**kwargs), host=host, port=port, log_level=log_level, access_log=access_log)
 
 
 @app.command()

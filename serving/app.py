@@ -13,7 +13,9 @@ thread and never on the request path.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -372,6 +374,15 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         return respond(request, "similar", cur, variant, out, None, extra={"item_id": item_id})
 
     return app
+
+
+CONFIG_ENV = "RECSYS_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """App factory for `uvicorn --workers N` (each worker process builds its own app from the JSON
+    keyword arguments of `create_app` in $RECSYS_SERVE_CONFIG, loads and follows the alias itself)."""
+    return create_app(**json.loads(os.environ[CONFIG_ENV]))
 
 
 _ENDPOINTS = {"recommendations", "search", "similar", "health", "ready", "version", "metrics"}

@@ -68,7 +68,8 @@ class ImpressionLogger:
             day, line = q.popleft()
             batch.setdefault(day, []).append(line)
         for day, lines in batch.items():  # daily rotation: the record's UTC day names the file
-            with impressions_file(self.directory, day).open("ab") as fh:
+            # unbuffered O_APPEND: one write() per batch, so several worker processes can share a file
+            with impressions_file(self.directory, day).open("ab", buffering=0) as fh:
                 fh.write(b"".join(lines))
             self.written += len(lines)
 
