@@ -96,6 +96,8 @@ def test_champion_swaps_under_load_without_a_failed_request(swap_versions, servi
         tracking.move_champion(NAME, v2, "swap test: promote")
         wait_version(url, v2)
         time.sleep(1.0)
+    print(f"\nswap {v1}->{v2} under load: {load.count} requests, {len(load.errors)} errors, "
+          f"{load.versions.count(v1)} answered by v{v1}, {load.versions.count(v2)} by v{v2}")
     assert load.errors == [] and load.count > 20
     assert load.versions[0] == v1 and load.versions[-1] == v2 and set(load.versions) == {v1, v2}
     metrics = httpx.get(f"{url}/metrics").text
@@ -111,8 +113,41 @@ def test_champion_swaps_under_load_without_a_failed_request(swap_versions, servi
                 break
             time.sleep(0.2)
         time.sleep(0.5)
+    print(f"broken v{broken} under load: {load.count} requests, {len(load.errors)} errors; "
+          f"still serving v{v['version']}; last_error: {v['last_error'][:120]}")
     assert v["failed_version"] == broken and v["version"] == v2
     assert f"loading version {broken} failed" in v["last_error"]
     assert load.errors == [] and set(load.versions) == {v2}
     assert 'recsys_model_load_failures_total{alias="champion"} 1.0' in httpx.get(f"{url}/metrics").text
     assert httpx.get(f"{url}/ready").status_code == 200
+
+
+def test_ab_split_is_stable_and_logged(swap_versions, service, tmp_path):
+    from tasks import tracking
+    from tasks.impressions import read_impressions
+
+    (v1, v2), _ = swap_versions
+    tracking.move_champion(NAME, v1, "ab test")
+    tracking.client().set_registered_model_alias(NAME, "challenger", v2)
+    url, proc = service("--model-name", NAME, "--ab-share", "0.5", "--poll-interval", "0",
+                        "--impressions-dir", str(tmp_path))
+    wait_ready(f"{url}/ready", proc)
+    deadline = time.monotonic() + 40
+    while httpx.get(f"{url}/version").json()["challenger"]["version"] != v2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen = {}
+    for n in range(40):
+        body = httpx.get(f"{url}/recommendations/u{n:06d}", params={"k": 3}).json()
+        again = httpx.get(f"{url}/recommendations/u{n:06d}", params={"k": 3}).json()
+        assert (body["variant"], body["model_version"]) == (again["variant"], again["model_version"])
+        seen[body["variant"]] = body["model_version"]
+    assert seen == {"champion": v1, "challenger": v2}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        frame = read_impressions(tmp_path)
+        if len(frame) >= 240:
+            break
+        time.sleep(0.2)
+    assert set(frame["variant"]) == {"champion", "challenger"}
+    versions = frame.groupby("variant")["model_version"].agg(lambda v: set(v)).to_dict()
+    assert versions == {"champion": {v1}, "challenger": {v2}}
