@@ -180,10 +180,26 @@ def recommend_session(rec: TwoStageRecommender, index: ServingIndex, user: int, 
     table = merge_candidates(per_source, rec.data.n_items)
     items, scores = top_k(table.items, rank_table(rec, table), k)
     out = Recommendation(items, scores, [SESSION] * len(items), SESSION)
+    if user < 0 and index.is_cold[s_items].all():
+        return lead_with_content(index, out, s_items, k)
     prof_items, prof_w = history_profile(rec, user, params)
     prof_items = np.concatenate([prof_items, s_items])
     prof_w = np.concatenate([prof_w, np.ones(len(s_items), np.float32) * prof_w.max(initial=1.0)])
     return add_new_items(rec, index, out, prof_items, prof_w, k, params)
+
+
+def lead_with_content(index: ServingIndex, out: Recommendation, s_items: np.ndarray, k: int) -> Recommendation:
+    """A visitor without history who only touched new items: neither the folded vector (new items'
+    factors carry no signal) nor the ranker knows anything, so the first half of the list is the
+    items most similar in text to what they looked at; the ranked list fills the rest."""
+    sims = index.text.profile_scores(s_items, np.ones(len(s_items), np.float32))
+    sims[s_items] = 0.0
+    n = max(1, k // 2)
+    c_items, c_scores = top_k(np.flatnonzero(sims > 0), sims[sims > 0], n)
+    rest = [j for j, it in enumerate(out.items.tolist()) if it not in set(c_items.tolist())][:k - len(c_items)]
+    return Recommendation(np.concatenate([c_items, out.items[rest]]),
+                          np.concatenate([c_scores, out.scores[rest]]).astype(np.float32),
+                          [CONTENT] * len(c_items) + [out.strategies[j] for j in rest], CONTENT)
 
 
 # ---- new items by content ------------------------------------------------------------------

@@ -157,3 +157,12 @@ def test_fast_query_scores_match_the_text_index(shop, query):
     _, index = shop
     expected = (index.text.matrix @ index.text.query_vector(query).T).toarray().ravel()
     np.testing.assert_allclose(query_scores(index, query), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_visitor_who_only_saw_a_new_item_gets_its_text_neighbours_first(shop):
+    rec, index = shop
+    new = rec.data.items.position("i24")  # "red shoe deluxe", nobody touched it
+    out = recommend_session(rec, index, -1, np.array([new]), ["view"], 6)
+    assert out.strategy == CONTENT and out.strategies[:3] == [CONTENT] * 3 and len(out.items) == 6
+    assert groups(rec, out.items[:3]) == [0, 0, 0] and new not in out.items
+    assert len(set(out.items.tolist())) == 6
