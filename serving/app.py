@@ -12,6 +12,7 @@ thread and never on the request path.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -141,6 +142,12 @@ class ModelHolder:
                 return False
             self.current = LoadedModel(rec, index, self.name, version, run_id, time.time())
             self.last_error, self.failed_version = None, None
+            # the model's objects live until the next swap: keep them out of the cyclic GC's scans, whose
+            # full collections would otherwise show up as latency spikes (unfreeze first, so that the
+            # previous model's cycles are collected rather than kept forever)
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
             if self._metrics:
                 self._metrics.swaps.labels(self.alias).inc()
                 self._metrics.model_version.labels(self.alias).set(float(version) if version.isdigit() else -1)
