@@ -166,3 +166,20 @@ def test_a_visitor_who_only_saw_a_new_item_gets_its_text_neighbours_first(shop):
     assert out.strategy == CONTENT and out.strategies[:3] == [CONTENT] * 3 and len(out.items) == 6
     assert groups(rec, out.items[:3]) == [0, 0, 0] and new not in out.items
     assert len(set(out.items.tolist())) == 6
+
+
+def test_the_per_request_path_never_touches_pandas(shop, monkeypatch):
+    rec, index = shop
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pandas on the per-request path")
+
+    for target in (pd.DataFrame, pd.Series, pd.Index):
+        monkeypatch.setattr(target, "__init__", forbidden)
+    monkeypatch.setattr(pd.Index, "get_indexer", forbidden)
+    u = rec.data.users.position("u11")
+    assert len(recommend_user(rec, index, u, 5).items) == 5
+    assert len(recommend_user(rec, index, -1, 5).items) == 5
+    assert len(recommend_session(rec, index, u, item_idx(rec, "i01", "i24"), ["view", "purchase"], 5).items) == 5
+    assert len(search(rec, index, "blue lamp", u, 5).items) == 5
+    assert len(similar_items(rec, index, 3, 5).items) == 5
