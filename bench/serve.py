@@ -142,10 +142,11 @@ def cpu_seconds(pid: int) -> float:
 def measured(port: int, pid: int, requests: list[bytes], rate: float, duration: float, warmup: float) -> dict:
     """`open_loop` plus the server's CPU ms per request: what a request costs regardless of how much
     of the machine other processes take (wall-clock latency on a shared box does not say that)."""
-    c0 = cpu_seconds(pid)
+    c0, p0 = cpu_seconds(pid), time.process_time()
     r = asyncio.run(open_loop(port, requests, rate, duration, warmup))
     sent = int((warmup + duration) * rate)
     r["server_cpu_ms_per_req"] = round((cpu_seconds(pid) - c0) * 1000 / max(sent, 1), 3)
+    r["client_cpu_ms_per_req"] = round((time.process_time() - p0) * 1000 / max(sent, 1), 3)
     return r
 
 
@@ -263,10 +264,11 @@ def main() -> None:
     print(f"open loop, {args.rate:g} req/s, {args.duration:g}s measured per scenario, {args.workers} worker(s), "
           f"{out['host']['cpus']} cpus, load avg {out['host']['load_avg_1m']}")
     print(f"{'scenario':<16}{'req':>7}{'err':>5}{'rps':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-          f"{'srv cpu ms/req':>16}")
+          f"{'srv cpu ms/req':>16}{'client cpu':>12}")
     for name, r in results.items():
         print(f"{name:<16}{r['requests']:>7}{r['errors']:>5}{r['throughput_rps']:>8}{r['p50_ms']:>9}"
-              f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['max_ms']:>9}{r['server_cpu_ms_per_req']:>16}")
+              f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['max_ms']:>9}{r['server_cpu_ms_per_req']:>16}"
+              f"{r['client_cpu_ms_per_req']:>12}")
     for r in ladder:
         print(f"ladder {r['rate']:>6g}/s: p50 {r['p50_ms']} p99 {r['p99_ms']} ms, errors {r['errors']}, "
               f"{r['throughput_rps']} rps, server cpu {r['server_cpu_ms_per_req']} ms/req")
