@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from features import schema as S
 from models.recall import Candidates
 from models.text_index import TextIndex
 from models.two_stage import CandidateTable, TwoStageRecommender, merge_candidates
@@ -239,7 +238,3 @@ def add_new_items(rec: TwoStageRecommender, index: ServingIndex, out: Recommenda
                           np.concatenate([out.scores[:n_keep], np.full(len(new), floor, np.float32)]),
                           out.strategies[:n_keep] + [CONTENT] * len(new), out.strategy)
 
-
-def item_event_types() -> tuple[str, ...]:
-    """Event types a session may carry (searches are accepted and ignored for folding)."""
-    return S.EVENT_TYPES
