@@ -215,7 +215,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0, help="arrival rate per scenario (req/s)")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each scenario")
-    ap.add_argument("--ladder", default="200,300,400,500,650,800",
+    ap.add_argument("--ladder", default="200,250,300,400,500,650,800",
                     help="rates tried for GET /recommendations to find the highest with p99 < 50 ms ('' = skip)")
     ap.add_argument("--ladder-duration", type=float, default=5.0)
     ap.add_argument("--scenarios", default="health,recommendations,session,search",
