@@ -105,15 +105,41 @@ def serve(
     model_name: str = typer.Option("recsys", help="registered model to follow"),
     alias: str = typer.Option("champion", help="registry alias to serve"),
     poll_interval: float = typer.Option(30.0, min=0, help="seconds between alias checks (0 = never)"),
+    impressions: bool = typer.Option(True, help="log every response to $RECSYS_HOME/impressions/ (JSON lines)"),
+    impressions_dir: Optional[Path] = typer.Option(None, help="impressions directory; default "
+                                                              "$RECSYS_HOME/impressions"),
+    ab_share: float = typer.Option(0.0, min=0.0, max=1.0, help="share of users (stable hash) served by the "
+                                                              "`challenger` alias when it exists"),
+    challenger_alias: str = typer.Option("challenger", help="alias of the A/B challenger"),
     log_level: str = typer.Option("info"),
+    access_log: bool = typer.Option(False, help="uvicorn access log (costs latency under load)"),
+    workers: int = typer.Option(1, min=1, help="worker processes (each loads the model and follows the alias; "
+                                               "/metrics is per worker)"),
 ) -> None:
-    """Serve the champion over HTTP (FastAPI): /recommendations/{user_id}?k=, /health, /ready, /version."""
+    """Serve the champion over HTTP (FastAPI): /recommendations/{user_id}?k=, POST /recommendations (session),
+    /search?q=, /similar/{item_id}, /health, /ready, /version, /metrics."""
     _env()
+    import logging
+
     import uvicorn
 
     from serving.app import create_app
+    from tasks.paths import recsys_home
 
-    uvicorn.run(create_app(model_name, alias, poll_interval), host=host, port=port, log_level=log_level)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    imp_dir = str(impressions_dir or recsys_home() / "impressions") if impressions else None
+    kwargs = dict(model_name=model_name, alias=alias, poll_interval_s=poll_interval, impressions_dir=imp_dir,
+                  ab_share=ab_share, challenger_alias=challenger_alias)
+    if workers > 1:
+        import os
+
+        from serving.app import CONFIG_ENV
+
+        os.environ[CONFIG_ENV] = json.dumps(kwargs)
+        uvicorn.run("serving.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    log_level=log_level, access_log=access_log)
+    else:
+        uvicorn.run(create_app(**kwargs), host=host, port=port, log_level=log_level, access_log=access_log)
 
 
 @app.command()
