@@ -17,7 +17,7 @@ from models.evaluation import Evaluation, evaluate, relevant_items, score_users
 from models.gate import GateDecision, decide_promotion
 from models.ranker import RankerResult
 from models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
-from tasks import plots, tracking
+from tasks import caching, plots, tracking
 from tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
 from tasks.paths import data_dir
 
@@ -66,14 +66,14 @@ def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
     return split
 
 
-@task(name="train-two-stage")
+@task(name="train-two-stage", cache_key_fn=caching.train_key, persist_result=True, result_storage=caching.RESULTS)
 def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[TwoStageRecommender, RankerResult]:
     rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model)
     _logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
     return rec, result
 
 
-@task(name="evaluate")
+@task(name="evaluate", cache_key_fn=caching.evaluate_key, persist_result=True, result_storage=caching.RESULTS)
 def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: int) -> Evaluation:
     test = window(data.events, split.label_end, split.test_end)
     result = evaluate(rec, test, k)
@@ -135,7 +135,9 @@ def register_model(run_id: str, rec: TwoStageRecommender, evaluation: Evaluation
     return version
 
 
-@task(name="promotion-gate")
+# tag: a Prefect tag concurrency limit `promotion-gate` = 1 (scripts/prefect_up.sh) serialises gates across
+# runs and machines, on top of the file lock below
+@task(name="promotion-gate", tags=["promotion-gate"])
 def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, config: TrainConfig) -> GateDecision:
     """Champion and challenger, both loaded from the registry, scored on the same newest window."""
     name, metric = config.registered_model, config.gate.metric
