@@ -60,7 +60,7 @@ def train_ranker_dask(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_val: n
     fit_kwargs: dict = {"group": dg, "feature_name": list(feature_names)}
     if has_val:
         vx, vy, vg = _to_dask(x_val, y_val, groups_val, n_partitions or n_workers)
-        fit_kwargs.update(eval_set=[(vx, vy)], eval_group=[vg], eval_names=["valid"], eval_at=[params.eval_at])
+        fit_kwargs.update(eval_X=(vx,), eval_y=(vy,), eval_group=[vg], eval_names=["valid"], eval_at=[params.eval_at])
     model = lgb_dask.DaskLGBMRanker(
         client=client, objective="lambdarank", n_estimators=params.n_estimators,
         learning_rate=params.learning_rate, num_leaves=params.num_leaves,
