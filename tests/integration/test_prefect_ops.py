@@ -53,7 +53,7 @@ def test_a_bad_flow_parameter_is_rejected_before_any_work(recsys_home):
 
 def test_backfill_is_idempotent_and_force_replaces_without_duplicates(first_run):
     from flows.backfill import backfill
-    from models.ops_config import BackfillParams
+    from models.ops_config import BackfillParams, DaskOptions
 
     client = MlflowClient(tracking_uri())
     params = BackfillParams(start="2026-02-02", end="2026-02-09", step_days=7, config=small_config(**OPS))
@@ -69,7 +69,9 @@ def test_backfill_is_idempotent_and_force_replaces_without_duplicates(first_run)
     assert again["trained"] == 0 and again["skipped"] == 2
     assert [r["run_id"] for r in again["cutoffs"]] == [r["run_id"] for r in first["cutoffs"]]
 
-    forced = backfill(params=params.model_copy(update={"start": params.end, "force": True}))
+    # forced, fanned out on a local Dask cluster (in-process workers: they share the test's Prefect API)
+    forced = backfill(params=params.model_copy(update={"start": params.end, "force": True,
+                                                       "dask": DaskOptions(local_workers=1)}))
     assert [r["status"] for r in forced["cutoffs"]] == ["replaced"]
     runs = _active_runs(client, "2026-02-09", params.config_at("2026-02-09").config_hash())
     assert [r.info.run_id for r in runs] == [forced["cutoffs"][0]["run_id"]]
