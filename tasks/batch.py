@@ -14,8 +14,8 @@ import sqlite3
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.dataset as ds
 import pyarrow as pa
+import pyarrow.dataset as ds
 from prefect import task
 
 from features import schema as S
@@ -116,9 +116,8 @@ def publish_tables(parts: list[str], output_dir: str | None, name: str, version:
         con.execute("DELETE FROM batch_meta")
         con.execute("INSERT INTO batch_meta VALUES (?, ?, ?, ?, ?, ?)",
                     (name, str(version), k, int(frame["user_id"].nunique()), len(frame), scored_at))
-    for p in parts:
-        shutil.rmtree(Path(p).parent, ignore_errors=True)
-        break
+    if parts:  # all parts of a run share one staging folder
+        shutil.rmtree(Path(parts[0]).parent, ignore_errors=True)
     summary = {"users": int(frame["user_id"].nunique()), "rows": len(frame), "model_version": str(version),
                "parquet": str(parquet_path), "sqlite": str(db_path)}
     _logger().info("batch scores: %s", summary)

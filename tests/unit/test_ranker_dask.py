@@ -18,6 +18,7 @@ def test_group_partitions_never_split_a_group_and_cover_all_rows():
     assert group_partitions(np.array([], dtype=int), 2) == []
 
 
+@pytest.mark.filterwarnings("ignore:Parameter n_jobs will be ignored")
 def test_dask_ranker_learns_the_planted_signal():
     distributed = pytest.importorskip("distributed")
     rng = np.random.default_rng(0)
