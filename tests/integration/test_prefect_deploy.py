@@ -56,10 +56,17 @@ def test_deploy_and_run_the_backfill_deployment_on_a_local_server_and_worker(pre
         assert name in deployed.stdout, name
     prefect = str(Path(sys.executable).parent / "prefect")
     # the deployment's work pool, schedule and the gate's concurrency limit are on the server
-    env_api = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{env['PREFECT_PORT']}/api"}
+    env_api = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{env['PREFECT_PORT']}/api", "COLUMNS": "200"}
     nightly = _sh([prefect, "deployment", "inspect", "train/train-nightly"], env_api, 60).stdout
     assert "0 2 * * *" in nightly and "'local'" in nightly
-    assert "promotion-gate" in _sh([prefect, "concurrency-limit", "inspect", "promotion-gate"], env_api, 60).stdout
+    limit = json.loads(_sh([prefect, "concurrency-limit", "inspect", "promotion-gate", "-o", "json"], env_api, 60).stdout)
+    assert limit["tag"] == "promotion-gate" and limit["concurrency_limit"] == 1
+
+    # the server checks parameters against the flow's schema before creating a run
+    bad = subprocess.run([prefect, "deployment", "run", "backfill/backfill-manual", "--params",
+                          json.dumps({"params": {"start": "2026-02-02", "end": "2026-02-09", "step_days": 0}})],
+                         cwd=ROOT, env=env_api, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "step_days" in bad.stdout + bad.stderr, bad.stdout[-2000:]
 
     params = {"params": {"start": "2026-02-02", "end": "2026-02-09", "step_days": 7,
                          "config": {"model": {"als": {"factors": 16, "iterations": 5, "device": "cpu"}}}}}
