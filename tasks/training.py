@@ -22,7 +22,7 @@ from models.gate import (GateDecision, GuardrailMeasures, decide_promotion, deci
 from models.metrics import catalog_coverage, per_user_metrics
 from models.ranker import RankerResult
 from models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
-from tasks import plots, tracking
+from tasks import caching, plots, tracking
 from tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
 from tasks.paths import data_dir
 
@@ -71,14 +71,14 @@ def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
     return split
 
 
-@task(name="train-two-stage")
+@task(name="train-two-stage", cache_key_fn=caching.train_key, persist_result=True, result_storage=caching.RESULTS)
 def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[TwoStageRecommender, RankerResult]:
     rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model)
     _logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
     return rec, result
 
 
-@task(name="evaluate")
+@task(name="evaluate", cache_key_fn=caching.evaluate_key, persist_result=True, result_storage=caching.RESULTS)
 def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: int) -> Evaluation:
     test = window(data.events, split.label_end, split.test_end)
     result = evaluate(rec, test, k)
@@ -275,7 +275,9 @@ def gate_report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@task(name="promotion-gate")
+# tag: a Prefect tag concurrency limit `promotion-gate` = 1 (scripts/prefect_up.sh) serialises gates across
+# runs and machines, on top of the file lock below
+@task(name="promotion-gate", tags=["promotion-gate"])
 def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, config: TrainConfig) -> GateDecision:
     """Champion and challenger, both loaded from the registry, scored on the same newest window: primary
     metric by paired bootstrap, then guardrails (coverage, new users, latency) that can veto. The decision
