@@ -121,9 +121,10 @@ def ingest(
         _fail(" ".join(str(exc).split()))
     _env()
     from flows.ingest import ingest as ingest_flow
-    from tasks.ingest import format_summary
+    from tasks.ingest import format_summary, preflight
 
     try:
+        preflight(params)
         summary = ingest_flow(params=params)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
         _fail(" ".join(str(exc).split()))

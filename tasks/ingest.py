@@ -31,7 +31,7 @@ from prefect import get_run_logger, task
 
 from features import schema as S
 from features.mapping import IngestParams, SourceKind, map_columns, pseudonymise
-from features.online_retail import ADAPTER_RULES, CUSTOMER, STRING_COLUMNS, transform_online_retail
+from features.online_retail import ADAPTER_RULES, CUSTOMER, STRING_COLUMNS, check_raw, transform_online_retail
 from features.synthetic import SyntheticParams
 from features.validation import REJECT_RULE, RULES, SOURCE_ROW, SchemaError, event_keys, split_valid_rows
 from tasks import tracking
@@ -188,6 +188,32 @@ def iter_chunks(info: InputInfo, chunk_rows: int, dtype: dict | str | None = "st
                           "try --encoding latin-1") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise IngestError(f"{info.path}: truncated or corrupt gzip file ({exc})") from None
+
+
+def preflight(params: IngestParams) -> InputInfo | None:
+    """Fail fast, before any flow run starts, on what the file's start can tell: missing, empty,
+    truncated gzip, undecodable, wrong delimiter, a required column missing."""
+    if params.source == SourceKind.synthetic:
+        return None
+    _salt(params)
+    info = inspect_input(params.input, params.encoding, params.delimiter)
+    dtype = {c: "string" for c in STRING_COLUMNS} if params.source == SourceKind.online_retail else "string"
+    head = next(iter_chunks(info, 1000, dtype=dtype), None)
+    if head is None or not len(head):
+        raise IngestError(f"{info.path}: a header but no data rows")
+    if params.source == SourceKind.online_retail:
+        try:
+            check_raw(head, str(info.path))
+        except SchemaError as exc:
+            raise IngestError(str(exc)) from None
+    else:
+        try:
+            map_columns(head, params.mapping, str(info.path))
+        except SchemaError as exc:
+            raise IngestError(str(exc)) from None
+    if params.catalog:
+        inspect_input(params.catalog, params.encoding, None)
+    return info
 
 
 # ---------------------------------------------------------------- staging, quarantine, profile
@@ -587,7 +613,7 @@ def log_ingest(params: IngestParams, staged: StagedIngest, store: dict | None, e
     return run_id
 
 
-__all__ = ["IngestError", "inspect_input", "iter_chunks", "stage_input", "check_rejected_share", "commit_staged",
+__all__ = ["IngestError", "inspect_input", "preflight", "iter_chunks", "stage_input", "check_rejected_share", "commit_staged",
            "discard_staged", "log_ingest", "StagedIngest", "RULES", "ADAPTER_RULES"]
 
 
