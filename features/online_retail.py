@@ -109,7 +109,7 @@ def check_raw(raw: pd.DataFrame, source: str) -> None:
                           f"found {list(raw.columns)}")
 
 
-def _customer_ids(values: pd.Series) -> pd.Series:
+def customer_ids(values: pd.Series) -> pd.Series:
     text = values.astype("string").str.strip()
     return text.str.replace(r"\.0+$", "", regex=True).mask(text == "")
 
@@ -157,7 +157,7 @@ def transform_online_retail(raw: pd.DataFrame, source_timezone: str = "Europe/Lo
     code = raw[STOCK].astype("string").str.strip().fillna("")
     qty = pd.to_numeric(raw[QTY], errors="coerce").fillna(0).astype(np.int64).to_numpy()
     price = pd.to_numeric(raw[UNIT_PRICE], errors="coerce").to_numpy(dtype=float)
-    cust = _customer_ids(raw[CUSTOMER])
+    cust = customer_ids(raw[CUSTOMER])
     text = raw[DATE].astype("string")
     local = pd.to_datetime(text, errors="coerce", format="ISO8601")
     retry = local.isna() & text.notna()

@@ -31,7 +31,8 @@ from prefect import get_run_logger, task
 
 from features import schema as S
 from features.mapping import IngestParams, SourceKind, map_columns, pseudonymise
-from features.online_retail import ADAPTER_RULES, CUSTOMER, STRING_COLUMNS, check_raw, transform_online_retail
+from features.online_retail import (ADAPTER_RULES, CUSTOMER, STRING_COLUMNS, customer_ids, check_raw,
+                                    transform_online_retail)
 from features.synthetic import SyntheticParams
 from features.validation import REJECT_RULE, RULES, SOURCE_ROW, SchemaError, event_keys, split_valid_rows
 from tasks import tracking
@@ -409,8 +410,10 @@ def stage_input(params: IngestParams) -> StagedIngest:
             chunks = _online_retail_chunks(info, params, staged, quarantine, salt, base, staging)
         else:
             chunks = _event_chunks(info, params, staged, salt)
-        for c, events in enumerate(chunks):
+        for c, (events, raw) in enumerate(chunks):
             valid, rejected = split_valid_rows(events, now, tol, source=str(info.path), seen_keys=seen)
+            if raw is not None and len(rejected):  # quarantine the row as it was in the file
+                rejected = raw.loc[rejected.index].assign(**{REJECT_RULE: rejected[REJECT_RULE]})
             staged.rows_validated += len(events)
             if len(valid):
                 seen = np.union1d(seen, event_keys(valid))
@@ -439,7 +442,7 @@ def _event_chunks(info: InputInfo, params: IngestParams, staged: StagedIngest, s
         staged.rows_read += len(raw)
         if salt and user_col in raw:
             raw[user_col] = pseudonymise(raw[user_col], salt)
-        yield map_columns(raw, params.mapping, str(info.path))
+        yield map_columns(raw, params.mapping, str(info.path)), raw
 
 
 def _online_retail_chunks(info: InputInfo, params: IngestParams, staged: StagedIngest, quarantine: _Quarantine,
@@ -450,11 +453,10 @@ def _online_retail_chunks(info: InputInfo, params: IngestParams, staged: StagedI
                     ignore_index=True)
     staged.rows_read = len(raw)
     result = transform_online_retail(raw, params.source_timezone, source=str(info.path))
-    del raw
-    if salt:
+    if salt:  # events, rejected and raw lines all carry the pseudonym, never the CustomerID
         result.events[S.USER_ID] = pseudonymise(result.events[S.USER_ID], salt)
-        result.rejected[CUSTOMER] = pseudonymise(result.rejected[CUSTOMER].astype("string")
-                                                 .str.replace(r"\.0+$", "", regex=True), salt)
+        raw[CUSTOMER] = pseudonymise(customer_ids(raw[CUSTOMER]), salt)
+        result.rejected[CUSTOMER] = raw.loc[result.rejected.index, CUSTOMER]
     _add_counts(staged.adapter_counts, result.rejected)
     _add_examples(staged.examples, result.rejected)
     quarantine.add(result.rejected, "adapter")
@@ -464,7 +466,9 @@ def _online_retail_chunks(info: InputInfo, params: IngestParams, staged: StagedI
     staged.catalog_file, staged.catalog_items = str(catalog_path(staging)), len(result.catalog)
     events = result.events
     for start in range(0, len(events), params.chunk_rows):
-        yield events.iloc[start:start + params.chunk_rows]
+        chunk = events.iloc[start:start + params.chunk_rows]
+        # raw lines of this chunk, indexed like the events, so rejects are quarantined as read
+        yield chunk, raw.loc[chunk[SOURCE_ROW].to_numpy()].set_axis(chunk.index)
 
 
 def _stage_catalog(params: IngestParams, staging: Path, base: Path) -> tuple[str | None, int]:
