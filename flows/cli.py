@@ -96,6 +96,8 @@ def ingest(
         _fail(f"--source must be one of {[k.value for k in SourceKind]}, not '{source}'")
     if kind != SourceKind.synthetic and input is None:
         _fail("--input is required for --source events / online-retail")
+    if input is not None and kind != SourceKind.synthetic and not input.exists():
+        _fail(f"{input}: no such file")  # before the heavy imports below
     try:
         raw_map: dict = {}
         if mapping is not None:
