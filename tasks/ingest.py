@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import shutil
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -331,6 +332,7 @@ class StagedIngest:
     notes: dict = field(default_factory=dict)
     encoding: str = ""
     delimiter: str = ""
+    seconds: float = 0.0  # reading + transform + validation + staging
 
     @property
     def rejected_share(self) -> float:
@@ -342,7 +344,7 @@ class StagedIngest:
                 "excluded_by_adapter": self.adapter_counts, "rejected_by_validation": self.validation_counts,
                 "rejected_share": round(self.rejected_share, 6), "quarantine_file": self.quarantine_file,
                 "catalog_items": self.catalog_items, "days": len(self.days), "profile": self.profile,
-                "notes": self.notes}
+                "notes": self.notes, "stage_seconds": round(self.seconds, 2)}
 
 
 def _add_counts(target: dict[str, int], rejected: pd.DataFrame) -> None:
@@ -390,11 +392,14 @@ def _base(params: IngestParams) -> Path:
 @task(name="stage-input")
 def stage_input(params: IngestParams) -> StagedIngest:
     """Read, transform, validate and quarantine; stage accepted events (nothing committed yet)."""
+    t0 = time.perf_counter()
     base = _base(params)
     base.mkdir(parents=True, exist_ok=True)
     salt = _salt(params)
     if params.source == SourceKind.synthetic:
-        return _stage_synthetic(params, base)
+        staged = _stage_synthetic(params, base)
+        staged.seconds = time.perf_counter() - t0
+        return staged
     info = inspect_input(params.input, params.encoding, params.delimiter)
     name = f"{params.source.value}-{info.digest}"
     staging = base / ".staging" / f"{name}-{os.getpid()}"
@@ -433,6 +438,7 @@ def stage_input(params: IngestParams) -> StagedIngest:
     staged.profile = profile.as_dict()
     if staged.catalog_file is None:
         staged.catalog_file, staged.catalog_items = _stage_catalog(params, staging, base)
+    staged.seconds = time.perf_counter() - t0
     return staged
 
 
@@ -602,7 +608,7 @@ def log_ingest(params: IngestParams, staged: StagedIngest, store: dict | None, e
                                      "delimiter": staged.delimiter, "pseudonymise": params.pseudonymise,
                                      "future_tolerance_hours": params.future_tolerance_hours})
         metrics = {"ingest.rows_read": staged.rows_read, "ingest.accepted": staged.accepted,
-                   "ingest.rejected_share": staged.rejected_share,
+                   "ingest.rejected_share": staged.rejected_share, "ingest.stage_seconds": staged.seconds,
                    **{f"ingest.excluded.{k}": v for k, v in staged.adapter_counts.items()},
                    **{f"ingest.rejected.{k}": v for k, v in staged.validation_counts.items()},
                    **{f"profile.{k}": v for k, v in staged.profile.items() if isinstance(v, (int, float))},
