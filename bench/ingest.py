@@ -66,14 +66,16 @@ def main() -> None:
         mapping.write_text('[columns]\nuser_id = "visitor"\nitem_id = "sku"\nts = "when"\nevent_type = "what"\n'
                            'quantity = "qty"\nprice = "amount"\n\n[event_types]\ncart = "add_to_cart"\n'
                            'order = "purchase"\n')
-        env = {**os.environ, "RECSYS_HOME": str(work / "home")}
+        # a loaded machine can take longer than Prefect's default 20 s to start its temporary API
+        env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", **os.environ, "RECSYS_HOME": str(work / "home")}
         exe = Path(sys.executable).parent / "recsys"
         t0 = time.perf_counter()
         proc = subprocess.run([str(exe), "ingest", "--source", "events", "--input", str(src), "--mapping", str(mapping),
                                "--chunk-rows", str(args.chunk_rows), "--json"], env=env, capture_output=True, text=True)
         ingest_s = time.perf_counter() - t0
         if proc.returncode != 0:
-            sys.exit(f"ingest failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+            sys.exit(f"ingest failed ({proc.returncode}): {errors[-1] if errors else proc.stderr[-3000:]}")
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest child process (Linux: KiB)
         result = {"rows": args.rows, "csv_mb": round(src.stat().st_size / 2**20, 1), "generate_s": round(gen_s, 1),

@@ -213,3 +213,22 @@ def test_parquet_input_in_contract_shape_and_constant_event_type(tmp_path, recsy
     summary = ingest(params=params(path, data, mapping=ColumnMapping(event_type="purchase")))
     assert summary["accepted"] == 3 and summary["store"]["store_days"] == 2
     assert set(pd.read_parquet(data / "events")[S.EVENT_TYPE]) == {"purchase"}
+
+
+@pytest.mark.slow
+def test_online_retail_ingests_and_trains(tmp_path, recsys_home):
+    """The real file through the flow, then the train flow on it (about 2 minutes on 2 cores)."""
+    from flows.ingest import ingest
+    from flows.train import train
+    from tests.integration.conftest import small_config
+    from tests.unit.test_ingest_online_retail import REAL_FILE
+
+    if not REAL_FILE.exists():
+        pytest.skip(f"the real Online Retail file is not at {REAL_FILE}")
+    data = tmp_path / "retail"
+    summary = ingest(params=params(REAL_FILE, data, source=SourceKind.online_retail, mapping=ColumnMapping()))
+    assert summary["accepted"] == 388_376 and summary["excluded_by_adapter"]["anonymous_customer"] == 134_005
+    assert summary["rejected_by_validation"] == {"non_positive_price": 31, "duplicate": 6}
+    result = train(config=small_config(data_dir=str(data), experiment="retail", registered_model="retail"))
+    m = result["metrics"]
+    assert m["test.ndcg_at_10"] > m["baseline.popularity.ndcg_at_10"] > 0
