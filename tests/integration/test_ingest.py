@@ -232,3 +232,15 @@ def test_online_retail_ingests_and_trains(tmp_path, recsys_home):
     result = train(config=small_config(data_dir=str(data), experiment="retail", registered_model="retail"))
     m = result["metrics"]
     assert m["test.ndcg_at_10"] > m["baseline.popularity.ndcg_at_10"] > 0
+
+
+def test_synthetic_source_goes_through_the_same_store_idempotently(tmp_path, recsys_home):
+    from flows.ingest import ingest
+
+    data = tmp_path / "data"
+    p = IngestParams(source=SourceKind.synthetic, input="", data_dir=str(data), users=60, items=40, days=3, seed=5)
+    first = ingest(params=p)
+    again = ingest(params=p)
+    assert first["accepted"] > 0 and store_rows(data) == first["accepted"] == again["store"]["store_rows"]
+    assert first["store"]["store_days"] == 3 and len(pd.read_parquet(data / "catalog.parquet")) == 40
+    assert first["profile"]["users"] <= 60 and first["profile"]["items"] <= 40
