@@ -122,7 +122,8 @@ def map_columns(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> pd.Da
         out[S.EVENT_TYPE] = mapping.event_type
     elif mapping.event_types:
         values = out[S.EVENT_TYPE].astype("string").str.strip()
-        out[S.EVENT_TYPE] = values.map(lambda v: mapping.event_types.get(v, v) if isinstance(v, str) else v)
+        translated = values.map(mapping.event_types)
+        out[S.EVENT_TYPE] = values.where(translated.isna(), translated)
     if S.TS in out:
         out[S.TS] = to_utc(out[S.TS], mapping.ts_unit, mapping.timezone)
     if SOURCE_ROW in raw:

@@ -148,6 +148,17 @@ def _failed_rows(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFram
     return pd.DataFrame({"pos": np.array([], dtype="int64"), "rule": np.array([], dtype=object)})
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique for large integer arrays (a sort + neighbour compare; faster than numpy 2's hash path)."""
+    a = np.sort(values)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
+
+
+def merge_keys(seen: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Sorted union of sorted `seen` and any `new` keys (timsort merges the two runs in linear time)."""
+    return sorted_unique(np.concatenate([seen, sorted_unique(new)]))
+
+
 def event_keys(valid: pd.DataFrame) -> np.ndarray:
     """A 64-bit hash per event over DUPLICATE_KEY, to find duplicates across chunks of one file."""
     return pd.util.hash_pandas_object(valid[list(DUPLICATE_KEY)], index=False).to_numpy(dtype=np.uint64)
@@ -182,7 +193,9 @@ def split_valid_rows(events: pd.DataFrame, now: pd.Timestamp,
         rule.loc[np.unique(dup["pos"].to_numpy())] = DUPLICATE
     ok = rule.isna().to_numpy()
     if seen_keys is not None and len(seen_keys) and ok.any():
-        again = np.isin(event_keys(frame.loc[ok]), seen_keys)
+        keys = event_keys(frame.loc[ok])
+        at = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+        again = seen_keys[at] == keys
         rule.loc[positions[ok][again]] = DUPLICATE
         ok = rule.isna().to_numpy()
     rejected = events.loc[~ok].copy()

@@ -35,7 +35,8 @@ from features.mapping import IngestParams, SourceKind, map_columns, pseudonymise
 from features.online_retail import (ADAPTER_RULES, CUSTOMER, STRING_COLUMNS, customer_ids, check_raw,
                                     transform_online_retail)
 from features.synthetic import SyntheticParams
-from features.validation import REJECT_RULE, RULES, SOURCE_ROW, SchemaError, event_keys, split_valid_rows
+from features.validation import (REJECT_RULE, RULES, SOURCE_ROW, SchemaError, event_keys, merge_keys, sorted_unique,
+                                 split_valid_rows)
 from tasks import tracking
 from tasks.data import write_catalog, write_day_partition, write_synthetic_dataset
 from tasks.paths import catalog_path, data_dir, events_dir, quarantine_dir
@@ -282,9 +283,9 @@ class _Profile:
         self.rows += len(ev)
         u = pd.util.hash_array(ev[S.USER_ID].to_numpy(dtype=object))
         i = pd.util.hash_array(ev[S.ITEM_ID].fillna("").to_numpy(dtype=object))
-        self.users.append(np.unique(u))
-        self.items.append(np.unique(i))
-        self.pairs.append(np.unique(u * np.uint64(1000003) ^ i))
+        self.users.append(sorted_unique(u))
+        self.items.append(sorted_unique(i))
+        self.pairs.append(sorted_unique(u * np.uint64(1000003) ^ i))
         for k, v in ev[S.EVENT_TYPE].value_counts().items():
             self.types[str(k)] = self.types.get(str(k), 0) + int(v)
         lo, hi = ev[S.TS].min(), ev[S.TS].max()
@@ -292,14 +293,14 @@ class _Profile:
         self.ts_max = hi if self.ts_max is None else max(hi, self.ts_max)
         # keep the partial unions small
         if len(self.users) > 8:
-            self.users = [np.unique(np.concatenate(self.users))]
-            self.items = [np.unique(np.concatenate(self.items))]
-            self.pairs = [np.unique(np.concatenate(self.pairs))]
+            self.users = [sorted_unique(np.concatenate(self.users))]
+            self.items = [sorted_unique(np.concatenate(self.items))]
+            self.pairs = [sorted_unique(np.concatenate(self.pairs))]
 
     def as_dict(self) -> dict:
-        n_users = len(np.unique(np.concatenate(self.users))) if self.users else 0
-        n_items = len(np.unique(np.concatenate(self.items))) if self.items else 0
-        n_pairs = len(np.unique(np.concatenate(self.pairs))) if self.pairs else 0
+        n_users = len(sorted_unique(np.concatenate(self.users))) if self.users else 0
+        n_items = len(sorted_unique(np.concatenate(self.items))) if self.items else 0
+        n_pairs = len(sorted_unique(np.concatenate(self.pairs))) if self.pairs else 0
         cells = n_users * n_items
         return {"rows": self.rows, "users": n_users, "items": n_items, "user_item_pairs": n_pairs,
                 "sparsity": (1.0 - n_pairs / cells) if cells else None,
@@ -421,7 +422,7 @@ def stage_input(params: IngestParams) -> StagedIngest:
                 rejected = raw.loc[rejected.index].assign(**{REJECT_RULE: rejected[REJECT_RULE]})
             staged.rows_validated += len(events)
             if len(valid):
-                seen = np.union1d(seen, event_keys(valid))
+                seen = merge_keys(seen, event_keys(valid))
             _add_counts(staged.validation_counts, rejected)
             _add_examples(staged.examples, rejected)
             quarantine.add(rejected, "validation")
