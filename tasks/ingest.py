@@ -14,7 +14,6 @@ import codecs
 import csv
 import gzip
 import hashlib
-import io
 import logging
 import os
 import shutil

@@ -2,7 +2,6 @@
 source row, re-ingesting is idempotent, the threshold stops a bad file, MLflow gets counts + profile."""
 
 import gzip
-import json
 import os
 import subprocess
 import sys
