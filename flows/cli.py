@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,25 @@ def generate(
     summary = write_synthetic_dataset(target, params, progress)
     typer.echo(f"generated {summary['events']:,} events, {users:,} users, {items:,} items over {days} days "
                f"into {target} in {time.time() - t0:.1f}s")
+
+
+class _DropTraceback(logging.Filter):
+    """Prefect logs a failed task/flow run with its traceback; for errors that carry a clear message
+    (bad input, threshold) the one line is enough."""
+
+    def __init__(self, types: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.types = types
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.types):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_tracebacks(*types: type[BaseException]) -> None:
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(_DropTraceback(types))
 
 
 @app.command()
@@ -125,6 +145,7 @@ def ingest(
     from flows.ingest import ingest as ingest_flow
     from tasks.ingest import format_summary, preflight
 
+    _quiet_tracebacks(ValueError, OSError)
     try:
         preflight(params)
         summary = ingest_flow(params=params)

@@ -243,3 +243,18 @@ def test_synthetic_source_goes_through_the_same_store_idempotently(tmp_path, rec
     assert first["accepted"] > 0 and store_rows(data) == first["accepted"] == again["store"]["store_rows"]
     assert first["store"]["store_days"] == 3 and len(pd.read_parquet(data / "catalog.parquet")) == 40
     assert first["profile"]["users"] <= 60 and first["profile"]["items"] <= 40
+
+
+def test_cli_threshold_failure_is_one_error_line_and_prefect_logs_no_traceback(tmp_path, recsys_home, caplog):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    bad = write(tmp_path / "bad.csv", HEADER + good_lines("2026-01-06", 2) + "v9,i1,garbage,view,1\n" * 2)
+    result = CliRunner().invoke(app, ["ingest", "--input", str(bad), "--out", str(tmp_path / "data"),
+                                      "--map", "user_id=visitor", "--map", "item_id=sku", "--map", "ts=when",
+                                      "--map", "event_type=what"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"error: {bad}: 3 of 4 rows (75.0%) broke")  # "buy" is not mapped here
+    failures = [r for r in caplog.records if r.name.startswith("prefect") and r.levelname == "ERROR"]
+    assert failures and all(r.exc_info is None for r in failures)
