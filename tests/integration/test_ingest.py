@@ -245,16 +245,33 @@ def test_synthetic_source_goes_through_the_same_store_idempotently(tmp_path, rec
     assert first["profile"]["users"] <= 60 and first["profile"]["items"] <= 40
 
 
-def test_cli_threshold_failure_is_one_error_line_and_prefect_logs_no_traceback(tmp_path, recsys_home, caplog):
-    from typer.testing import CliRunner
+def test_cli_threshold_failure_is_one_error_line_and_prefect_logs_no_traceback(tmp_path, recsys_home):
+    import logging
+    import sys as _sys
 
-    from flows.cli import app
+    from flows.cli import _DropTraceback
+    from tasks.ingest import IngestError
 
     bad = write(tmp_path / "bad.csv", HEADER + good_lines("2026-01-06", 2) + "v9,i1,garbage,view,1\n" * 2)
-    result = CliRunner().invoke(app, ["ingest", "--input", str(bad), "--out", str(tmp_path / "data"),
-                                      "--map", "user_id=visitor", "--map", "item_id=sku", "--map", "ts=when",
-                                      "--map", "event_type=what"])
-    assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1].startswith(f"error: {bad}: 3 of 4 rows (75.0%) broke")  # "buy" is not mapped here
-    failures = [r for r in caplog.records if r.name.startswith("prefect") and r.levelname == "ERROR"]
-    assert failures and all(r.exc_info is None for r in failures)
+    exe = Path(_sys.executable).parent / "recsys"  # a real process: Prefect's console logs included
+    proc = subprocess.run([str(exe), "ingest", "--input", str(bad), "--out", str(tmp_path / "data"),
+                           "--map", "user_id=visitor", "--map", "item_id=sku", "--map", "ts=when",
+                           "--map", "event_type=what"], capture_output=True, text=True, timeout=300,
+                          env=os.environ.copy())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    last = errors[0]
+    assert last.startswith(f"error: {bad}: 3 of 4 rows (75.0%) broke")  # "buy" is not mapped here
+    assert "'unparseable_timestamp' (2 rows)" in last
+    # the filter the CLI puts on Prefect's run loggers drops the traceback of clear errors only
+    records = []
+    for exc in (IngestError("bad file"), KeyError("a bug")):
+        try:
+            raise exc
+        except Exception:
+            records.append(logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "failed", None,
+                                             _sys.exc_info()))
+    drop = _DropTraceback((ValueError, OSError))
+    assert all(drop.filter(r) for r in records)
+    assert records[0].exc_info is None and records[1].exc_info is not None
