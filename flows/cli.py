@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,101 @@ def generate(
     summary = write_synthetic_dataset(target, params, progress)
     typer.echo(f"generated {summary['events']:,} events, {users:,} users, {items:,} items over {days} days "
                f"into {target} in {time.time() - t0:.1f}s")
+
+
+class _DropTraceback(logging.Filter):
+    """Prefect logs a failed task/flow run with its traceback; for errors that carry a clear message
+    (bad input, threshold) the one line is enough."""
+
+    def __init__(self, types: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.types = types
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.types):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_tracebacks(*types: type[BaseException]) -> None:
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(_DropTraceback(types))
+
+
+@app.command()
+def ingest(
+    source: str = typer.Option("events", help="events (a CSV/Parquet event log + column mapping), "
+                                              "online-retail (UCI Online Retail CSV) or synthetic (the generator)"),
+    input: Optional[Path] = typer.Option(None, "--input", help="file to ingest: .csv, .csv.gz or .parquet"),
+    out: Optional[Path] = typer.Option(None, help="data directory; default $RECSYS_HOME/data"),
+    mapping: Optional[Path] = typer.Option(None, help="TOML mapping file ([columns], [event_types], [options])"),
+    map_: list[str] = typer.Option([], "--map", help="contract=input column, e.g. --map user_id=visitorid "
+                                                     "(repeatable; overrides the mapping file)"),
+    event_type: Optional[str] = typer.Option(None, help="constant event type for every row, e.g. purchase"),
+    ts_unit: Optional[str] = typer.Option(None, help="numeric epoch timestamps: s, ms, us or ns"),
+    timezone: Optional[str] = typer.Option(None, help="zone of naive timestamps (default UTC)"),
+    catalog: Optional[Path] = typer.Option(None, help="catalog file (item_id, title, category[, brand, price])"),
+    max_rejected_share: float = typer.Option(0.05, min=0.0, max=1.0,
+                                             help="fail (commit nothing) above this share of rule-breaking rows"),
+    encoding: str = typer.Option("auto", help="auto (UTF-8, else Latin-1) or a codec name"),
+    delimiter: Optional[str] = typer.Option(None, help="CSV delimiter (default: sniffed)"),
+    chunk_rows: int = typer.Option(1_000_000, min=1, help="rows per streamed chunk"),
+    pseudonymise: bool = typer.Option(False, help="hash user ids with the salt in $RECSYS_PSEUDONYM_SALT"),
+    future_tolerance_hours: float = typer.Option(1.0, min=0.0, help="accepted clock skew for future timestamps"),
+    users: int = typer.Option(3000, min=1, help="synthetic: shoppers"),
+    items: int = typer.Option(1500, min=1, help="synthetic: catalog size"),
+    days: int = typer.Option(56, min=1, help="synthetic: days"),
+    seed: int = typer.Option(42, help="synthetic: seed"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Ingest a data set: validate every row, quarantine rejects with their rule and source row,
+    write day partitions idempotently, log counts and a data profile to MLflow (experiment recsys-ingest)."""
+    import tomllib
+
+    from features.mapping import ColumnMapping, IngestParams, SourceKind
+
+    try:
+        kind = SourceKind(source)
+    except ValueError:
+        _fail(f"--source must be one of {[k.value for k in SourceKind]}, not '{source}'")
+    if kind != SourceKind.synthetic and input is None:
+        _fail("--input is required for --source events / online-retail")
+    if input is not None and kind != SourceKind.synthetic and not input.exists():
+        _fail(f"{input}: no such file")  # before the heavy imports below
+    try:
+        raw_map: dict = {}
+        if mapping is not None:
+            raw_map = tomllib.loads(mapping.read_text())
+        mp = ColumnMapping.from_toml_dict(raw_map)
+        columns = dict(mp.columns)
+        for item in map_:
+            if "=" not in item:
+                _fail(f"--map expects contract=column, got '{item}'")
+            k_, v_ = item.split("=", 1)
+            columns[k_.strip()] = v_.strip()
+        overrides = {k_: v_ for k_, v_ in (("event_type", event_type), ("ts_unit", ts_unit),
+                                            ("timezone", timezone)) if v_ is not None}
+        mp = ColumnMapping(**{**mp.model_dump(), "columns": columns, **overrides})
+        params = IngestParams(source=kind, input=str(input or ""), data_dir=str(out) if out else None, mapping=mp,
+                              catalog=str(catalog) if catalog else None, max_rejected_share=max_rejected_share,
+                              encoding=encoding, delimiter=delimiter, chunk_rows=chunk_rows, pseudonymise=pseudonymise,
+                              future_tolerance_hours=future_tolerance_hours, users=users, items=items, days=days,
+                              seed=seed)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        _fail(f"mapping file {mapping}: {exc}")
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        _fail(" ".join(str(exc).split()))
+    _env()
+    from flows.ingest import ingest as ingest_flow
+    from tasks.ingest import format_summary, preflight
+
+    _quiet_tracebacks(ValueError, OSError)
+    try:
+        preflight(params)
+        summary = ingest_flow(params=params)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        _fail(" ".join(str(exc).split()))
+    typer.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
 
 
 @app.command()
