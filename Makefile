@@ -28,3 +28,18 @@ test-all: setup
 
 clean:
 	rm -rf .recsys
+
+# ---- Prefect operations (issue #6): a local server + worker with state under $RECSYS_HOME ----------
+.PHONY: prefect-up prefect-deploy prefect-down
+
+## start a local Prefect server (PREFECT_PORT, default 4200) and a process worker on pool `local`
+prefect-up: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/prefect_up.sh
+
+## register every deployment in prefect.yaml (prefect --no-prompt deploy --all)
+prefect-deploy: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/prefect_deploy.sh
+
+## stop the worker and the server started by prefect-up
+prefect-down:
+	bash scripts/prefect_down.sh

@@ -1,15 +1,45 @@
-"""Row-level validation of events against the data contract. Each rejected row keeps the first
-rule it broke and its source row number, so nothing is silently dropped."""
+"""Row-level validation of events against the data contract, expressed as a pandera schema.
+
+Each check carries the name of a rule; pandera's lazy validation reports every failing row per
+check, and each rejected row keeps the FIRST rule (in `RULES` order) it broke plus its source row
+number, so nothing is silently dropped.
+
+Values are normalised before pandera sees them (strings stripped, event types lower-cased,
+timestamps parsed to UTC, numbers coerced): pandera's own dtype coercion fails a whole column
+rather than naming rows, so parse failures become per-row flags that the schema checks.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
 
 from features import schema as S
 
 SOURCE_ROW = "source_row"
 REJECT_RULE = "reject_rule"
+
+# rule names in the order they are checked (a row is reported under the first one it breaks)
+EMPTY_USER_ID = "empty_user_id"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+UNPARSEABLE_TIMESTAMP = "unparseable_timestamp"
+TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+EMPTY_ITEM_ID = "empty_item_id"
+NON_NUMERIC_QUANTITY = "non_numeric_quantity"
+NON_POSITIVE_QUANTITY = "non_positive_quantity"
+NON_NUMERIC_PRICE = "non_numeric_price"
+NON_POSITIVE_PRICE = "non_positive_price"
+DUPLICATE = "duplicate"
+RULES = (EMPTY_USER_ID, UNKNOWN_EVENT_TYPE, UNPARSEABLE_TIMESTAMP, TIMESTAMP_IN_FUTURE, EMPTY_ITEM_ID,
+         NON_NUMERIC_QUANTITY, NON_POSITIVE_QUANTITY, NON_NUMERIC_PRICE, NON_POSITIVE_PRICE, DUPLICATE)
+
+# normalisation flags the schema checks (never leave this module)
+_BAD_QTY = "_bad_quantity"
+_BAD_PRICE = "_bad_price"
+# columns that make two events the same event
+DUPLICATE_KEY = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.TS, S.SESSION_ID, S.QUANTITY, S.PRICE)
 
 
 class SchemaError(ValueError):
@@ -25,47 +55,158 @@ def check_columns(frame: pd.DataFrame, required: tuple[str, ...], source: str) -
 def parse_timestamps(values: pd.Series) -> pd.Series:
     """UTC timestamps; naive ones are taken as UTC; anything unparseable becomes NaT."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        return values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
-    return pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+        out = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+    else:
+        out = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    return out.astype("datetime64[us, UTC]")
+
+
+def _clean_str(values: pd.Series) -> pd.Series:
+    out = values.astype("string").str.strip()
+    return out.mask(out == "")
+
+
+def _numbers(frame: pd.DataFrame, col: str) -> tuple[pd.Series, pd.Series]:
+    """(numeric values, flag: a value was given but is not a number)."""
+    if col not in frame:
+        return pd.Series(np.nan, index=frame.index), pd.Series(False, index=frame.index)
+    raw = frame[col]
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        return raw.astype("float64"), pd.Series(False, index=frame.index)
+    num = pd.to_numeric(raw, errors="coerce")
+    given = raw.notna() & (raw.astype("string").str.strip() != "").fillna(False)
+    return num.astype("float64"), (given & num.isna()).astype(bool)
+
+
+def normalise_events(events: pd.DataFrame) -> pd.DataFrame:
+    """Contract dtypes for every contract column (missing optional ones become null) + parse flags."""
+    out = pd.DataFrame(index=events.index)
+    out[S.USER_ID] = _clean_str(events[S.USER_ID])
+    out[S.ITEM_ID] = _clean_str(events[S.ITEM_ID])
+    out[S.EVENT_TYPE] = _clean_str(events[S.EVENT_TYPE]).str.lower()
+    out[S.TS] = parse_timestamps(events[S.TS])
+    for col in (S.SESSION_ID, S.QUERY):
+        out[col] = _clean_str(events[col]) if col in events else pd.Series(pd.NA, index=events.index, dtype="string")
+    qty, out[_BAD_QTY] = _numbers(events, S.QUANTITY)
+    whole = qty.isna() | (qty == np.round(qty))
+    out[_BAD_QTY] = out[_BAD_QTY] | ~whole
+    out[S.QUANTITY] = qty.where(whole).round().astype("Int64")
+    out[S.PRICE], out[_BAD_PRICE] = _numbers(events, S.PRICE)
+    return out
+
+
+def event_schema(now: pd.Timestamp, future_tolerance: pd.Timedelta) -> pa.DataFrameSchema:
+    """The row rules of the data contract; every check is named after its rule."""
+    limit = now + future_tolerance
+
+    def check(fn, rule: str) -> pa.Check:
+        return pa.Check(fn, name=rule, ignore_na=False)
+
+    def item_event(d: pd.DataFrame) -> pd.Series:
+        return d[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES).fillna(False).astype(bool)
+
+    return pa.DataFrameSchema(
+        {
+            S.USER_ID: pa.Column("string", nullable=True, checks=check(lambda s: s.notna(), EMPTY_USER_ID)),
+            S.EVENT_TYPE: pa.Column("string", nullable=True, checks=check(
+                lambda s: s.isin(S.EVENT_TYPES).fillna(False).astype(bool), UNKNOWN_EVENT_TYPE)),
+            S.TS: pa.Column("datetime64[us, UTC]", nullable=True, checks=[
+                check(lambda s: s.notna(), UNPARSEABLE_TIMESTAMP),
+                check(lambda s: ~(s > limit).fillna(False).astype(bool), TIMESTAMP_IN_FUTURE)]),
+            S.ITEM_ID: pa.Column("string", nullable=True),
+            _BAD_QTY: pa.Column(bool, checks=check(lambda s: ~s, NON_NUMERIC_QUANTITY)),
+            _BAD_PRICE: pa.Column(bool, checks=check(lambda s: ~s, NON_NUMERIC_PRICE)),
+        },
+        checks=[
+            check(lambda d: ~(item_event(d) & d[S.ITEM_ID].isna()), EMPTY_ITEM_ID),
+            check(lambda d: ~(d[S.EVENT_TYPE].isin((S.PURCHASE, S.ADD_TO_CART)).fillna(False).astype(bool)
+                              & (d[S.QUANTITY] <= 0).fillna(False).astype(bool)), NON_POSITIVE_QUANTITY),
+            check(lambda d: ~((d[S.EVENT_TYPE] == S.PURCHASE).fillna(False).astype(bool)
+                              & (d[S.PRICE] <= 0).fillna(False).astype(bool)), NON_POSITIVE_PRICE),
+        ],
+        strict=False, coerce=False)
+
+
+def duplicate_schema(columns: list[str]) -> pa.DataFrameSchema:
+    return pa.DataFrameSchema(unique=columns, report_duplicates="exclude_first")
+
+
+def _failed_rows(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame:
+    """(row position, rule) for every failing row and check, from pandera's failure cases."""
+    try:
+        schema.validate(frame, lazy=True)
+    except SchemaErrors as err:
+        cases = err.failure_cases
+        cases = cases[cases["index"].notna()]
+        rule = cases["check"].astype(str)
+        # `unique` failures are named by pandera, not by us
+        rule = rule.where(rule.isin(RULES), DUPLICATE)
+        unknown = ~cases["check"].astype(str).isin(RULES) & ~cases["check"].astype(str).str.contains("unique")
+        if unknown.any():  # a dtype/column-level failure we did not name: a bug in normalise_events
+            raise SchemaError(f"unexpected validation failure: {cases.loc[unknown].head(3).to_dict('records')}")
+        return pd.DataFrame({"pos": cases["index"].astype("int64").to_numpy(), "rule": rule.to_numpy()})
+    return pd.DataFrame({"pos": np.array([], dtype="int64"), "rule": np.array([], dtype=object)})
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique for large integer arrays (a sort + neighbour compare; faster than numpy 2's hash path)."""
+    a = np.sort(values)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
+
+
+def merge_keys(seen: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Sorted union of sorted `seen` and any `new` keys (timsort merges the two runs in linear time)."""
+    return sorted_unique(np.concatenate([seen, sorted_unique(new)]))
+
+
+def event_keys(valid: pd.DataFrame) -> np.ndarray:
+    """A 64-bit hash per event over DUPLICATE_KEY, to find duplicates across chunks of one file."""
+    return pd.util.hash_pandas_object(valid[list(DUPLICATE_KEY)], index=False).to_numpy(dtype=np.uint64)
 
 
 def split_valid_rows(events: pd.DataFrame, now: pd.Timestamp,
                      future_tolerance: pd.Timedelta = pd.Timedelta(hours=1),
-                     source: str = "events") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(valid rows, rejected rows with REJECT_RULE and SOURCE_ROW). Rules are checked in order."""
-    check_columns(events, S.REQUIRED_EVENT_COLUMNS, source)
-    frame = events.copy()
-    if SOURCE_ROW not in frame:
-        frame[SOURCE_ROW] = np.arange(len(frame))
-    ts = parse_timestamps(frame[S.TS])
-    user = frame[S.USER_ID].astype("string").str.strip()
-    item = frame[S.ITEM_ID].astype("string").str.strip()
-    etype = frame[S.EVENT_TYPE].astype("string").str.strip().str.lower()
-    price = pd.to_numeric(frame[S.PRICE], errors="coerce") if S.PRICE in frame else pd.Series(np.nan, frame.index)
-    item_event = etype.isin(S.ITEM_EVENT_TYPES)
+                     source: str = "events",
+                     seen_keys: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(valid rows in contract dtypes, rejected raw rows with REJECT_RULE and SOURCE_ROW).
 
-    rules: list[tuple[str, pd.Series]] = [
-        ("empty_user_id", user.isna() | (user == "")),
-        ("unknown_event_type", ~etype.isin(S.EVENT_TYPES).fillna(False)),
-        ("unparseable_timestamp", ts.isna()),
-        ("timestamp_in_future", ts > now + future_tolerance),
-        ("empty_item_id", item_event.fillna(False) & (item.isna() | (item == ""))),
-        ("non_positive_price", (etype == S.PURCHASE).fillna(False) & (price <= 0).fillna(False)),
-    ]
-    rule = pd.Series(pd.NA, index=frame.index, dtype="string")
-    for name, mask in rules:
-        rule = rule.mask(rule.isna() & mask.fillna(False).astype(bool), name)
-    frame[S.TS], frame[S.USER_ID], frame[S.ITEM_ID], frame[S.EVENT_TYPE] = ts, user, item, etype
-    dup_cols = [c for c in (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.TS, S.SESSION_ID) if c in frame]
-    dup = frame.duplicated(subset=dup_cols, keep="first") & rule.isna()
-    rule = rule.mask(dup, "duplicate")
-    bad = rule.notna().to_numpy()
-    rejected = events.loc[bad].copy()
-    if SOURCE_ROW not in rejected:
-        rejected[SOURCE_ROW] = np.flatnonzero(bad)
-    rejected[REJECT_RULE] = rule[bad].astype(str).to_numpy()
-    valid = frame.loc[~bad].drop(columns=[SOURCE_ROW])
-    for col in S.EVENT_COLUMNS:
-        if col not in valid:
-            valid[col] = None
-    return valid[list(S.EVENT_COLUMNS)], rejected
+    `seen_keys` (sorted `event_keys` of earlier chunks of the same input) extends the duplicate
+    rule across chunks. The input is not modified.
+    """
+    check_columns(events, S.REQUIRED_EVENT_COLUMNS, source)
+    positions = np.arange(len(events))
+    source_rows = events[SOURCE_ROW].to_numpy() if SOURCE_ROW in events else positions
+    frame = normalise_events(events)
+    frame.index = positions
+    failed = _failed_rows(event_schema(now, future_tolerance), frame)
+    order = {r: i for i, r in enumerate(RULES)}
+    rule = pd.Series(pd.NA, index=positions, dtype="object")
+    if len(failed):
+        first = (failed.assign(o=failed["rule"].map(order)).sort_values(["pos", "o"])
+                 .drop_duplicates("pos"))
+        rule.iloc[first["pos"].to_numpy()] = first["rule"].to_numpy()
+    ok = rule.isna().to_numpy()
+    dup_cols = [c for c in DUPLICATE_KEY if c in events.columns]
+    survivors = frame.loc[ok]
+    dup = _failed_rows(duplicate_schema(dup_cols), survivors)
+    if len(dup):
+        rule.loc[np.unique(dup["pos"].to_numpy())] = DUPLICATE
+    ok = rule.isna().to_numpy()
+    if seen_keys is not None and len(seen_keys) and ok.any():
+        keys = event_keys(frame.loc[ok])
+        at = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+        again = seen_keys[at] == keys
+        rule.loc[positions[ok][again]] = DUPLICATE
+        ok = rule.isna().to_numpy()
+    rejected = events.loc[~ok].copy()
+    rejected[SOURCE_ROW] = source_rows[~ok]
+    rejected[REJECT_RULE] = rule.to_numpy()[~ok].astype(str)
+    valid = frame.loc[ok, list(S.EVENT_COLUMNS)]
+    valid.index = events.index[ok]
+    return valid, rejected
+
+
+def rule_counts(rejected: pd.DataFrame) -> dict[str, int]:
+    if not len(rejected):
+        return {}
+    return {str(k): int(v) for k, v in rejected[REJECT_RULE].value_counts().items()}

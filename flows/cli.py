@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,101 @@ def generate(
                f"into {target} in {time.time() - t0:.1f}s")
 
 
+class _DropTraceback(logging.Filter):
+    """Prefect logs a failed task/flow run with its traceback; for errors that carry a clear message
+    (bad input, threshold) the one line is enough."""
+
+    def __init__(self, types: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.types = types
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.types):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_tracebacks(*types: type[BaseException]) -> None:
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(_DropTraceback(types))
+
+
+@app.command()
+def ingest(
+    source: str = typer.Option("events", help="events (a CSV/Parquet event log + column mapping), "
+                                              "online-retail (UCI Online Retail CSV) or synthetic (the generator)"),
+    input: Optional[Path] = typer.Option(None, "--input", help="file to ingest: .csv, .csv.gz or .parquet"),
+    out: Optional[Path] = typer.Option(None, help="data directory; default $RECSYS_HOME/data"),
+    mapping: Optional[Path] = typer.Option(None, help="TOML mapping file ([columns], [event_types], [options])"),
+    map_: list[str] = typer.Option([], "--map", help="contract=input column, e.g. --map user_id=visitorid "
+                                                     "(repeatable; overrides the mapping file)"),
+    event_type: Optional[str] = typer.Option(None, help="constant event type for every row, e.g. purchase"),
+    ts_unit: Optional[str] = typer.Option(None, help="numeric epoch timestamps: s, ms, us or ns"),
+    timezone: Optional[str] = typer.Option(None, help="zone of naive timestamps (default UTC)"),
+    catalog: Optional[Path] = typer.Option(None, help="catalog file (item_id, title, category[, brand, price])"),
+    max_rejected_share: float = typer.Option(0.05, min=0.0, max=1.0,
+                                             help="fail (commit nothing) above this share of rule-breaking rows"),
+    encoding: str = typer.Option("auto", help="auto (UTF-8, else Latin-1) or a codec name"),
+    delimiter: Optional[str] = typer.Option(None, help="CSV delimiter (default: sniffed)"),
+    chunk_rows: int = typer.Option(1_000_000, min=1, help="rows per streamed chunk"),
+    pseudonymise: bool = typer.Option(False, help="hash user ids with the salt in $RECSYS_PSEUDONYM_SALT"),
+    future_tolerance_hours: float = typer.Option(1.0, min=0.0, help="accepted clock skew for future timestamps"),
+    users: int = typer.Option(3000, min=1, help="synthetic: shoppers"),
+    items: int = typer.Option(1500, min=1, help="synthetic: catalog size"),
+    days: int = typer.Option(56, min=1, help="synthetic: days"),
+    seed: int = typer.Option(42, help="synthetic: seed"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Ingest a data set: validate every row, quarantine rejects with their rule and source row,
+    write day partitions idempotently, log counts and a data profile to MLflow (experiment recsys-ingest)."""
+    import tomllib
+
+    from features.mapping import ColumnMapping, IngestParams, SourceKind
+
+    try:
+        kind = SourceKind(source)
+    except ValueError:
+        _fail(f"--source must be one of {[k.value for k in SourceKind]}, not '{source}'")
+    if kind != SourceKind.synthetic and input is None:
+        _fail("--input is required for --source events / online-retail")
+    if input is not None and kind != SourceKind.synthetic and not input.exists():
+        _fail(f"{input}: no such file")  # before the heavy imports below
+    try:
+        raw_map: dict = {}
+        if mapping is not None:
+            raw_map = tomllib.loads(mapping.read_text())
+        mp = ColumnMapping.from_toml_dict(raw_map)
+        columns = dict(mp.columns)
+        for item in map_:
+            if "=" not in item:
+                _fail(f"--map expects contract=column, got '{item}'")
+            k_, v_ = item.split("=", 1)
+            columns[k_.strip()] = v_.strip()
+        overrides = {k_: v_ for k_, v_ in (("event_type", event_type), ("ts_unit", ts_unit),
+                                            ("timezone", timezone)) if v_ is not None}
+        mp = ColumnMapping(**{**mp.model_dump(), "columns": columns, **overrides})
+        params = IngestParams(source=kind, input=str(input or ""), data_dir=str(out) if out else None, mapping=mp,
+                              catalog=str(catalog) if catalog else None, max_rejected_share=max_rejected_share,
+                              encoding=encoding, delimiter=delimiter, chunk_rows=chunk_rows, pseudonymise=pseudonymise,
+                              future_tolerance_hours=future_tolerance_hours, users=users, items=items, days=days,
+                              seed=seed)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        _fail(f"mapping file {mapping}: {exc}")
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        _fail(" ".join(str(exc).split()))
+    _env()
+    from flows.ingest import ingest as ingest_flow
+    from tasks.ingest import format_summary, preflight
+
+    _quiet_tracebacks(ValueError, OSError)
+    try:
+        preflight(params)
+        summary = ingest_flow(params=params)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        _fail(" ".join(str(exc).split()))
+    typer.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
+
+
 @app.command()
 def train(
     data_dir: Optional[Path] = typer.Option(None, help="event store; default $RECSYS_HOME/data"),
@@ -105,15 +201,41 @@ def serve(
     model_name: str = typer.Option("recsys", help="registered model to follow"),
     alias: str = typer.Option("champion", help="registry alias to serve"),
     poll_interval: float = typer.Option(30.0, min=0, help="seconds between alias checks (0 = never)"),
+    impressions: bool = typer.Option(True, help="log every response to $RECSYS_HOME/impressions/ (JSON lines)"),
+    impressions_dir: Optional[Path] = typer.Option(None, help="impressions directory; default "
+                                                              "$RECSYS_HOME/impressions"),
+    ab_share: float = typer.Option(0.0, min=0.0, max=1.0, help="share of users (stable hash) served by the "
+                                                              "`challenger` alias when it exists"),
+    challenger_alias: str = typer.Option("challenger", help="alias of the A/B challenger"),
     log_level: str = typer.Option("info"),
+    access_log: bool = typer.Option(False, help="uvicorn access log (costs latency under load)"),
+    workers: int = typer.Option(1, min=1, help="worker processes (each loads the model and follows the alias; "
+                                               "/metrics is per worker)"),
 ) -> None:
-    """Serve the champion over HTTP (FastAPI): /recommendations/{user_id}?k=, /health, /ready, /version."""
+    """Serve the champion over HTTP (FastAPI): /recommendations/{user_id}?k=, POST /recommendations (session),
+    /search?q=, /similar/{item_id}, /health, /ready, /version, /metrics."""
     _env()
+    import logging
+
     import uvicorn
 
     from serving.app import create_app
+    from tasks.paths import recsys_home
 
-    uvicorn.run(create_app(model_name, alias, poll_interval), host=host, port=port, log_level=log_level)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    imp_dir = str(impressions_dir or recsys_home() / "impressions") if impressions else None
+    kwargs = dict(model_name=model_name, alias=alias, poll_interval_s=poll_interval, impressions_dir=imp_dir,
+                  ab_share=ab_share, challenger_alias=challenger_alias)
+    if workers > 1:
+        import os
+
+        from serving.app import CONFIG_ENV
+
+        os.environ[CONFIG_ENV] = json.dumps(kwargs)
+        uvicorn.run("serving.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    log_level=log_level, access_log=access_log)
+    else:
+        uvicorn.run(create_app(**kwargs), host=host, port=port, log_level=log_level, access_log=access_log)
 
 
 @app.command()

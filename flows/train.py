@@ -1,4 +1,5 @@
-"""The training flow: one Prefect flow run = one MLflow run = (maybe) one new champion."""
+"""The training flow: one Prefect flow run = one parent MLflow run (child runs per stage: data, recall, rank,
+evaluate, gate) = (maybe) one new champion."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from prefect.runtime import flow_run
 from models.config import TrainConfig
 from tasks.training import (evaluate_model, finish_run, load_data, log_results, metric_table, promotion_gate,
                             register_model, split_data, start_run, train_model)
+from tasks.reporting import publish_summary
 
 
 @flow(name="train", log_prints=True)
@@ -20,7 +22,7 @@ def train(config: TrainConfig = TrainConfig()) -> dict:
     try:
         rec, ranker = train_model(data, split, config)
         evaluation = evaluate_model(rec, data, split, config.k)
-        log_results(run_id, rec, ranker, evaluation, config.k)
+        log_results(run_id, rec, ranker, evaluation, config.k, data, split)
         version = register_model(run_id, rec, evaluation, config, split)
         decision = promotion_gate(run_id, version, data, split, config)
     except BaseException as exc:
@@ -29,5 +31,7 @@ def train(config: TrainConfig = TrainConfig()) -> dict:
     finish_run(run_id)
     print("\n" + metric_table(evaluation.metrics, config.k))
     print(f"\nMLflow run {run_id}; model {config.registered_model} version {version}; gate: {decision.reason}")
+    publish_summary(f"train: {config.registered_model} v{version}", run_id, evaluation.metrics, config.k,
+                    config.registered_model, version, decision.as_dict())
     return {"run_id": run_id, "version": version, "promoted": decision.promote, "reason": decision.reason,
             "metrics": evaluation.metrics}

@@ -107,3 +107,48 @@ def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[s
     out = {f"recall.{name}_recall_at_{rec.params.recall.budget(name)}": found[name] / total for name in SOURCE_NAMES}
     out[f"recall.union_recall_at_{budget_total}"] = found["union"] / total
     return out
+
+
+def metric_at_k_curves(rec: TwoStageRecommender, test_events: pd.DataFrame, max_k: int = 20,
+                       metrics: tuple[str, ...] = ("ndcg", "recall", "hitrate", "map")) -> pd.DataFrame:
+    """Long frame (model, metric, k, value) for k = 1..max_k: the two-stage model and every baseline,
+    each list computed once at max_k and cut at every k (a top-k list is a prefix of the top-max_k)."""
+    truth = relevant_items(test_events)
+    relevant = truth.tolist()
+    idx = rec.data.users.index_of(truth.index.astype(str).tolist())
+    ids = rec.data.items.ids
+
+    def as_lists(items2d: np.ndarray) -> list[list[str]]:
+        return [ids[row[row >= 0]].tolist() for row in items2d]
+
+    lists = {"two-stage": as_lists(rec.recommend(idx, max_k)[0])}
+    for baseline, source in BASELINES.items():
+        lists[baseline] = as_lists(rec.source_top_k(source, idx, max_k))
+    from models.metrics import METRICS, hit_matrix
+
+    n_relevant = np.array([len(r) for r in relevant], dtype=int)
+    rows = []
+    for model, recs in lists.items():
+        hits = hit_matrix(recs, relevant, max_k)  # once; every k is a prefix of its columns
+        for k in range(1, max_k + 1):
+            for name in metrics:
+                values = METRICS[name](hits[:, :k], n_relevant)
+                rows.append((model, name, k, float(values.mean()) if len(values) else 0.0))
+    return pd.DataFrame(rows, columns=["model", "metric", "k", "value"])
+
+
+def data_profile(events: pd.DataFrame, catalog: pd.DataFrame, windows: dict[str, tuple]) -> pd.DataFrame:
+    """One row per window (name -> (start or None, end)): events, users, items, purchases, new users, dates."""
+    rows = []
+    ts = events[S.TS]
+    for name, (start, end) in windows.items():
+        mask = ts < end if start is None else (ts >= start) & (ts < end)
+        w = events.loc[mask]
+        before = set(events.loc[ts < start, S.USER_ID]) if start is not None else set()
+        users = set(w[S.USER_ID])
+        rows.append({"window": name, "from": w[S.TS].min(), "to": w[S.TS].max(), "events": len(w),
+                     "users": len(users), "items": w[S.ITEM_ID].nunique(),
+                     "purchases": int((w[S.EVENT_TYPE] == S.PURCHASE).sum()),
+                     "new_users": len(users - before) if start is not None else len(users),
+                     "catalog_items": len(catalog)})
+    return pd.DataFrame(rows)

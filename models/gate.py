@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -15,6 +15,13 @@ class GateParams:
     confidence: float = 0.90
     n_bootstrap: int = 1000
     seed: int = 0
+    # guardrails: each can veto a challenger that wins on the primary metric (None switches one off)
+    max_coverage_drop: float | None = 0.05  # catalog coverage@k, absolute share of the catalog
+    max_new_user_ndcg_drop: float | None = 0.02  # NDCG@k of users with no history before the window
+    max_p95_latency_ms: float | None = 500.0  # one-user recommend_ids call, absolute cap
+    max_latency_ratio: float | None = 2.0  # challenger p95 / champion p95 ...
+    latency_slack_ms: float = 5.0  # ... only vetoes when the gap also exceeds this (timer noise)
+    latency_users: int = 100  # fixed sample of users timed one call each
 
 
 @dataclass(frozen=True)
@@ -28,9 +35,32 @@ class GateDecision:
     ci_low: float | None
     ci_high: float | None
     n_users: int
+    guardrails: tuple[GuardrailResult, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def vetoed_by(self) -> list[str]:
+        return [g.name for g in self.guardrails if not g.passed]
+
+
+@dataclass(frozen=True)
+class GuardrailMeasures:
+    """What one model measured on the gate window (same users for both models)."""
+    coverage: float
+    new_user_ndcg: float | None  # None when the window has no new users
+    p95_latency_ms: float
+
+
+@dataclass(frozen=True)
+class GuardrailResult:
+    name: str
+    passed: bool
+    challenger: float | None
+    champion: float | None
+    limit: float | None
+    detail: str
 
 
 def paired_bootstrap_ci(diff: np.ndarray, confidence: float, n_bootstrap: int, seed: int) -> tuple[float, float]:
@@ -65,3 +95,63 @@ def decide_promotion(challenger: np.ndarray, champion: np.ndarray | None, params
               f"{'>' if promote else '<='} margin {params.margin:+.4f} over {len(diff)} users")
     return GateDecision(promote, reason, params.metric, chal_mean, champ_mean, float(diff.mean()),
                         low, high, len(diff))
+
+
+def latency_p95_ms(durations_s: np.ndarray) -> float:
+    return float(np.quantile(np.asarray(durations_s, float), 0.95) * 1000) if len(durations_s) else 0.0
+
+
+def check_guardrails(challenger: GuardrailMeasures, champion: GuardrailMeasures | None,
+                     params: GateParams) -> tuple[GuardrailResult, ...]:
+    """Each guardrail passes or vetoes; comparative ones need a champion, the absolute latency cap does not."""
+    out: list[GuardrailResult] = []
+    if params.max_p95_latency_ms is not None:
+        ok = challenger.p95_latency_ms <= params.max_p95_latency_ms
+        out.append(GuardrailResult("latency_p95", ok, challenger.p95_latency_ms,
+                                   champion.p95_latency_ms if champion else None, params.max_p95_latency_ms,
+                                   f"p95 {challenger.p95_latency_ms:.1f} ms {'<=' if ok else '>'} cap "
+                                   f"{params.max_p95_latency_ms:.0f} ms"))
+    if champion is None:
+        return tuple(out)
+    if params.max_latency_ratio is not None and champion.p95_latency_ms > 0:
+        ratio = challenger.p95_latency_ms / champion.p95_latency_ms
+        gap = challenger.p95_latency_ms - champion.p95_latency_ms
+        ok = ratio <= params.max_latency_ratio or gap <= params.latency_slack_ms
+        out.append(GuardrailResult("latency_ratio", ok, challenger.p95_latency_ms, champion.p95_latency_ms,
+                                   params.max_latency_ratio,
+                                   f"p95 {challenger.p95_latency_ms:.1f} vs {champion.p95_latency_ms:.1f} ms "
+                                   f"(x{ratio:.2f}, limit x{params.max_latency_ratio:.2f} "
+                                   f"unless within {params.latency_slack_ms:.0f} ms)"))
+    if params.max_coverage_drop is not None:
+        drop = champion.coverage - challenger.coverage
+        ok = drop <= params.max_coverage_drop
+        out.append(GuardrailResult("coverage", ok, challenger.coverage, champion.coverage, params.max_coverage_drop,
+                                   f"coverage {challenger.coverage:.4f} vs {champion.coverage:.4f} "
+                                   f"(drop {drop:+.4f}, limit {params.max_coverage_drop:.4f})"))
+    if params.max_new_user_ndcg_drop is not None:
+        if challenger.new_user_ndcg is None or champion.new_user_ndcg is None:
+            out.append(GuardrailResult("new_user_ndcg", True, None, None, params.max_new_user_ndcg_drop,
+                                       "no new users in the window: not checked"))
+        else:
+            drop = champion.new_user_ndcg - challenger.new_user_ndcg
+            ok = drop <= params.max_new_user_ndcg_drop
+            out.append(GuardrailResult("new_user_ndcg", ok, challenger.new_user_ndcg, champion.new_user_ndcg,
+                                       params.max_new_user_ndcg_drop,
+                                       f"new-user ndcg {challenger.new_user_ndcg:.4f} vs "
+                                       f"{champion.new_user_ndcg:.4f} (drop {drop:+.4f}, limit "
+                                       f"{params.max_new_user_ndcg_drop:.4f})"))
+    return tuple(out)
+
+
+def decide_with_guardrails(challenger: np.ndarray, champion: np.ndarray | None, params: GateParams,
+                           challenger_measures: GuardrailMeasures,
+                           champion_measures: GuardrailMeasures | None) -> GateDecision:
+    """The primary paired-bootstrap decision, then guardrails that can veto (never force) a promotion."""
+    primary = decide_promotion(challenger, champion, params)
+    checks = check_guardrails(challenger_measures, champion_measures if champion is not None else None, params)
+    failed = [g for g in checks if not g.passed]
+    if primary.promote and failed:
+        reason = (f"vetoed by guardrail {', '.join(g.name for g in failed)}: "
+                  + "; ".join(g.detail for g in failed) + f" (primary: {primary.reason})")
+        return replace(primary, promote=False, reason=reason, guardrails=checks)
+    return replace(primary, guardrails=checks)

@@ -1,114 +1,427 @@
-"""HTTP service for the registry's champion. Follows the alias by polling and swaps atomically."""
+"""HTTP service for the registry's champion. Follows the alias by polling and swaps atomically.
+
+Endpoints: GET /recommendations/{user_id}, POST /recommendations (live session), GET /search,
+GET /similar/{item_id}, GET /health, /ready, /version, /metrics. Every list response carries a
+`request_id` (also the `X-Request-ID` header), the serving `model_version` and `variant`, and a
+`strategy` per item. The per-request logic lives in `models.session` / `models.search` (pure).
+
+Handlers are `async def` on purpose: the work is short, CPU-bound numpy/LightGBM under the GIL, so
+running it on the event loop avoids a thread-pool hop per request; model loading runs in its own
+thread and never on the request path.
+"""
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import json
 import logging
+import os
+import re
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Callable, Literal
 
-from fastapi import FastAPI, HTTPException, Path, Query
+import numpy as np
+import orjson
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.metrics import ServiceMetrics
 
 log = logging.getLogger("recsys.serving")
 
 MAX_ID_LENGTH = 128
 MAX_K = 100
+MAX_QUERY_LENGTH = 256
+MAX_SESSION_EVENTS = 50
+SESSION_EVENT_TYPES = ("view", "add_to_cart", "purchase")
+
+
+class FastJSON(Response):
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     recommender: object
+    index: object  # models.session.ServingIndex
     name: str
     version: str
     run_id: str | None
     loaded_at: float
 
 
-class ModelHolder:
-    """Holds the served model; `refresh` loads a new champion off the request path, then swaps."""
+def _registry_lookup(name: str, alias: str):
+    from tasks import tracking
 
-    def __init__(self, name: str, alias: str = "champion"):
+    mv = tracking.client().get_model_version_by_alias(name, alias)
+    return str(mv.version), mv.run_id
+
+
+def _registry_load(name: str, version: str):
+    from tasks import tracking
+
+    return tracking.load_recommender(name, version)
+
+
+def warm_up_and_check(rec) -> object:
+    """Build the per-model serving index, run every request kind once on a fixed sample, and fail
+    loudly if any answer is empty: a model that cannot answer is never swapped in."""
+    from models.search import search, similar_items
+    from models.session import build_serving_index, recommend_session, recommend_user
+
+    index = build_serving_index(rec)
+    data = rec.data
+    data.users.position("")  # build the id -> position maps now, not on the first request
+    data.items.position("")
+    sample_users = list(range(min(5, data.n_users))) + [-1]
+    for u in sample_users:
+        if len(recommend_user(rec, index, u, 10).items) == 0:
+            raise RuntimeError(f"sanity check failed: no recommendations for user index {u}")
+    pop = rec.cold_start(3)[0]
+    pop = pop[pop >= 0]
+    if len(pop) == 0:
+        raise RuntimeError("sanity check failed: the popularity fallback is empty")
+    if len(recommend_session(rec, index, -1, pop, ["view"] * len(pop), 10).items) == 0:
+        raise RuntimeError("sanity check failed: no recommendations for a session")
+    if len(similar_items(rec, index, int(pop[0]), 10).items) == 0:
+        raise RuntimeError("sanity check failed: no similar items")
+    words = re.findall(r"\w+", str(data.item_titles[pop[0]]) if len(data.item_titles) else "")
+    if words and len(search(rec, index, words[0], 0 if data.n_users else -1, 10).items) == 0:
+        raise RuntimeError(f"sanity check failed: search for '{words[0]}' found nothing")
+    return index
+
+
+class ModelHolder:
+    """Holds the served model; `refresh` loads a new version off the request path, checks it, then
+    swaps the reference (one assignment: a request sees the old or the new model, never a mix)."""
+
+    def __init__(self, name: str, alias: str = "champion", lookup: Callable = _registry_lookup,
+                 loader: Callable = _registry_load, metrics: ServiceMetrics | None = None):
         self.name, self.alias = name, alias
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
+        self.failed_version: str | None = None
+        self._lookup, self._loader, self._metrics = lookup, loader, metrics
         self._lock = threading.Lock()
 
     def refresh(self) -> bool:
-        """Load the alias's version if it changed; True when a swap happened."""
-        from tasks import tracking
-
+        """Load the alias's version if it changed; True when a swap happened. Never raises."""
         with self._lock:
             try:
-                mv = tracking.client().get_model_version_by_alias(self.name, self.alias)
-            except Exception as exc:  # no model / no alias yet: stay as we are
+                version, run_id = self._lookup(self.name, self.alias)
+            except Exception as exc:  # no model / no alias yet / registry down: stay as we are
                 self.last_error = f"no '{self.alias}' alias for model '{self.name}' yet ({type(exc).__name__})"
                 return False
-            if self.current is not None and self.current.version == str(mv.version):
+            if self.current is not None and self.current.version == version:
                 return False
+            if version == self.failed_version:  # do not reload a known-bad version on every poll
+                return False
+            t0 = time.perf_counter()
             try:
-                rec = tracking.load_recommender(self.name, str(mv.version))
-                sample = rec.data.users.ids[:5].tolist() + ["__unknown_user__"]
-                check = rec.recommend_ids(sample, 10)  # warm-up and sanity check on a fixed sample
-                if not all(r["items"] for r in check):
-                    raise RuntimeError("sanity check failed: empty recommendations on the warm-up sample")
+                rec = self._loader(self.name, version)
+                index = warm_up_and_check(rec)
             except Exception as exc:
-                self.last_error = f"loading version {mv.version} failed: {type(exc).__name__}: {exc}"
-                log.exception("keeping version %s: %s", self.current and self.current.version, self.last_error)
+                self.failed_version = version
+                self.last_error = f"loading version {version} failed: {type(exc).__name__}: {exc}"
+                log.error("keeping version %s of %s@%s: %s", self.current and self.current.version,
+                          self.name, self.alias, self.last_error, exc_info=True)
+                if self._metrics:
+                    self._metrics.load_failures.labels(self.alias).inc()
                 return False
-            self.current = LoadedModel(rec, self.name, str(mv.version), mv.run_id, time.time())
-            self.last_error = None
-            log.info("now serving %s version %s", self.name, mv.version)
+            self.current = LoadedModel(rec, index, self.name, version, run_id, time.time())
+            self.last_error, self.failed_version = None, None
+            # the model's objects live until the next swap: keep them out of the cyclic GC's scans, whose
+            # full collections would otherwise show up as latency spikes (unfreeze first, so that the
+            # previous model's cycles are collected rather than kept forever)
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            if self._metrics:
+                self._metrics.swaps.labels(self.alias).inc()
+                self._metrics.model_version.labels(self.alias).set(float(version) if version.isdigit() else -1)
+            log.warning("now serving %s@%s version %s (loaded and checked in %.1fs)", self.name, self.alias,
+                        version, time.perf_counter() - t0)
             return True
 
     def poll_forever(self, interval_s: float, stop: threading.Event) -> None:
         while not stop.wait(interval_s):
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception:  # refresh never raises; this is the last line of defence for the poller
+                log.exception("alias poll failed")
 
 
-def create_app(model_name: str = "recsys", alias: str = "champion", poll_interval_s: float = 30.0) -> FastAPI:
-    holder = ModelHolder(model_name, alias)
+class SessionEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: str = Field(..., min_length=1, max_length=MAX_ID_LENGTH)
+    event_type: Literal["view", "add_to_cart", "purchase"] = "view"
+
+
+class SessionRequest(BaseModel):
+    """A shopper's recent events, oldest first; `user_id` may be omitted for an anonymous visitor."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
+    events: list[SessionEvent] = Field(default_factory=list, max_length=MAX_SESSION_EVENTS)
+    k: int = Field(10, ge=1, le=MAX_K)
+
+
+def ab_bucket(user_id: str) -> float:
+    """Stable position of a user in [0, 1): the same user always lands in the same arm."""
+    h = hashlib.blake2b(user_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2.0 ** 64
+
+
+def _where(loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _validation_message(err: dict) -> str:
+    where = _where(err.get("loc", ()))
+    if err.get("type") == "json_invalid":
+        return (f"the request body is not valid JSON ({err.get('ctx', {}).get('error', 'decode error')}); send "
+                '{"user_id": "...", "events": [{"item_id": "...", "event_type": "view"}], "k": 10} '
+                "with Content-Type: application/json")
+    if err.get("type") == "model_attributes_type" or err.get("type") == "dict_type":
+        return f"{where}: expected a JSON object"
+    if err.get("type") == "extra_forbidden":
+        return f"{where}: unknown field; allowed fields are user_id, events, k (events: item_id, event_type)"
+    if err.get("type") == "literal_error":
+        return f"{where}: {err.get('msg')}"
+    return f"{where}: {err.get('msg')}"
+
+
+def create_app(model_name: str = "recsys", alias: str = "champion", poll_interval_s: float = 30.0,
+               impressions_dir: str | None = None, ab_share: float = 0.0,
+               challenger_alias: str = "challenger") -> FastAPI:
+    from models.search import search, similar_items
+    from models.session import POPULAR, recommend_session, recommend_user
+    from serving.impressions import ImpressionLogger
+
+    metrics = ServiceMetrics()
+    holder = ModelHolder(model_name, alias, metrics=metrics)
+    challenger = ModelHolder(model_name, challenger_alias, metrics=metrics) if ab_share > 0 else None
     stop = threading.Event()
+    impressions = ImpressionLogger(FsPath(impressions_dir)) if impressions_dir else None
 
     async def lifespan(app: FastAPI):
-        threading.Thread(target=holder.refresh, daemon=True, name="initial-load").start()
-        if poll_interval_s > 0:
-            threading.Thread(target=holder.poll_forever, args=(poll_interval_s, stop), daemon=True,
-                             name="alias-poller").start()
+        from threadpoolctl import threadpool_limits
+
+        # per-request numpy/scipy work is tiny: BLAS/OpenMP thread pools only add contention
+        app.state.thread_limits = threadpool_limits(1)
+        # background threads (model loading during a swap, the impressions writer) hand the GIL back to
+        # the event loop after 1 ms instead of the default 5 ms: bounds what a swap adds to tail latency
+        sys.setswitchinterval(0.001)
+        if impressions:
+            impressions.start()
+        for h in filter(None, (holder, challenger)):
+            threading.Thread(target=h.refresh, daemon=True, name=f"initial-load-{h.alias}").start()
+            if poll_interval_s > 0:
+                threading.Thread(target=h.poll_forever, args=(poll_interval_s, stop), daemon=True,
+                                 name=f"alias-poller-{h.alias}").start()
         yield
         stop.set()
+        if impressions:
+            impressions.close()
 
     app = FastAPI(title="recsys", description="Recommendations from the MLflow registry's champion.",
                   lifespan=lifespan)
-    app.state.holder = holder
+    app.state.holder, app.state.challenger, app.state.metrics = holder, challenger, metrics
+    app.state.impressions = impressions
+    app.add_middleware(RequestContext, metrics=metrics)
 
+    # ---- errors: always JSON with a message that says what to fix, never a stack trace ----------
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError):
+        errors = [_validation_message(e) for e in exc.errors()]
+        return FastJSON({"detail": "; ".join(errors), "errors": errors,
+                         "request_id": request.state.request_id}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = (f"no such endpoint: {request.method} {request.url.path}; see /docs for "
+                      "/recommendations, /search, /similar, /health, /ready, /version, /metrics")
+        if exc.status_code == 405:
+            detail = f"method {request.method} not allowed on {request.url.path}"
+        return FastJSON({"detail": detail, "request_id": getattr(request.state, "request_id", None)},
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception):
+        rid = getattr(request.state, "request_id", None)
+        log.error("request %s %s failed (request_id=%s)", request.method, request.url.path, rid, exc_info=exc)
+        return FastJSON({"detail": "internal error; the request id is in the service log", "request_id": rid},
+                        status_code=500)
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def pick(user_id: str | None) -> tuple[LoadedModel, str]:
+        if challenger is not None and user_id is not None and challenger.current is not None \
+                and ab_bucket(user_id) < ab_share:
+            return challenger.current, "challenger"
+        cur = holder.current
+        if cur is None:
+            raise HTTPException(503, detail="no model loaded yet: train and promote a champion first")
+        return cur, "champion"
+
+    def respond(request: Request, endpoint: str, cur: LoadedModel, variant: str, rec, user_id: str | None,
+                extra: dict | None = None, query: str | None = None) -> Response:
+        ids = cur.recommender.data.items.ids
+        items = [{"item_id": ids[i], "score": round(float(s), 6), "strategy": st}
+                 for i, s, st in zip(rec.items.tolist(), rec.scores.tolist(), rec.strategies)]
+        rid = request.state.request_id
+        body = {"request_id": rid, "user_id": user_id, "model_version": cur.version, "variant": variant,
+                "strategy": rec.strategy, "items": items}
+        if extra:
+            body.update(extra)
+        if rec.strategy == POPULAR or any(st == POPULAR for st in rec.strategies):
+            metrics.fallbacks.labels(endpoint, POPULAR).inc()
+        if impressions is not None:
+            if not impressions.log({"request_id": rid, "ts": time.time(), "endpoint": endpoint,
+                                    "user_id": user_id, "model_version": cur.version, "variant": variant,
+                                    "query": query, "items": items}):
+                metrics.impressions_dropped.inc()
+        return FastJSON(body)
+
+    # ---- operational endpoints -------------------------------------------------------------
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:
         return {"status": "ok"}
 
     @app.get("/ready")
-    def ready() -> dict:
+    async def ready() -> dict:
         if holder.current is None:
             raise HTTPException(503, detail=f"not ready: {holder.last_error or 'loading the champion'}")
         return {"status": "ready", "version": holder.current.version}
 
-    @app.get("/version")
-    def version() -> dict:
-        cur = holder.current
-        return {"model_name": model_name, "alias": alias, "version": cur and cur.version,
-                "run_id": cur and cur.run_id, "loaded_at": cur and time.strftime(
-                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(cur.loaded_at)), "last_error": holder.last_error}
+    def describe(h: ModelHolder) -> dict:
+        cur = h.current
+        return {"model_name": h.name, "alias": h.alias, "version": cur and cur.version,
+                "run_id": cur and cur.run_id,
+                "loaded_at": cur and time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cur.loaded_at)),
+                "last_error": h.last_error, "failed_version": h.failed_version}
 
+    @app.get("/version")
+    async def version() -> dict:
+        out = describe(holder)
+        if challenger is not None:
+            out["ab_share"] = ab_share
+            out["challenger"] = describe(challenger)
+        return out
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    # ---- recommendations -------------------------------------------------------------------
     @app.get("/recommendations/{user_id}")
-    def recommendations(user_id: str = Path(..., min_length=1, max_length=MAX_ID_LENGTH),
-                        k: int = Query(10, ge=1, le=MAX_K, description="number of items")) -> dict:
-        cur = holder.current
-        if cur is None:
-            raise HTTPException(503, detail="no model loaded yet: train and promote a champion first")
-        rec = cur.recommender.recommend_ids([user_id], k)[0]
-        return {"request_id": uuid.uuid4().hex, "user_id": user_id, "model_version": cur.version,
-                "strategy": rec["strategy"],
-                "items": [{"item_id": i, "score": round(s, 6), "strategy": rec["strategy"]}
-                          for i, s in zip(rec["items"], rec["scores"])]}
+    async def recommendations(request: Request,
+                              user_id: str = Path(..., min_length=1, max_length=MAX_ID_LENGTH),
+                              k: int = Query(10, ge=1, le=MAX_K, description="number of items")) -> Response:
+        cur, variant = pick(user_id)
+        rec = cur.recommender
+        out = recommend_user(rec, cur.index, rec.data.users.position(user_id), k)
+        return respond(request, "recommendations", cur, variant, out, user_id)
+
+    @app.post("/recommendations")
+    async def session_recommendations(request: Request, body: SessionRequest) -> Response:
+        cur, variant = pick(body.user_id)
+        rec = cur.recommender
+        pos = rec.data.items.position
+        items = [pos(e.item_id) for e in body.events]
+        unknown = [e.item_id for e, i in zip(body.events, items) if i < 0]
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise HTTPException(422, detail=f"unknown item_id in events: {shown}; send catalog item ids "
+                                            f"(model version {cur.version} knows {rec.data.n_items} items)")
+        user = rec.data.users.position(body.user_id) if body.user_id else -1
+        out = recommend_session(rec, cur.index, user, np.asarray(items, dtype=np.int64),
+                                [e.event_type for e in body.events], body.k)
+        return respond(request, "session", cur, variant, out, body.user_id,
+                       extra={"session_events": len(body.events)})
+
+    @app.get("/search")
+    async def search_items(request: Request,
+                           q: str = Query(..., min_length=1, max_length=MAX_QUERY_LENGTH, description="query"),
+                           user_id: str | None = Query(None, min_length=1, max_length=MAX_ID_LENGTH),
+                           k: int = Query(10, ge=1, le=MAX_K)) -> Response:
+        if not re.search(r"\w", q):
+            raise HTTPException(422, detail="query.q: has no letters or digits to search for")
+        cur, variant = pick(user_id)
+        rec = cur.recommender
+        user = rec.data.users.position(user_id) if user_id else -1
+        out = search(rec, cur.index, q, user, k)
+        if len(out.items) == 0:  # no catalog word matches: say so, and show what is popular
+            out = recommend_user(rec, cur.index, -1, k)
+        return respond(request, "search", cur, variant, out, user_id, extra={"query": q}, query=q)
+
+    @app.get("/similar/{item_id}")
+    async def similar(request: Request, item_id: str = Path(..., min_length=1, max_length=MAX_ID_LENGTH),
+                      k: int = Query(10, ge=1, le=MAX_K)) -> Response:
+        cur, variant = pick(None)
+        rec = cur.recommender
+        item = rec.data.items.position(item_id)
+        if item < 0:
+            raise HTTPException(404, detail=f"unknown item_id {item_id!r}: not in the catalog of model "
+                                            f"version {cur.version}")
+        out = similar_items(rec, cur.index, item, k)
+        return respond(request, "similar", cur, variant, out, None, extra={"item_id": item_id})
 
     return app
+
+
+CONFIG_ENV = "RECSYS_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """App factory for `uvicorn --workers N` (each worker process builds its own app from the JSON
+    keyword arguments of `create_app` in $RECSYS_SERVE_CONFIG, loads and follows the alias itself)."""
+    return create_app(**json.loads(os.environ[CONFIG_ENV]))
+
+
+_ENDPOINTS = {"recommendations", "search", "similar", "health", "ready", "version", "metrics"}
+
+
+class RequestContext:
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, X-Request-ID header,
+    request counts and latency per endpoint."""
+
+    def __init__(self, app, metrics: ServiceMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        first = scope["path"].split("/", 2)[1] if scope["path"].count("/") else ""
+        endpoint = first if first in _ENDPOINTS else "other"
+        if endpoint == "recommendations" and scope["method"] == "POST":
+            endpoint = "session"
+        status = [500]
+        header = (b"x-request-id", rid.encode())
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = list(message.get("headers", [])) + [header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.observe(endpoint, status[0], time.perf_counter() - t0)

@@ -46,5 +46,59 @@ def history_figure(history: dict[str, list[float]]):
     return fig
 
 
+def metric_at_k_figure(curves):
+    """One panel per metric, one line per model, k = 1..max on the x axis (a long frame: model, metric, k, value)."""
+    names = list(dict.fromkeys(curves["metric"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        part = curves[curves["metric"] == name]
+        for model, g in part.groupby("model", sort=False):
+            ax.plot(g["k"], g["value"], marker="o", markersize=2.5, label=model,
+                    linewidth=2.2 if model == "two-stage" else 1.2)
+        ax.set_title(f"{name}@k")
+        ax.set_xlabel("k")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Metric@k: two-stage model vs baselines (same test window)")
+    fig.tight_layout()
+    return fig
+
+
+def recall_by_source_figure(recall: dict[str, float]):
+    names = sorted(recall, key=recall.get)
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(names))))
+    ax.barh(names, [recall[n] for n in names], color="#5aa469")
+    for y, n in enumerate(names):
+        ax.text(recall[n], y, f" {recall[n]:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, min(1.0, max(recall.values(), default=0) * 1.25 + 0.05))
+    ax.set_xlabel("share of test purchases among the candidates")
+    ax.set_title("Candidate recall by source")
+    fig.tight_layout()
+    return fig
+
+
+def gate_figure(report: dict):
+    """Challenger vs champion on the primary metric (with the CI of the difference) and each guardrail."""
+    rows = [(report["metric"], report.get("challenger"), report.get("champion"))]
+    units = {"latency_p95": "latency_p95 (ms)"}
+    rows += [(units.get(g["name"], g["name"]), g.get("challenger"), g.get("champion"))
+             for g in report.get("guardrails", [])
+             if g.get("challenger") is not None and g["name"] != "latency_ratio"]  # same numbers as latency_p95
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.0 * len(rows), 3.4), squeeze=False)
+    for ax, (name, chal, champ) in zip(axes[0], rows):
+        vals = [v if v is not None else 0.0 for v in (champ, chal)]
+        bars = ax.bar(["champion", "challenger"], vals, color=["#999999", "#3b7dd8" if report["promote"] else "#d8553b"])
+        for b, v in zip(bars, (champ, chal)):
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), "n/a" if v is None else f"{v:.4g}",
+                    ha="center", va="bottom", fontsize=8)
+        ax.set_title(name, fontsize=9)
+    verdict = "PROMOTED" if report["promote"] else "KEPT CHAMPION"
+    ci = "" if report.get("ci_low") is None else f", CI of diff [{report['ci_low']:+.4f}, {report['ci_high']:+.4f}]"
+    fig.suptitle(f"Gate: {verdict} (challenger v{report.get('challenger_version')} vs champion "
+                 f"v{report.get('champion_version')}{ci})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)

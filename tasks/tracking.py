@@ -7,15 +7,18 @@ import fcntl
 import getpass
 import json
 import logging
+import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
@@ -41,8 +44,12 @@ def ensure_experiment(name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    # a tracking server decides where artifacts go (its --artifacts-destination, proxied); a local store
+    # would put them under the current directory, so point it into RECSYS_HOME
+    remote = tracking_uri().startswith(("http://", "https://", "databricks"))
+    location = None if remote and not os.environ.get("RECSYS_ARTIFACT_ROOT") else f"{artifact_root()}/{name}"
     try:
-        return c.create_experiment(name, artifact_location=f"{artifact_root()}/{name}")
+        return c.create_experiment(name, artifact_location=location)
     except MlflowException:  # created concurrently
         return c.get_experiment_by_name(name).experiment_id
 
@@ -57,6 +64,70 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str], parent_run_i
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status=status)
+
+
+STAGES = ("data", "recall", "rank", "evaluate", "gate")
+
+
+def start_child_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None) -> str:
+    """A child run for one stage, in the parent's experiment; named `<n> <stage>` so the UI lists them in order."""
+    c = client()
+    parent = c.get_run(parent_run_id)
+    order = STAGES.index(stage) + 1 if stage in STAGES else len(STAGES) + 1
+    all_tags = {"mlflow.parentRunId": parent_run_id, "stage": stage,
+                **{k: v for k, v in parent.data.tags.items() if k in _INHERITED_TAGS}, **(tags or {})}
+    return c.create_run(parent.info.experiment_id, run_name=f"{order} {stage}", tags=all_tags).info.run_id
+
+
+_INHERITED_TAGS = ("flow", "data_window", "dataset_digest", "code_version", "config_hash", "prefect.flow_run_id")
+
+
+@contextlib.contextmanager
+def child_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None):
+    """Yield a child run id; FINISHED on success, FAILED with the reason on error."""
+    run_id = start_child_run(parent_run_id, stage, tags)
+    try:
+        yield run_id
+    except BaseException as exc:
+        log_tags(run_id, {"failure": f"{type(exc).__name__}: {exc}"[:4000]})
+        end_run(run_id, "FAILED")
+        raise
+    end_run(run_id, "FINISHED")
+
+
+def log_dataset_inputs(run_id: str, datasets: list[dict]) -> None:
+    """Dataset inputs (name, digest, source, schema, profile, context) for the run's Datasets panel.
+
+    Each entry: name, context ("train"/"label"/"test"), sample (a small frame: only its schema is used),
+    digest (of the real data), source (a path or URI), profile (a small dict: rows, users, ...)."""
+    import mlflow.data
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.utils import _infer_schema
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    import warnings
+
+    inputs = []
+    for d in datasets:
+        with warnings.catch_warnings():  # the integer-column hint is about model signatures, not lineage
+            warnings.simplefilter("ignore")
+            schema = _infer_schema(d["sample"])
+        meta = MetaDataset(source=_dataset_source(d["source"]), name=d["name"], digest=d["digest"], schema=schema)
+        entity = meta._to_mlflow_entity()
+        entity = Dataset(name=entity.name, digest=d["digest"], source_type=entity.source_type, source=entity.source,
+                         schema=entity.schema, profile=json.dumps(d.get("profile") or {}, default=str))
+        inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])]))
+    client().log_inputs(run_id, datasets=inputs)
+
+
+def _dataset_source(source: str):
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    with warnings.catch_warnings():  # a local path matches several equivalent resolvers
+        warnings.simplefilter("ignore")
+        return resolve_dataset_source(source)
 
 
 def log_params(run_id: str, params: dict) -> None:
@@ -85,12 +156,38 @@ def log_history(run_id: str, history: dict[str, list[float]], prefix: str) -> No
         client().log_batch(run_id, metrics=entries[i:i + _BATCH])
 
 
+def log_series(run_id: str, series: dict[str, list[tuple[int, float]]]) -> None:
+    """Curves with an explicit step per point (e.g. metric@k with step = k), batched."""
+    now = int(time.time() * 1000)
+    entries = [Metric(key, float(v), now, int(step)) for key, points in series.items() for step, v in points
+               if np.isfinite(v)]
+    for i in range(0, len(entries), _BATCH):
+        client().log_batch(run_id, metrics=entries[i:i + _BATCH])
+
+
 def log_dict(run_id: str, payload: dict, artifact_file: str) -> None:
     client().log_dict(run_id, payload, artifact_file)
 
 
 def log_figure(run_id: str, figure, artifact_file: str) -> None:
     client().log_figure(run_id, figure, artifact_file)
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    client().log_text(run_id, text, artifact_file)
+
+
+def rename_run(run_id: str, name: str) -> None:
+    client().update_run(run_id, name=name)
+
+
+def run_name(run_id: str) -> str:
+    return client().get_run(run_id).info.run_name
+
+
+def set_note(run_id: str, markdown: str) -> None:
+    """The run's description in the UI (Overview tab)."""
+    client().set_tag(run_id, "mlflow.note.content", markdown[:5000])
 
 
 def log_model(run_id: str, recommender: TwoStageRecommender, example_user_ids: list[str], k: int) -> str:
@@ -140,13 +237,30 @@ def set_version_tags(name: str, version: str, tags: dict) -> None:
         c.set_model_version_tag(name, version, k, str(v))
 
 
-def move_champion(name: str, version: str, reason: str, actor: str | None = None) -> str | None:
-    """Point `champion` at `version`, keep the old one as `previous`; returns the old version."""
+class ChampionMoved(RuntimeError):
+    """The champion alias changed between the gate's decision and the move (another promoter won)."""
+
+
+_ANY = object()
+
+
+def move_champion(name: str, version: str, reason: str, actor: str | None = None,
+                  expected_champion: str | None | object = _ANY) -> str | None:
+    """Point `champion` at `version`, keep the old one as `previous`; returns the old version.
+
+    `expected_champion` makes the move a compare-and-set: the alias is re-read from the registry right
+    before moving and the move is refused (ChampionMoved) if it no longer points where the decision saw
+    it. MLflow has no server-side CAS, so this narrows the race across machines to the few milliseconds
+    between that read and the write; the gate's file lock removes it on one machine."""
     c = client()
     old = alias_version(name, CHAMPION)
+    if expected_champion is not _ANY and old != expected_champion:
+        raise ChampionMoved(f"{name}: champion is now v{old}, the decision was made against "
+                            f"v{expected_champion}; not moving the alias")
+    # one write is the promotion: `champion` moves; `previous` is bookkeeping for rollback
+    c.set_registered_model_alias(name, CHAMPION, str(version))
     if old is not None and old != str(version):
         c.set_registered_model_alias(name, PREVIOUS, old)
-    c.set_registered_model_alias(name, CHAMPION, str(version))
     set_version_tags(name, version, {"promoted_by": actor or getpass.getuser(), "promotion_reason": reason,
                                      "promoted_at": pd.Timestamp.now(tz="UTC").isoformat()})
     return old
@@ -171,6 +285,26 @@ def gate_lock(name: str, timeout_s: float = 600.0):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def gate_and_promote(name: str, version: str, decide: Callable[[str | None], tuple[bool, str, Any]],
+                     actor: str = "promotion-gate", attempts: int = 3) -> tuple[str | None, bool, Any]:
+    """Serialized promotion: under the gate lock read the champion, `decide(champion)` -> (promote, reason,
+    result), and move the alias with a compare-and-set against the champion that decision saw. If the
+    alias moved meanwhile (a promoter on another machine), decide again against the new champion.
+    Returns (champion the final decision was made against, promoted, result)."""
+    with gate_lock(name):
+        for _ in range(attempts):
+            champion = alias_version(name, CHAMPION)
+            promote, reason, result = decide(champion)
+            if not promote:
+                return champion, False, result
+            try:
+                move_champion(name, version, reason, actor=actor, expected_champion=champion)
+                return champion, True, result
+            except ChampionMoved as exc:
+                log.warning("%s; deciding again", exc)
+        raise ChampionMoved(f"{name}: champion kept moving during {attempts} gate attempts; giving up")
 
 
 def dumps(payload) -> str:

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -36,3 +37,71 @@ def test_future_timestamps_rejected_beyond_tolerance():
 def test_missing_column_is_a_schema_error_naming_it():
     with pytest.raises(SchemaError, match="event_type"):
         split_valid_rows(pd.DataFrame({S.USER_ID: ["u"], S.ITEM_ID: ["a"], S.TS: ["2026-01-01"]}), now=NOW)
+
+
+GOOD = {S.USER_ID: "u1", S.ITEM_ID: "a", S.EVENT_TYPE: "purchase", S.TS: "2026-01-10T10:00:00Z",
+        S.SESSION_ID: "s1", S.QUANTITY: "2", S.PRICE: "3.5"}
+
+
+@pytest.mark.parametrize("change, rule", [
+    ({S.USER_ID: "  "}, "empty_user_id"),
+    ({S.USER_ID: None}, "empty_user_id"),
+    ({S.EVENT_TYPE: "teleport"}, "unknown_event_type"),
+    ({S.EVENT_TYPE: None}, "unknown_event_type"),
+    ({S.TS: "31/31/2026"}, "unparseable_timestamp"),
+    ({S.TS: None}, "unparseable_timestamp"),
+    ({S.TS: "2027-01-01"}, "timestamp_in_future"),
+    ({S.ITEM_ID: ""}, "empty_item_id"),
+    ({S.QUANTITY: "two"}, "non_numeric_quantity"),
+    ({S.QUANTITY: "1.5"}, "non_numeric_quantity"),
+    ({S.QUANTITY: "-3"}, "non_positive_quantity"),
+    ({S.PRICE: "€3"}, "non_numeric_price"),
+    ({S.PRICE: "0"}, "non_positive_price"),
+    ({S.PRICE: "-1.0"}, "non_positive_price"),
+    ({S.USER_ID: "", S.TS: "garbage"}, "empty_user_id"),  # first rule in RULES order wins
+])
+def test_catalogue_of_bad_rows(change, rule):
+    raw = pd.DataFrame([GOOD, {**GOOD, **change}])
+    valid, rejected = split_valid_rows(raw, now=NOW)
+    assert rejected[REJECT_RULE].tolist() == [rule]
+    assert rejected[SOURCE_ROW].tolist() == [1]
+    assert len(valid) == 1
+
+
+@pytest.mark.parametrize("change", [
+    {S.EVENT_TYPE: " VIEW ", S.QUANTITY: "0"},  # quantity rule only for cart/purchase; types normalised
+    {S.EVENT_TYPE: "search", S.ITEM_ID: None, S.PRICE: None},
+    {S.TS: "2026-01-10 12:00:00+02:00"},  # explicit offset honoured
+    {S.TS: "2026-02-01T00:30:00Z"},  # within the 1 h future tolerance
+    {S.PRICE: None, S.QUANTITY: None},  # optional fields
+])
+def test_good_rows_pass(change):
+    valid, rejected = split_valid_rows(pd.DataFrame([{**GOOD, **change}]), now=NOW)
+    assert len(rejected) == 0 and len(valid) == 1
+
+
+def test_valid_rows_come_back_in_contract_dtypes():
+    valid, _ = split_valid_rows(pd.DataFrame([GOOD, {**GOOD, S.TS: "2026-01-10 13:00:00+02:00"}]), now=NOW)
+    assert list(valid.columns) == list(S.EVENT_COLUMNS)
+    assert str(valid[S.TS].dtype) == "datetime64[us, UTC]"
+    assert valid[S.TS].iloc[1] == pd.Timestamp("2026-01-10 11:00", tz="UTC")
+    assert valid[S.QUANTITY].tolist() == [2, 2] and valid[S.PRICE].tolist() == [3.5, 3.5]
+
+
+def test_duplicates_need_every_key_field_equal_and_span_chunks():
+    from features.validation import event_keys
+
+    first, _ = split_valid_rows(pd.DataFrame([GOOD]), now=NOW)
+    again = pd.DataFrame([GOOD, {**GOOD, S.QUANTITY: "3"}, {**GOOD, S.QUANTITY: "3"}])
+    valid, rejected = split_valid_rows(again, now=NOW, seen_keys=np.sort(event_keys(first)))
+    # row 0 repeats the earlier chunk, row 2 repeats row 1; row 1 differs in quantity only
+    assert dict(zip(rejected[SOURCE_ROW], rejected[REJECT_RULE])) == {0: "duplicate", 2: "duplicate"}
+    assert valid[S.QUANTITY].tolist() == [3]
+
+
+def test_rules_are_checked_by_pandera_named_after_the_rule():
+    from features.validation import RULES, event_schema
+
+    schema = event_schema(NOW, pd.Timedelta(hours=1))
+    names = {c.name for c in schema.checks} | {c.name for col in schema.columns.values() for c in col.checks}
+    assert names == set(RULES) - {"duplicate"}

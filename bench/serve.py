@@ -1,0 +1,279 @@
+"""Latency/throughput of `recsys serve` on loopback under an open-loop load (one command).
+
+    .venv/bin/python bench/serve.py [--home DIR] [--rate 200] [--duration 10] [--json]
+
+Without --home it makes a throwaway RECSYS_HOME, generates the default synthetic data set and trains
+once (Prefect + MLflow). Then it starts the service as its own process and, per scenario, sends
+requests at a FIXED arrival rate (open loop: request i is due at t0 + i/rate whether or not earlier
+ones finished) from a raw-asyncio HTTP/1.1 keep-alive client, and measures latency from the due time,
+so a stalled server shows up as queueing delay instead of a slower send rate (no coordinated
+omission). Scenarios: /health (baseline on the same server), GET /recommendations (known users, k=10),
+POST /recommendations (3-5 event sessions), /search (title words, half of them with a user). Finally a
+rate ladder for GET /recommendations finds the highest rate whose p99 stays under 50 ms with no errors.
+Only 127.0.0.1 is ever contacted. The client shares the CPU with the server: on a small machine the
+numbers include the client's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+
+HOST = "127.0.0.1"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# ---- a minimal HTTP/1.1 keep-alive client ------------------------------------------------------
+class Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.last_used = time.monotonic()
+
+    async def request(self, raw: bytes) -> int:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+
+
+def post(path: str, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+async def open_loop(port: int, requests: list[bytes], rate: float, duration: float, warmup: float) -> dict:
+    """Send `requests` (cycled) at `rate`/s for warmup+duration s; stats over the post-warm-up part."""
+    pool: list[Conn] = []
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    n_total = int((warmup + duration) * rate)
+    n_warm = int(warmup * rate)
+    loop = asyncio.get_running_loop()
+    tasks = []
+
+    async def one(i: int, due: float) -> None:
+        conn = pool.pop() if pool else None
+        if conn is not None and time.monotonic() - conn.last_used > 2.0:
+            conn.writer.close()  # uvicorn closes keep-alive connections idle for 5 s: never race that
+            conn = None
+        try:
+            if conn is None:
+                conn = Conn(*await asyncio.open_connection(HOST, port))
+            status = await conn.request(requests[i % len(requests)])
+            done = loop.time()
+            conn.last_used = time.monotonic()
+            pool.append(conn)
+            if status != 200:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+        except Exception as exc:  # a broken connection is an error; do not reuse it
+            done = loop.time()
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+        if i >= n_warm:
+            lat.append(done - due)
+
+    t0 = loop.time() + 0.05
+    for i in range(n_total):
+        due = t0 + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i, due)))
+    t_sent = loop.time()
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+    wall = loop.time() - (t0 + warmup)
+    for c in pool:
+        c.writer.close()
+    a = np.array(lat) * 1000.0
+    n = len(a)
+    return {"rate": rate, "requests": n, "errors": sum(errors.values()), "error_kinds": errors,
+            "throughput_rps": round(n / max(wall, 1e-9), 1),
+            "send_lag_ms": round((t_sent - (t0 + (n_total - 1) / rate)) * 1000, 1),
+            "p50_ms": round(float(np.percentile(a, 50)), 2) if n else None,
+            "p95_ms": round(float(np.percentile(a, 95)), 2) if n else None,
+            "p99_ms": round(float(np.percentile(a, 99)), 2) if n else None,
+            "max_ms": round(float(a.max()), 2) if n else None}
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of a process and its descendants (Linux /proc; 0.0 elsewhere)."""
+    total, todo = 0.0, [pid]
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def measured(port: int, pid: int, requests: list[bytes], rate: float, duration: float, warmup: float) -> dict:
+    """`open_loop` plus the server's CPU ms per request: what a request costs regardless of how much
+    of the machine other processes take (wall-clock latency on a shared box does not say that)."""
+    c0, p0 = cpu_seconds(pid), time.process_time()
+    r = asyncio.run(open_loop(port, requests, rate, duration, warmup))
+    sent = int((warmup + duration) * rate)
+    r["server_cpu_ms_per_req"] = round((cpu_seconds(pid) - c0) * 1000 / max(sent, 1), 3)
+    r["client_cpu_ms_per_req"] = round((time.process_time() - p0) * 1000 / max(sent, 1), 3)
+    return r
+
+
+# ---- setup --------------------------------------------------------------------------------------
+def run(cmd: list[str], env: dict) -> None:
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def prepare_home(home: Path | None, env: dict, log) -> Path:
+    if home is not None and (home / "mlflow.db").exists():
+        return home
+    home = home or Path(tempfile.mkdtemp(prefix="recsys-bench-"))
+    env["RECSYS_HOME"] = str(home)
+    log(f"generating the default data set and training once into {home} (takes a few minutes) ...")
+    run([str(BIN / "recsys"), "generate"], env)
+    run([str(BIN / "recsys"), "train", "--device", "cpu"], env)
+    return home
+
+
+def workloads(home: Path, n: int, seed: int = 0) -> dict[str, list[bytes]]:
+    import pandas as pd
+
+    rng = random.Random(seed)
+    catalog = pd.read_parquet(home / "data" / "catalog.parquet")
+    item_ids = catalog["item_id"].astype(str).tolist()
+    words = sorted({w for t in catalog["title"].astype(str) for w in t.lower().split() if len(w) > 2})
+    users = pd.read_parquet(home / "data" / "events", columns=["user_id"])["user_id"].astype(str).unique()
+    user_ids = sorted(users.tolist())
+    out = {"health": [get("/health")],
+           "recommendations": [get(f"/recommendations/{rng.choice(user_ids)}?k=10") for _ in range(n)],
+           "session": [post("/recommendations", {
+               "user_id": rng.choice(user_ids) if rng.random() < 0.5 else None,
+               "events": [{"item_id": rng.choice(item_ids), "event_type": rng.choice(["view", "view", "add_to_cart"])}
+                          for _ in range(rng.randint(3, 5))], "k": 10}) for _ in range(n)],
+           "search": [get(f"/search?q={quote(' '.join(rng.sample(words, rng.randint(1, 2))))}&k=10"
+                          + (f"&user_id={rng.choice(user_ids)}" if rng.random() < 0.5 else ""))
+                      for _ in range(n)]}
+    return out
+
+
+def start_service(env: dict, port: int, workers: int = 1) -> subprocess.Popen:
+    cmd = [str(BIN / "recsys"), "serve", "--port", str(port), "--poll-interval", "0", "--log-level", "warning",
+           "--workers", str(workers)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited: {proc.stdout.read()}")
+        try:
+            if httpx.get(f"http://{HOST}:{port}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("service not ready")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--home", type=Path, help="existing RECSYS_HOME with a trained champion (else a temp one)")
+    ap.add_argument("--rate", type=float, default=200.0, help="arrival rate per scenario (req/s)")
+    ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
+    ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each scenario")
+    ap.add_argument("--ladder", default="200,250,300,400,500,650,800",
+                    help="rates tried for GET /recommendations to find the highest with p99 < 50 ms ('' = skip)")
+    ap.add_argument("--ladder-duration", type=float, default=5.0)
+    ap.add_argument("--scenarios", default="health,recommendations,session,search",
+                    help="comma-separated subset of health,recommendations,session,search")
+    ap.add_argument("--workers", type=int, default=1, help="`recsys serve --workers`")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args()
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    env = os.environ.copy()
+    home = prepare_home(args.home.resolve() if args.home else None, env, log)
+    env["RECSYS_HOME"] = str(home)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    port = free_port()
+    proc = start_service(env, port, args.workers)
+    try:
+        wait_ready(port, proc)
+        loads = workloads(home, 4000)
+        results: dict[str, dict] = {}
+        for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
+            log(f"{name}: {args.rate:g} req/s for {args.duration:g}s ...")
+            results[name] = measured(port, proc.pid, loads[name], args.rate, args.duration, args.warmup)
+        ladder, best = [], None
+        for rate in [float(r) for r in args.ladder.split(",") if r.strip()]:
+            log(f"ladder: recommendations at {rate:g} req/s ...")
+            r = measured(port, proc.pid, loads["recommendations"], rate, args.ladder_duration, 1.0)
+            ladder.append(r)
+            if r["errors"] == 0 and r["p99_ms"] is not None and r["p99_ms"] < 50.0:
+                best = rate
+            else:
+                break
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    out = {"host": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}, "workers": args.workers,
+           "rate": args.rate, "duration_s": args.duration, "scenarios": results, "ladder": ladder,
+           "max_rate_p99_under_50ms": best}
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"open loop, {args.rate:g} req/s, {args.duration:g}s measured per scenario, {args.workers} worker(s), "
+          f"{out['host']['cpus']} cpus, load avg {out['host']['load_avg_1m']}")
+    print(f"{'scenario':<16}{'req':>7}{'err':>5}{'rps':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+          f"{'srv cpu ms/req':>16}{'client cpu':>12}")
+    for name, r in results.items():
+        print(f"{name:<16}{r['requests']:>7}{r['errors']:>5}{r['throughput_rps']:>8}{r['p50_ms']:>9}"
+              f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['max_ms']:>9}{r['server_cpu_ms_per_req']:>16}"
+              f"{r['client_cpu_ms_per_req']:>12}")
+    for r in ladder:
+        print(f"ladder {r['rate']:>6g}/s: p50 {r['p50_ms']} p99 {r['p99_ms']} ms, errors {r['errors']}, "
+              f"{r['throughput_rps']} rps, server cpu {r['server_cpu_ms_per_req']} ms/req")
+    print(f"highest rate with p99 < 50 ms and no errors: {best}")
+
+
+if __name__ == "__main__":
+    main()

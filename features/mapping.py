@@ -1,0 +1,162 @@
+"""Typed ingest parameters and the generic column mapping: any event log -> contract columns.
+
+A mapping file (TOML) looks like
+
+    [columns]            # contract column = column in your file
+    user_id = "visitorid"
+    item_id = "itemid"
+    ts = "timestamp"
+    event_type = "event"        # or a constant below
+    quantity = "qty"            # optional: quantity, price, query, session_id
+
+    [event_types]        # optional: your value = contract value
+    transaction = "purchase"
+    addtocart = "add_to_cart"
+
+    [options]
+    event_type = "purchase"     # constant event type when the file has no such column
+    ts_unit = "ms"              # numeric epoch timestamps: s, ms, us or ns
+    timezone = "UTC"            # zone of naive timestamps
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from features import schema as S
+from features.validation import SOURCE_ROW, SchemaError
+
+MAPPABLE = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.TS, S.SESSION_ID, S.QUERY, S.QUANTITY, S.PRICE)
+
+
+class SourceKind(str, Enum):
+    synthetic = "synthetic"
+    events = "events"
+    online_retail = "online-retail"
+
+
+class ColumnMapping(BaseModel):
+    """Which input column feeds each contract column, plus value translations."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    columns: dict[str, str] = Field(default_factory=dict, description="contract column -> input column")
+    event_types: dict[str, str] = Field(default_factory=dict, description="input value -> contract event type")
+    event_type: str | None = Field(None, description="constant event type for every row")
+    ts_unit: Literal["s", "ms", "us", "ns"] | None = Field(None, description="numeric epoch timestamps")
+    timezone: str = Field("UTC", description="zone of naive timestamps")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ColumnMapping":
+        unknown = set(self.columns) - set(MAPPABLE)
+        if unknown:
+            raise ValueError(f"mapping names unknown contract column(s) {sorted(unknown)}; known: {list(MAPPABLE)}")
+        bad = {v for v in [*self.event_types.values(), self.event_type] if v is not None} - set(S.EVENT_TYPES)
+        if bad:
+            raise ValueError(f"mapping uses unknown event type(s) {sorted(bad)}; known: {list(S.EVENT_TYPES)}")
+        return self
+
+    @classmethod
+    def from_toml_dict(cls, data: dict) -> "ColumnMapping":
+        options = data.get("options", {})
+        extra = set(data) - {"columns", "event_types", "options"}
+        if extra:
+            raise ValueError(f"mapping file: unknown section(s) {sorted(extra)}; use [columns], [event_types], [options]")
+        return cls(columns=data.get("columns", {}), event_types=data.get("event_types", {}), **options)
+
+    def source_column(self, contract_col: str) -> str | None:
+        """The input column for a contract column (the same name when not mapped)."""
+        return self.columns.get(contract_col, contract_col)
+
+    def required_input_columns(self) -> list[str]:
+        need = [S.USER_ID, S.ITEM_ID, S.TS] + ([] if self.event_type else [S.EVENT_TYPE])
+        return [self.source_column(c) for c in need]
+
+
+class IngestParams(BaseModel):
+    """Parameters of one ingest flow run (Prefect validates them; deployments can set them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: SourceKind = SourceKind.events
+    input: str = Field(..., description="file to ingest (CSV, CSV.gz or Parquet); for synthetic: unused")
+    data_dir: str | None = Field(None, description="event store; default $RECSYS_HOME/data")
+    mapping: ColumnMapping = Field(default_factory=ColumnMapping)
+    catalog: str | None = Field(None, description="optional catalog file (CSV/Parquet with item_id, title, category)")
+    max_rejected_share: float = Field(0.05, ge=0.0, le=1.0,
+                                      description="fail when more than this share of rows breaks a contract rule")
+    future_tolerance_hours: float = Field(1.0, ge=0.0)
+    chunk_rows: int = Field(1_000_000, ge=1, description="rows per streamed chunk")
+    encoding: str = Field("auto", description="auto (UTF-8, else Latin-1) or a Python codec name")
+    delimiter: str | None = Field(None, description="CSV delimiter; default: sniffed")
+    pseudonymise: bool = Field(False, description="replace user ids by a salted hash (salt from RECSYS_PSEUDONYM_SALT)")
+    experiment: str = Field("recsys-ingest", min_length=1)
+    source_timezone: str = Field("Europe/London", description="online-retail: zone of InvoiceDate")
+    # synthetic source
+    users: int = Field(3000, ge=1)
+    items: int = Field(1500, ge=1)
+    days: int = Field(56, ge=1)
+    seed: int = 42
+
+
+def map_columns(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> pd.DataFrame:
+    """Contract-named columns (raw values, not yet validated) + SOURCE_ROW passed through."""
+    missing = [c for c in mapping.required_input_columns() if c not in raw.columns]
+    mapped_missing = [c for k, c in mapping.columns.items() if c not in raw.columns and k not in
+                      (S.USER_ID, S.ITEM_ID, S.TS, S.EVENT_TYPE)]
+    if missing or mapped_missing:
+        raise SchemaError(f"{source}: required column(s) {missing + mapped_missing} not in the input "
+                          f"(columns: {list(raw.columns)[:20]})")
+    out = pd.DataFrame(index=raw.index)
+    for col in MAPPABLE:
+        src = mapping.source_column(col)
+        if src in raw.columns:
+            out[col] = raw[src]
+    if mapping.event_type:
+        out[S.EVENT_TYPE] = mapping.event_type
+    elif mapping.event_types:
+        values = out[S.EVENT_TYPE].astype("string").str.strip()
+        translated = values.map(mapping.event_types)
+        out[S.EVENT_TYPE] = values.where(translated.isna(), translated)
+    if S.TS in out:
+        out[S.TS] = to_utc(out[S.TS], mapping.ts_unit, mapping.timezone)
+    if SOURCE_ROW in raw:
+        out[SOURCE_ROW] = raw[SOURCE_ROW]
+    return out
+
+
+def to_utc(values: pd.Series, unit: str | None, timezone: str) -> pd.Series:
+    """Timestamps as UTC; epoch numbers with `unit`; naive text in `timezone`; unparseable -> NaT."""
+    if unit is not None:
+        num = pd.to_numeric(values, errors="coerce")
+        return pd.to_datetime(num, unit=unit, utc=True, errors="coerce")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        if values.dt.tz is None:
+            return values.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward").dt.tz_convert("UTC")
+        return values.dt.tz_convert("UTC")
+    if timezone == "UTC":
+        return values  # validation parses text as UTC (explicit offsets are honoured)
+    text = values.astype("string")
+    parsed = pd.to_datetime(text, errors="coerce", format="mixed")
+    if getattr(parsed.dt, "tz", None) is not None:
+        return parsed.dt.tz_convert("UTC")
+    return parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward").dt.tz_convert("UTC")
+
+
+def pseudonymise(ids: pd.Series, salt: str) -> pd.Series:
+    """Salted SHA-256 of each id (first 16 hex chars); the salt is never stored with the data."""
+    if not salt:
+        raise ValueError("pseudonymisation needs a non-empty salt")
+    values = ids.astype("string")
+    uniq, inverse = np.unique(values.fillna("").to_numpy(dtype=object), return_inverse=True)
+    salt_b = salt.encode()
+    hashed = np.array([hashlib.sha256(salt_b + str(u).encode()).hexdigest()[:16] if u != "" else ""
+                       for u in uniq], dtype=object)
+    out = pd.Series(hashed[inverse], index=ids.index, dtype="string")
+    return out.mask(values.isna() | (values.str.strip() == ""))

@@ -1,0 +1,96 @@
+"""Resumable runs: cache keys built from the input data digest + the parameters that matter + the code,
+and a result store under $RECSYS_HOME, so a rerun after a crash reuses every finished stage.
+
+Keys are cheap to compute (no hashing of DataFrames): `LoadedData.digest` already fingerprints the
+events, the model is identified by its ranker's serialized trees. Results are pickled (cloudpickle) by
+Prefect into `$RECSYS_HOME/prefect/results/<task>-<hash>`; delete that folder to drop the cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from tasks.paths import recsys_home
+
+_ROOT = Path(__file__).resolve().parent.parent
+# the code whose change must invalidate cached training/evaluation results
+_CODE_DIRS = ("features", "models")
+
+
+def results_dir() -> Path:
+    return recsys_home() / "prefect" / "results"
+
+
+class _ResultsPath(type(Path())):
+    """`Path` to the result store resolved at run time from RECSYS_HOME, not at import: Prefect accepts a
+    Path as task result storage (a LocalFileSystem on `str(path)` when results are read or written), and
+    tests and workers set RECSYS_HOME after the task decorators ran."""
+
+    def __str__(self) -> str:
+        return str(results_dir())
+
+    def __fspath__(self) -> str:
+        return str(results_dir())
+
+    def __repr__(self) -> str:
+        return "ResultsPath($RECSYS_HOME/prefect/results)"
+
+
+RESULTS = _ResultsPath("$RECSYS_HOME/prefect/results")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Digest of the pure code (features/, models/): a code change retrains instead of reusing."""
+    h = hashlib.sha256()
+    for d in _CODE_DIRS:
+        for path in sorted((_ROOT / d).glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _plain(value):
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value
+
+
+def make_key(stage: str, **parts) -> str:
+    payload = json.dumps({k: _plain(v) for k, v in sorted(parts.items())}, sort_keys=True, default=str)
+    return f"{stage}-{hashlib.sha256((payload + code_version()).encode()).hexdigest()[:24]}"
+
+
+def data_fingerprint(data) -> dict:
+    """Events digest + catalog size/ids hash of a `LoadedData`."""
+    import pandas as pd
+
+    catalog = data.catalog
+    ids = pd.util.hash_pandas_object(catalog.iloc[:, 0], index=False).to_numpy() if len(catalog) else []
+    return {"events": data.digest, "catalog_rows": len(catalog),
+            "catalog_ids": hashlib.sha256(bytes(memoryview(ids))).hexdigest()[:16] if len(catalog) else ""}
+
+
+def model_fingerprint(rec) -> str:
+    """Identity of a trained two-stage model: its ranker trees (deterministic text) + its user/item index."""
+    h = hashlib.sha256(rec.booster.model_to_string().encode())
+    h.update(str(len(rec.data.users.ids)).encode() + str(len(rec.data.items.ids)).encode())
+    return h.hexdigest()[:16]
+
+
+def train_key(context, parameters: dict) -> str:
+    """train-two-stage(data, split, config): same data, same window, same model params -> same model."""
+    return make_key("train-two-stage", data=data_fingerprint(parameters["data"]), split=parameters["split"],
+                    model=parameters["config"].model)
+
+
+def evaluate_key(context, parameters: dict) -> str:
+    """evaluate(rec, data, split, k): the model's identity + the data + the window + k."""
+    return make_key("evaluate", model=model_fingerprint(parameters["rec"]), data=data_fingerprint(parameters["data"]),
+                    split=parameters["split"], k=parameters["k"])

@@ -1,0 +1,85 @@
+"""Prefect artifacts (markdown summaries in the UI) and events (what automations react to)."""
+
+from __future__ import annotations
+
+import logging
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+
+from tasks import tracking
+from tasks.paths import tracking_uri
+
+log = logging.getLogger(__name__)
+
+PROMOTED_EVENT = "recsys.champion.promoted"
+
+
+def mlflow_run_link(run_id: str) -> str:
+    """A clickable link to the run when MLflow is a server; otherwise how to open it locally."""
+    uri = tracking_uri()
+    try:
+        exp = tracking.client().get_run(run_id).info.experiment_id
+    except Exception:  # the summary must not fail the run
+        exp = None
+    if uri.startswith(("http://", "https://")) and exp is not None:
+        url = f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+        return f"[{run_id}]({url})"
+    return f"`{run_id}` (experiment {exp}; `mlflow ui --backend-store-uri {uri}`)"
+
+
+def _metric_table_md(metrics: dict[str, float], k: int) -> str:
+    names = ["ndcg", "map", "recall", "hitrate"]
+    rows = [("two-stage", "test.")] + [(b, f"baseline.{b}.") for b in
+                                       sorted({key.split(".")[1] for key in metrics if key.startswith("baseline.")})]
+    out = ["| model | " + " | ".join(f"{n}@{k}" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, prefix in rows:
+        out.append(f"| {label} | " + " | ".join(f"{metrics.get(f'{prefix}{n}_at_{k}', float('nan')):.4f}"
+                                               for n in names) + " |")
+    return "\n".join(out)
+
+
+def summary_markdown(title: str, run_id: str | None, metrics: dict[str, float] | None, k: int,
+                     model_name: str, version: str | None, gate: dict | None) -> str:
+    lines = [f"# {title}", ""]
+    if run_id:
+        lines.append(f"**MLflow run:** {mlflow_run_link(run_id)}  ")
+    if version:
+        lines.append(f"**Model:** `{model_name}` version {version}  ")
+    if gate is not None:
+        decision = "promoted" if gate.get("promote") else "kept champion"
+        lines.append(f"**Gate:** {decision} — {gate.get('reason', '')}  ")
+        if gate.get("ci_low") is not None:
+            lines.append(f"challenger {gate.get('challenger', float('nan')):.4f} vs champion "
+                         f"{gate.get('champion') if gate.get('champion') is not None else 'none'}; "
+                         f"CI of the difference [{gate['ci_low']:+.4f}, {gate['ci_high']:+.4f}] "
+                         f"over {gate.get('n_users')} users  ")
+    if metrics:
+        lines += ["", "## Metrics (same test window)", "", _metric_table_md(metrics, k)]
+    return "\n".join(lines) + "\n"
+
+
+@task(name="publish-summary", retries=1, retry_delay_seconds=[2])
+def publish_summary(title: str, run_id: str | None, metrics: dict[str, float] | None, k: int, model_name: str,
+                    version: str | None, gate: dict | None, key: str = "train-summary") -> str:
+    """A markdown artifact on the flow run; a `recsys.champion.promoted` event when the alias moved."""
+    md = summary_markdown(title, run_id, metrics, k, model_name, version, gate)
+    create_markdown_artifact(markdown=md, key=key, description=title)
+    if gate is not None and gate.get("promote") and version:
+        emit_event(event=PROMOTED_EVENT,
+                   resource={"prefect.resource.id": f"recsys.model.{model_name}", "recsys.model": model_name},
+                   payload={"version": str(version), "run_id": run_id or "", "reason": gate.get("reason", "")})
+    return md
+
+
+@task(name="publish-table")
+def publish_table(title: str, rows: list[dict], key: str) -> str:
+    """A markdown table artifact (e.g. one row per backfill cutoff)."""
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    md = "\n".join(lines) + "\n"
+    create_markdown_artifact(markdown=md, key=key, description=title)
+    return md
