@@ -43,28 +43,17 @@ def synthetic_data() -> tuple[pd.DataFrame, pd.DataFrame]:
     return events, catalog
 
 
-# TEMPORARY loader until features/online_retail.py (branch issue3) lands on main: purchases of
-# non-cancelled lines with a customer, catalog from StockCode/Description/UnitPrice.
-def load_online_retail_temporary(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    raw = pd.read_csv(path, encoding="latin-1", dtype={"InvoiceNo": str, "StockCode": str, "CustomerID": str})
-    raw = raw.loc[~raw["InvoiceNo"].str.startswith("C") & raw["CustomerID"].notna()
-                  & (raw["Quantity"] > 0) & (raw["UnitPrice"] > 0)
-                  & raw["StockCode"].str.match(r"^\d")]  # POST, M, DOT, BANK CHARGES are not products
-    events = pd.DataFrame({
-        S.USER_ID: raw["CustomerID"].str.replace(r"\.0$", "", regex=True),
-        S.ITEM_ID: raw["StockCode"].str.strip().str.upper(),
-        S.EVENT_TYPE: S.PURCHASE,
-        S.TS: pd.to_datetime(raw["InvoiceDate"]).dt.tz_localize("UTC"),
-        S.SESSION_ID: raw["InvoiceNo"], S.QUERY: None,
-        S.QUANTITY: raw["Quantity"], S.PRICE: raw["UnitPrice"]})
-    desc = raw.assign(item=events[S.ITEM_ID], d=raw["Description"].fillna("").str.strip())
-    title = desc.groupby("item")["d"].agg(lambda x: x.mode().iat[0] if len(x.mode()) else "")
-    price = desc.groupby("item")["UnitPrice"].median()
-    catalog = pd.DataFrame({S.ITEM_ID: title.index, S.TITLE: title.to_numpy(),
-                            # no categories in the data: the last word of the title ("MUG", "BAG")
-                            S.CATEGORY: title.str.split().str[-1].fillna("unknown").to_numpy(),
-                            S.PRICE: price.reindex(title.index).to_numpy()})
-    return events.reset_index(drop=True), catalog
+def load_online_retail(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Raw file -> contract events + catalog through the ingestion adapter (features/online_retail.py).
+
+    Zero-price lines are left by the adapter to contract validation (rule non_positive_price),
+    which rejects them; the bench drops them the same way."""
+    from features.online_retail import STRING_COLUMNS, transform_online_retail
+
+    raw = pd.read_csv(path, encoding="latin-1", dtype={c: "string" for c in STRING_COLUMNS})
+    result = transform_online_retail(raw)
+    events = result.events.loc[result.events[S.PRICE] > 0, list(S.EVENT_COLUMNS)].reset_index(drop=True)
+    return events, result.catalog
 
 
 def synthetic_setup() -> tuple[SplitParams, TwoStageParams]:
@@ -158,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 out[name] = {"skipped": msg}
                 print(msg, file=sys.stderr)
                 continue
-            events, catalog = load_online_retail_temporary(RETAIL_CSV)
+            events, catalog = load_online_retail(RETAIL_CSV)
             split_params, params = retail_setup()
         else:
             raise SystemExit(f"unknown data set {name!r}")
