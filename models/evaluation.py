@@ -9,7 +9,6 @@ import pandas as pd
 
 from features import schema as S
 from models.metrics import catalog_coverage, intra_list_diversity, novelty, per_user_metrics, summarize
-from models.recall import ItemKNNSource
 from models.two_stage import SOURCE_NAMES, TwoStageRecommender
 
 # baseline name -> the recommender's source it uses alone ("itemknn" is fitted at evaluation time)
@@ -74,11 +73,8 @@ def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
     metrics.update(m)
     for baseline in baselines:
         source = BASELINES[baseline]
-        if source == "itemknn" and "itemknn" not in rec.sources:
-            rec.sources["itemknn"] = ItemKNNSource().fit(rec.data)
         b_items = rec.source_top_k(source, idx, k)
         metrics.update(list_metrics(b_items, prefix=f"baseline.{baseline}.", **common)[0])
-    rec.sources.pop("itemknn", None)
     metrics.update(candidate_recall(rec, idx, relevant))
     return Evaluation(metrics=metrics, user_ids=user_ids, per_user=per_user)
 

@@ -19,9 +19,12 @@ from models.recall import (ALSParams, ALSSource, Candidates, CovisitationSource,
                            PopularitySource, RepeatSource, TextSource, TrendingParams, TrendingSource)
 
 SOURCE_NAMES = ("als", "popular", "repeat", "covis", "trending", "text")
-# pair scores of model-based sources, computed for every candidate (not only those the source proposed)
-MODEL_FEATURES = ("m_als_dot", "m_text_sim")
-_MODEL_FEATURE_SOURCE = {"m_als_dot": "als", "m_text_sim": "text"}
+# pair scores of model-based sources, computed for every candidate (not only those the source proposed).
+# No ALS dot product here: models/session.py folds a session into a fresh ALS vector and feeds it
+# through the ALS source's candidates only, so a feature read from the stored user factors would
+# disagree with it (src_als_score carries the ALS signal).
+MODEL_FEATURES = ("m_text_sim",)
+_MODEL_FEATURE_SOURCE = {"m_text_sim": "text"}
 STRATEGY_MODEL = "model"
 STRATEGY_POPULAR = "popular"
 
@@ -299,6 +302,19 @@ class TwoStageRecommender:
                         "strategy": STRATEGY_MODEL if u >= 0 else STRATEGY_POPULAR})
         return out
 
+    def baseline_source(self, name: str):
+        """A recall source by name; baseline-only ones (item-kNN) are fitted on first use and kept
+        outside `sources`, so they never join the candidates or the saved model."""
+        if name in self.sources:
+            return self.sources[name]
+        if name != "itemknn":
+            raise KeyError(name)
+        if getattr(self, "_itemknn", None) is None:
+            from models.recall import ItemKNNSource
+
+            self._itemknn = ItemKNNSource().fit(self.data)
+        return self._itemknn
+
     def source_top_k(self, name: str, users: np.ndarray, k: int) -> np.ndarray:
         """A single source's own top-k as [n_users, k] item indices (a baseline).
 
@@ -306,7 +322,7 @@ class TwoStageRecommender:
         """
         users = np.asarray(users, dtype=np.int64)
         uniq = np.unique(users)
-        c = self.sources[name].candidates(uniq, k)
+        c = self.baseline_source(name).candidates(uniq, k)
         items, _ = top_k_by_group(c.users, c.items, c.scores, k, uniq)
         items = items[np.searchsorted(uniq, users)]
         cold = users < 0
