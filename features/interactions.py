@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features import schema as S
+from features.covisitation import CovisitationParams, build_covisitation
 
 DAY_SECONDS = 86400.0
 
@@ -27,6 +28,7 @@ class InteractionParams:
     add_to_cart_weight: float = 4.0
     purchase_weight: float = 8.0
     half_life_days: float = 30.0
+    covisitation: CovisitationParams = field(default_factory=CovisitationParams)
 
     def weight_of(self, event_type: str) -> float:
         return {S.VIEW: self.view_weight, S.ADD_TO_CART: self.add_to_cart_weight,
@@ -85,6 +87,18 @@ class InteractionData:
     user_mean_log_price: np.ndarray
     user_days_since_last: np.ndarray
     item_titles: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    covis: sp.csr_matrix | None = None  # items x items co-visitation (features/covisitation.py)
+    user_type_counts: np.ndarray | None = None  # users x 3: views, carts, purchases (all time)
+    user_events_7d: np.ndarray | None = None
+    user_cat_entropy: np.ndarray | None = None  # category spread of the user's confidence
+    item_buyers: np.ndarray | None = None  # distinct buyers, all time
+    item_repeat_rate: np.ndarray | None = None  # share of buyers who bought it more than once
+    item_pop_all: np.ndarray | None = None  # confidence-weighted events, all time (no decay)
+    item_price_pct: np.ndarray | None = None  # price percentile inside the item's category, [0, 1]
+    user_price_pct: np.ndarray | None = None  # the user's confidence-weighted mean of item_price_pct
+    item_cat_pop_share: np.ndarray | None = None  # the item's share of its category's 28-day weight
+    user_cat_events: sp.csr_matrix | None = None  # users x categories, item events (no decay, no type weight)
+    category_share: np.ndarray | None = None  # share of all item events per category
 
     @property
     def n_users(self) -> int:
@@ -95,15 +109,20 @@ class InteractionData:
         return len(self.items)
 
     # ---- persistence (npz + npy; no pickle) ----------------------------------------
-    _SPARSE = ("weighted", "views", "carts", "purchases", "last_seen", "user_cat_share")
+    _SPARSE = ("weighted", "views", "carts", "purchases", "last_seen", "user_cat_share", "covis", "user_cat_events")
     _DENSE = ("item_category", "item_price", "item_age_days", "item_pop_7d", "item_pop_28d",
-              "item_buys_28d", "user_mean_log_price", "user_days_since_last")
+              "item_buys_28d", "user_mean_log_price", "user_days_since_last", "user_type_counts",
+              "user_events_7d", "user_cat_entropy", "item_buyers", "item_repeat_rate", "item_pop_all",
+              "item_price_pct", "user_price_pct", "item_cat_pop_share",
+              "category_share")
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         for name in self._SPARSE:
-            sp.save_npz(directory / f"{name}.npz", getattr(self, name))
-        np.savez(directory / "arrays.npz", **{n: getattr(self, n) for n in self._DENSE},
+            if getattr(self, name) is not None:
+                sp.save_npz(directory / f"{name}.npz", getattr(self, name))
+        np.savez(directory / "arrays.npz", **{n: getattr(self, n) for n in self._DENSE
+                                              if getattr(self, n) is not None},
                  user_ids=self.users.ids.astype(str), item_ids=self.items.ids.astype(str),
                  categories=self.categories.astype(str), item_titles=self.item_titles.astype(str),
                  ref_time=np.array([self.ref_time.value], dtype=np.int64))
@@ -111,8 +130,9 @@ class InteractionData:
     @classmethod
     def load(cls, directory: Path) -> "InteractionData":
         arrays = np.load(directory / "arrays.npz", allow_pickle=False)
-        kwargs = {n: sp.load_npz(directory / f"{n}.npz").tocsr() for n in cls._SPARSE}
-        kwargs.update({n: arrays[n] for n in cls._DENSE})
+        kwargs = {n: sp.load_npz(directory / f"{n}.npz").tocsr() for n in cls._SPARSE
+                  if (directory / f"{n}.npz").exists()}
+        kwargs.update({n: arrays[n] for n in cls._DENSE if n in arrays.files})
         return cls(users=IdIndex(arrays["user_ids"]), items=IdIndex(arrays["item_ids"]),
                    ref_time=pd.Timestamp(int(arrays["ref_time"][0]), tz="UTC"),
                    categories=arrays["categories"].astype(object),
@@ -147,6 +167,8 @@ def build_interaction_data(events: pd.DataFrame, catalog: pd.DataFrame, ref_time
     type_w = np.select([etype == S.VIEW, etype == S.ADD_TO_CART, etype == S.PURCHASE],
                        [params.view_weight, params.add_to_cart_weight, params.purchase_weight], 0.0)
 
+    ts_sec = (ev[S.TS] - ref_time).dt.total_seconds().to_numpy()
+    covis = build_covisitation(u, i, ts_sec, type_w, len(items), params.covisitation)
     weighted = _matrix(u, i, type_w * decay, shape)
     views = _matrix(u, i, etype == S.VIEW, shape)
     carts = _matrix(u, i, etype == S.ADD_TO_CART, shape)
@@ -190,7 +212,37 @@ def build_interaction_data(events: pd.DataFrame, catalog: pd.DataFrame, ref_time
     user_days_since_last = np.full(len(users), np.inf)
     np.minimum.at(user_days_since_last, u, age_days)
 
+    n_u, n_i = len(users), len(items)
+    user_type_counts = np.stack([np.bincount(u[etype == t], minlength=n_u) for t in
+                                 (S.VIEW, S.ADD_TO_CART, S.PURCHASE)], axis=1).astype(np.float32)
+    user_events_7d = np.bincount(u[age_days < 7], minlength=n_u).astype(np.float32)
+    share = user_cat_share.copy()
+    share.data = -share.data * np.log(np.maximum(share.data, 1e-12))
+    user_cat_entropy = np.asarray(share.sum(axis=1)).ravel().astype(np.float32)
+    bought = purchases.copy()
+    bought.eliminate_zeros()
+    item_buyers = np.bincount(bought.indices, minlength=n_i).astype(np.float32)
+    item_repeaters = np.bincount(bought.indices[bought.data > 1], minlength=n_i).astype(np.float32)
+    item_repeat_rate = (item_repeaters / np.maximum(item_buyers, 1.0)).astype(np.float32)
+    item_pop_all = np.bincount(i, weights=type_w, minlength=n_i).astype(np.float32)
+
+    # price level relative to the category (a cheap phone case and a cheap sofa are both "cheap")
+    price_pct = (pd.Series(np.nan_to_num(item_price, nan=0.0)).groupby(item_category).rank(pct=True)
+                 .to_numpy(dtype=np.float32))
+    user_price_pct = ((weighted @ price_pct) / np.maximum(w_sum, 1e-9)).astype(np.float32)
+    cat_pop = np.bincount(item_category, weights=item_pop_28d + 1e-3, minlength=len(categories))
+    item_cat_pop_share = ((item_pop_28d + 1e-3) / cat_pop[item_category]).astype(np.float32)
+
+    events_any = _matrix(u, i, np.ones(len(u)), shape)
+    user_cat_events = (events_any @ onehot).tocsr().astype(np.float32)
+    category_share = np.asarray(user_cat_events.sum(axis=0)).ravel()
+    category_share = (category_share / max(category_share.sum(), 1e-9)).astype(np.float32)
+
     return InteractionData(
+        user_cat_events=user_cat_events, category_share=category_share, item_price_pct=price_pct, user_price_pct=user_price_pct, item_cat_pop_share=item_cat_pop_share,
+        covis=covis, user_type_counts=user_type_counts, user_events_7d=user_events_7d,
+        user_cat_entropy=user_cat_entropy, item_buyers=item_buyers, item_repeat_rate=item_repeat_rate,
+        item_pop_all=item_pop_all,
         users=users, items=items, ref_time=ref_time, weighted=weighted, views=views, carts=carts,
         purchases=purchases, last_seen=recency, item_category=item_category.astype(np.int64),
         categories=categories.ids, item_price=np.nan_to_num(item_price, nan=0.0),

@@ -17,7 +17,13 @@ PAIR_FEATURES = (
     "i_pop_7d", "i_pop_28d", "i_buys_28d", "i_trend", "i_price", "i_age_days",
     "ui_views", "ui_carts", "ui_purchases", "ui_weight", "ui_days_since",
     "u_cat_share", "price_vs_user",
+    "u_views", "u_carts", "u_buys", "u_events_7d", "u_cat_entropy", "u_log_price",
+    "i_buyers", "i_repeat_rate", "i_pop_all", "ui_covis", "ui_buy_share",
+    "i_price_pct", "ui_price_pct_gap", "i_cat_pop_share", "ui_cat_expect",
+    "u_cat_events", "u_cat_smoothed",
 )
+# pseudo-events of the global category mix added to each user's own (taste estimate for light users)
+CATEGORY_PRIOR_EVENTS = 5.0
 # the graded relevance of a pair in a label window
 LABEL_OF_EVENT = {S.VIEW: 1, S.ADD_TO_CART: 2, S.PURCHASE: 3}
 
@@ -56,7 +62,44 @@ def pair_features(data: InteractionData, users: np.ndarray, items: np.ndarray) -
     put("u_cat_share", csr_lookup(data.user_cat_share, uk, data.item_category[ik]))
     log_price = np.log1p(data.item_price[ik])
     put("price_vs_user", log_price - data.user_mean_log_price[uk])
+    if data.user_type_counts is not None:
+        counts = np.log1p(data.user_type_counts[uk])
+        put("u_views", counts[:, 0])
+        put("u_carts", counts[:, 1])
+        put("u_buys", counts[:, 2])
+        put("u_events_7d", np.log1p(data.user_events_7d[uk]))
+        put("u_cat_entropy", data.user_cat_entropy[uk])
+        out[:, PAIR_FEATURES.index("i_buyers")] = np.log1p(data.item_buyers[items])
+        out[:, PAIR_FEATURES.index("i_repeat_rate")] = data.item_repeat_rate[items]
+        out[:, PAIR_FEATURES.index("i_pop_all")] = np.log1p(data.item_pop_all[items])
+        buys = data.user_type_counts[uk, 2]
+        put("ui_buy_share", csr_lookup(data.purchases, uk, ik) / np.maximum(buys, 1.0))
+    put("u_log_price", data.user_mean_log_price[uk])
+    if data.item_price_pct is not None:
+        out[:, PAIR_FEATURES.index("i_price_pct")] = data.item_price_pct[items]
+        put("ui_price_pct_gap", np.abs(data.item_price_pct[ik] - data.user_price_pct[uk]), default=0.5)
+        out[:, PAIR_FEATURES.index("i_cat_pop_share")] = data.item_cat_pop_share[items]
+        put("ui_cat_expect", out[known, PAIR_FEATURES.index("u_cat_share")] * data.item_cat_pop_share[ik])
+    if data.user_cat_events is not None:
+        cat_events = csr_lookup(data.user_cat_events, uk, data.item_category[ik])
+        totals = np.asarray(data.user_cat_events[uk].sum(axis=1)).ravel() if len(uk) else np.zeros(0)
+        prior = CATEGORY_PRIOR_EVENTS * data.category_share[data.item_category[ik]]
+        put("u_cat_events", np.log1p(cat_events))
+        put("u_cat_smoothed", (cat_events + prior) / (totals + CATEGORY_PRIOR_EVENTS))
+    if data.covis is not None:
+        put("ui_covis", history_scores(data.weighted, data.covis, uk, ik))
     return out
+
+
+def history_scores(user_items, item_item, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(user_items[u] @ item_item)[i] for each pair: how strongly the user's history points at i.
+
+    Sparse rows of the distinct users only, so one request costs one sparse row product."""
+    if len(users) == 0:
+        return np.zeros(0, dtype=np.float32)
+    uniq, inverse = np.unique(users, return_inverse=True)
+    scores = (user_items[uniq] @ item_item).tocsr()
+    return csr_lookup(scores, inverse, items)
 
 
 def pair_labels(label_events: pd.DataFrame, users: IdIndex, items: IdIndex,

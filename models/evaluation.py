@@ -8,10 +8,13 @@ import numpy as np
 import pandas as pd
 
 from features import schema as S
-from models.metrics import catalog_coverage, per_user_metrics, summarize
+from models.metrics import catalog_coverage, intra_list_diversity, novelty, per_user_metrics, summarize
 from models.two_stage import SOURCE_NAMES, TwoStageRecommender
 
-BASELINES = {"popularity": "popular", "als": "als", "repeat": "repeat"}
+# baseline name -> the recommender's source it uses alone ("itemknn" is fitted at evaluation time)
+BASELINES = {"popularity": "popular", "als": "als", "repeat": "repeat", "covis": "covis",
+             "trending": "trending", "text": "text", "itemknn": "itemknn"}
+SEGMENTS = ("returning", "new")
 
 
 @dataclass
@@ -33,7 +36,25 @@ def score_users(rec: TwoStageRecommender, user_ids: list[str], relevant: list[se
     return per_user_metrics(lists, relevant, k)
 
 
-def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int) -> Evaluation:
+def list_metrics(items2d: np.ndarray, relevant: list[set], ids: np.ndarray, k: int, item_share: np.ndarray,
+                 n_users: int, item_category: np.ndarray, segments: dict[str, np.ndarray],
+                 prefix: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Accuracy, coverage, novelty and diversity of one set of top-k lists, overall and per segment."""
+    lists = [ids[row[row >= 0]].tolist() for row in items2d]
+    per_user = per_user_metrics(lists, relevant, k)
+    idx_lists = [row[row >= 0] for row in items2d]
+    per_user[f"novelty_at_{k}"] = novelty(idx_lists, item_share, n_users)
+    per_user[f"diversity_at_{k}"] = intra_list_diversity(idx_lists, item_category)
+    out = {f"{prefix}{m}": v for m, v in summarize(per_user).items()}
+    out[f"{prefix}coverage_at_{k}"] = catalog_coverage(lists, len(ids))
+    for segment, mask in segments.items():
+        if mask.any():
+            out.update({f"{prefix}{segment}.{m}": float(v[mask].mean()) for m, v in per_user.items()})
+    return out, per_user
+
+
+def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
+             baselines: tuple[str, ...] = tuple(BASELINES)) -> Evaluation:
     truth = relevant_items(test_events)
     user_ids = truth.index.astype(str).tolist()
     relevant = truth.tolist()
@@ -41,23 +62,19 @@ def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int) -> Eva
     ids = rec.data.items.ids
     metrics: dict[str, float] = {"test.n_users": float(len(user_ids)),
                                  "test.new_user_share": float(np.mean(idx < 0)) if len(idx) else 0.0}
-
-    def as_lists(items2d: np.ndarray) -> list[list[str]]:
-        return [ids[row[row >= 0]].tolist() for row in items2d]
+    segments = {"returning": idx >= 0, "new": idx < 0}
+    touched = np.diff(rec.data.weighted.tocsc().indptr)
+    item_share = touched / max(rec.data.n_users, 1)
+    common = dict(relevant=relevant, ids=ids, k=k, item_share=item_share, n_users=rec.data.n_users,
+                  item_category=rec.data.item_category, segments=segments)
 
     items, _ = rec.recommend(idx, k)
-    lists = as_lists(items)
-    per_user = per_user_metrics(lists, relevant, k)
-    metrics.update({f"test.{m}": v for m, v in summarize(per_user).items()})
-    metrics[f"test.coverage_at_{k}"] = catalog_coverage(lists, rec.data.n_items)
-    for segment, mask in (("returning", idx >= 0), ("new", idx < 0)):
-        if mask.any():
-            metrics[f"test.{segment}.ndcg_at_{k}"] = float(per_user[f"ndcg_at_{k}"][mask].mean())
-    for baseline, source in BASELINES.items():
-        b_lists = as_lists(rec.source_top_k(source, idx, k))
-        for m, v in summarize(per_user_metrics(b_lists, relevant, k)).items():
-            metrics[f"baseline.{baseline}.{m}"] = v
-        metrics[f"baseline.{baseline}.coverage_at_{k}"] = catalog_coverage(b_lists, rec.data.n_items)
+    m, per_user = list_metrics(items, prefix="test.", **common)
+    metrics.update(m)
+    for baseline in baselines:
+        source = BASELINES[baseline]
+        b_items = rec.source_top_k(source, idx, k)
+        metrics.update(list_metrics(b_items, prefix=f"baseline.{baseline}.", **common)[0])
     metrics.update(candidate_recall(rec, idx, relevant))
     return Evaluation(metrics=metrics, user_ids=user_ids, per_user=per_user)
 

@@ -68,5 +68,30 @@ def catalog_coverage(recommended: Sequence[Sequence[Hashable]], n_items: int) ->
     return len(seen) / max(n_items, 1)
 
 
+def novelty(recommended: Sequence[Sequence[int]], item_share: np.ndarray, n_users: int) -> np.ndarray:
+    """Mean self-information -log2(p) of each list's items, p = share of users who touched the item.
+
+    Items nobody touched count as touched by one user (p = 1 / n_users). Empty lists get 0."""
+    floor = 1.0 / max(n_users, 1)
+    out = np.zeros(len(recommended))
+    for u, recs in enumerate(recommended):
+        recs = np.asarray(list(recs), dtype=np.int64)
+        if len(recs):
+            out[u] = float(np.mean(-np.log2(np.maximum(item_share[recs], floor))))
+    return out
+
+
+def intra_list_diversity(recommended: Sequence[Sequence[int]], item_category: np.ndarray) -> np.ndarray:
+    """Share of item pairs in each list whose categories differ (0 for lists shorter than 2)."""
+    out = np.zeros(len(recommended))
+    for u, recs in enumerate(recommended):
+        cats = item_category[np.asarray(list(recs), dtype=np.int64)]
+        n = len(cats)
+        if n >= 2:
+            same = sum(c * (c - 1) // 2 for c in np.unique(cats, return_counts=True)[1])
+            out[u] = 1.0 - same / (n * (n - 1) / 2)
+    return out
+
+
 def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(np.mean(values)) if len(values) else 0.0 for name, values in per_user.items()}

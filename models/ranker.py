@@ -15,6 +15,7 @@ DEFAULT_LABEL_GAIN = (0.0, 1.0, 3.0, 7.0)
 
 @dataclass(frozen=True)
 class RankerParams:
+    objective: str = "lambdarank"  # or "rank_xendcg"
     n_estimators: int = 300
     learning_rate: float = 0.05
     num_leaves: int = 31
@@ -54,7 +55,7 @@ def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_val: np.nda
     check_groups(y, groups, params.label_gain)
     check_groups(y_val, groups_val, params.label_gain)
     model = lgb.LGBMRanker(
-        objective="lambdarank", n_estimators=params.n_estimators, learning_rate=params.learning_rate,
+        objective=params.objective, n_estimators=params.n_estimators, learning_rate=params.learning_rate,
         num_leaves=params.num_leaves, min_child_samples=params.min_child_samples,
         colsample_bytree=params.colsample_bytree, label_gain=list(params.label_gain),
         random_state=params.seed, n_jobs=params.num_threads or None, verbose=-1,

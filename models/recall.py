@@ -130,6 +130,16 @@ class ALSSource:
                                            filter_already_liked_items=False)
         return Candidates.from_topk(known, ids, scores)
 
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """ALS dot product of each (user, item) pair; NaN for unknown users."""
+        users = np.asarray(users, dtype=np.int64)
+        out = np.full(len(users), np.nan, dtype=np.float32)
+        known = users >= 0
+        if known.any():
+            uf, itf = self.model.user_factors, self.model.item_factors
+            out[known] = np.einsum("ij,ij->i", uf[users[known]], itf[np.asarray(items)[known]])
+        return out
+
     def recommend_vector(self, user_vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         scores = self.model.item_factors @ user_vector
         top = np.argpartition(-scores, min(n, len(scores) - 1))[:n]
@@ -198,3 +208,200 @@ class RepeatSource:
         users = np.asarray(users, dtype=np.int64)
         items, scores = _topk_rows(self._weighted, users, n)
         return Candidates.from_topk(users, items, scores)
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores of the user's own history: the confidence of each pair (0 when untouched)."""
+        return _lookup(self._weighted, users, items)
+
+
+def _lookup(matrix: sp.csr_matrix, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    users = np.asarray(users, dtype=np.int64)
+    out = np.zeros(len(users), dtype=np.float32)
+    known = users >= 0
+    if known.any():
+        out[known] = np.asarray(matrix[users[known], np.asarray(items)[known]], dtype=np.float32).ravel()
+    return out
+
+
+def _topk_dense(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n columns of each row of a dense score matrix; non-positive scores dropped (-1 / -inf)."""
+    n = min(n, scores.shape[1])
+    if n <= 0:
+        return np.zeros((scores.shape[0], 0), np.int64), np.zeros((scores.shape[0], 0), np.float32)
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < scores.shape[1] else \
+        np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    items = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    vals = np.take_along_axis(vals, order, axis=1).astype(np.float32)
+    bad = ~(vals > 0)
+    items[bad], vals[bad] = -1, -np.inf
+    return items, vals
+
+
+def _empty() -> Candidates:
+    return Candidates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int32))
+
+
+class CovisitationSource:
+    """Items that co-visit (same user, close in time) with the user's history, weighted by that history."""
+
+    name: ClassVar[str] = "covis"
+
+    def __init__(self) -> None:
+        self._weighted: sp.csr_matrix | None = None
+        self._covis: sp.csr_matrix | None = None
+
+    def fit(self, data: InteractionData) -> "CovisitationSource":
+        if data.covis is None:
+            raise ValueError("the interaction data has no co-visitation matrix")
+        self._weighted, self._covis = data.weighted, data.covis
+        return self
+
+    def candidates(self, users: np.ndarray, n: int) -> Candidates:
+        users = np.asarray(users, dtype=np.int64)
+        known = users[users >= 0]
+        if len(known) == 0 or n <= 0:
+            return _empty()
+        scores = (self._weighted[known] @ self._covis).tocsr()
+        items, vals = _topk_rows(scores, np.arange(len(known)), n)
+        return Candidates.from_topk(known, items, vals)
+
+
+@dataclass(frozen=True)
+class TrendingParams:
+    per_category: bool = False  # rank trending items inside the user's own categories
+    min_recent: float = 1.0  # items with less recent (7-day) weight never trend
+
+
+class TrendingSource:
+    """Items whose last 7 days beat their 28-day rate; optionally weighted by the user's category shares."""
+
+    name: ClassVar[str] = "trending"
+
+    def __init__(self, params: TrendingParams = TrendingParams()):
+        self.params = params
+        self.ranking: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.scores: np.ndarray = np.zeros(0, dtype=np.float32)
+        self._data: InteractionData | None = None
+
+    def fit(self, data: InteractionData) -> "TrendingSource":
+        pop7, pop28 = data.item_pop_7d.astype(np.float64), data.item_pop_28d.astype(np.float64)
+        trend = (pop7 + 1.0) / (pop28 / 4.0 + 1.0)
+        key = np.where(pop7 >= self.params.min_recent, trend * np.log1p(pop7), 0.0)
+        order = np.argsort(-key, kind="stable")
+        order = order[key[order] > 0]
+        self.ranking, self.scores = order.astype(np.int64), key[order].astype(np.float32)
+        self._key = key.astype(np.float32)
+        self._data = data
+        return self
+
+    def candidates(self, users: np.ndarray, n: int) -> Candidates:
+        users = np.asarray(users, dtype=np.int64)
+        if not self.params.per_category:
+            k = min(n, len(self.ranking))
+            items = np.broadcast_to(self.ranking[:k], (len(users), k))
+            scores = np.broadcast_to(self.scores[:k], (len(users), k))
+            return Candidates.from_topk(users, np.ascontiguousarray(items), np.ascontiguousarray(scores))
+        known = users[users >= 0]
+        if len(known) == 0:
+            return _empty()
+        d = self._data
+        shares = d.user_cat_share[known].toarray()[:, d.item_category]  # users x items
+        items, vals = _topk_dense(shares * self._key[None, :], n)
+        return Candidates.from_topk(known, items, vals)
+
+
+class TextSource:
+    """Content neighbours (TF-IDF over title + category) of the user's weighted history.
+
+    Needs no interactions on the candidate item, so brand-new items can be proposed."""
+
+    name: ClassVar[str] = "text"
+
+    def __init__(self, chunk: int = 1024) -> None:
+        self.index = None
+        self._weighted: sp.csr_matrix | None = None
+        self.chunk = chunk
+
+    def fit(self, data: InteractionData) -> "TextSource":
+        from models.text_index import TextIndex
+
+        cats = np.asarray(data.categories, dtype=object)[data.item_category]
+        self.index = TextIndex.fit(np.asarray(data.item_titles, dtype=object), cats)
+        self._weighted = data.weighted
+        return self
+
+    def _profiles(self, users: np.ndarray) -> sp.csr_matrix:
+        p = (self._weighted[users] @ self.index.matrix).tocsr()
+        norms = np.sqrt(np.asarray(p.multiply(p).sum(axis=1)).ravel())
+        return (sp.diags(1.0 / np.maximum(norms, 1e-9)) @ p).tocsr()
+
+    def candidates(self, users: np.ndarray, n: int) -> Candidates:
+        users = np.asarray(users, dtype=np.int64)
+        known = users[users >= 0]
+        if len(known) == 0 or n <= 0:
+            return _empty()
+        parts = []
+        for lo in range(0, len(known), self.chunk):
+            block = known[lo:lo + self.chunk]
+            scores = (self._profiles(block) @ self.index.matrix.T).toarray()
+            items, vals = _topk_dense(scores, n)
+            parts.append(Candidates.from_topk(block, items, vals))
+        return Candidates(*(np.concatenate([getattr(c, f) for c in parts])
+                            for f in ("users", "items", "scores", "ranks")))
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Cosine of each item's text vector with its user's history profile (0 for unknown users)."""
+        users = np.asarray(users, dtype=np.int64)
+        out = np.zeros(len(users), dtype=np.float32)
+        known = np.flatnonzero(users >= 0)
+        if len(known) == 0:
+            return out
+        uniq, inverse = np.unique(users[known], return_inverse=True)
+        prof = self._profiles(uniq)
+        out[known] = np.asarray(prof[inverse].multiply(self.index.matrix[np.asarray(items)[known]]).sum(axis=1)
+                                ).ravel()
+        return out
+
+
+@dataclass(frozen=True)
+class ItemKNNParams:
+    kind: Literal["bm25", "cosine"] = "bm25"
+    neighbours: int = 100
+
+
+class ItemKNNSource:
+    """implicit's item-item nearest neighbours (BM25 or cosine); a baseline."""
+
+    name: ClassVar[str] = "itemknn"
+
+    def __init__(self, params: ItemKNNParams = ItemKNNParams()):
+        self.params = params
+        self.model = None
+        self._user_items: sp.csr_matrix | None = None
+
+    def fit(self, data: InteractionData) -> "ItemKNNSource":
+        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+        import warnings
+
+        cls = BM25Recommender if self.params.kind == "bm25" else CosineRecommender
+        # implicit converts its own BM25-weighted COO back to CSR and warns about it
+        with threadpool_limits(1, "blas"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model = cls(K=self.params.neighbours, num_threads=1)
+            self.model.fit(data.weighted, show_progress=False)
+        self._user_items = data.weighted
+        return self
+
+    def candidates(self, users: np.ndarray, n: int) -> Candidates:
+        users = np.asarray(users, dtype=np.int64)
+        known = users[users >= 0]
+        if len(known) == 0 or n <= 0:
+            return _empty()
+        n = min(n, self._user_items.shape[1])
+        ids, scores = self.model.recommend(known, self._user_items[known], N=n,
+                                           filter_already_liked_items=False)
+        scores = np.where(scores > 0, scores, -np.inf)
+        return Candidates.from_topk(known, np.where(scores > 0, ids, -1), scores)

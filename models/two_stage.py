@@ -11,13 +11,20 @@ import numpy as np
 import pandas as pd
 
 from features import schema as S
+from features.covisitation import CovisitationParams
 from features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data
 from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
 from models.ranker import RankerParams, RankerResult, train_ranker
-from models.recall import (ALSParams, ALSSource, Candidates, PopularityParams, PopularitySource,
-                           RepeatSource)
+from models.recall import (ALSParams, ALSSource, Candidates, CovisitationSource, PopularityParams,
+                           PopularitySource, RepeatSource, TextSource, TrendingParams, TrendingSource)
 
-SOURCE_NAMES = ("als", "popular", "repeat")
+SOURCE_NAMES = ("als", "popular", "repeat", "covis", "trending", "text")
+# pair scores of model-based sources, computed for every candidate (not only those the source proposed).
+# No ALS dot product here: models/session.py folds a session into a fresh ALS vector and feeds it
+# through the ALS source's candidates only, so a feature read from the stored user factors would
+# disagree with it (src_als_score carries the ALS signal).
+MODEL_FEATURES = ("m_text_sim",)
+_MODEL_FEATURE_SOURCE = {"m_text_sim": "text"}
 STRATEGY_MODEL = "model"
 STRATEGY_POPULAR = "popular"
 
@@ -29,6 +36,9 @@ class RecallParams:
     als: int = 100
     popular: int = 50
     repeat: int = 50
+    covis: int = 100
+    trending: int = 30
+    text: int = 50
 
     def budget(self, name: str) -> int:
         return getattr(self, name)
@@ -39,16 +49,26 @@ class TwoStageParams:
     interactions: InteractionParams = field(default_factory=InteractionParams)
     als: ALSParams = field(default_factory=ALSParams)
     popularity: PopularityParams = field(default_factory=PopularityParams)
+    trending: TrendingParams = field(default_factory=TrendingParams)
     recall: RecallParams = field(default_factory=RecallParams)
     ranker: RankerParams = field(default_factory=RankerParams)
     max_train_users: int = 20_000
+    # ranking sets stacked from this many label windows, each `label_end - train_end` long, going back
+    train_windows: int = 1
+    train_window_stride_days: int = 0  # days between stacked cutoffs; 0 = the label window's length
+    # who the ranker learns from: every user active in the label window, or only its buyers
+    # (the population the offline test scores: relevant = purchases)
+    train_users: str = "active"
+    # MMR re-ranking over categories: 0 = off (pure ranker order), 1 = diversity only
+    diversity: float = 0.0
+    diversity_pool: int = 50
 
 
 def source_feature_names() -> list[str]:
     return [f"src_{name}_{kind}" for name in SOURCE_NAMES for kind in ("score", "rank")] + ["src_count"]
 
 
-FEATURE_NAMES = source_feature_names() + list(PAIR_FEATURES)
+FEATURE_NAMES = source_feature_names() + list(PAIR_FEATURES) + list(MODEL_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -84,8 +104,18 @@ def merge_candidates(per_source: dict[str, Candidates], n_items: int) -> Candida
 def fit_sources(data: InteractionData, params: TwoStageParams) -> dict[str, object]:
     return {
         "als": ALSSource(params.als).fit(data),
+        **non_als_sources(data, params),
+    }
+
+
+def non_als_sources(data: InteractionData, params: TwoStageParams) -> dict[str, object]:
+    """Sources rebuilt from the feature state alone (what `load` needs besides the ALS factors)."""
+    return {
         "popular": PopularitySource(params.popularity).fit(data),
         "repeat": RepeatSource().fit(data),
+        "covis": CovisitationSource().fit(data),
+        "trending": TrendingSource(params.trending).fit(data),
+        "text": TextSource().fit(data),
     }
 
 
@@ -133,12 +163,14 @@ class TwoStageRecommender:
     # ---- candidates and features -----------------------------------------------------
     def candidate_table(self, users: np.ndarray) -> CandidateTable:
         users = np.asarray(users, dtype=np.int64)
-        per_source = {name: src.candidates(users, self.params.recall.budget(name))
-                      for name, src in self.sources.items()}
+        per_source = {name: self.sources[name].candidates(users, self.params.recall.budget(name))
+                      for name in SOURCE_NAMES if name in self.sources}
         return merge_candidates(per_source, self.data.n_items)
 
     def features(self, table: CandidateTable) -> np.ndarray:
-        return np.hstack([table.source_features, pair_features(self.data, table.users, table.items)])
+        model = np.column_stack([self.sources[_MODEL_FEATURE_SOURCE[f]].score_pairs(table.users, table.items)
+                                 for f in MODEL_FEATURES]).astype(np.float32)
+        return np.hstack([table.source_features, pair_features(self.data, table.users, table.items), model])
 
     def score(self, table: CandidateTable) -> np.ndarray:
         if self.booster is None:
@@ -160,23 +192,42 @@ class TwoStageRecommender:
         _, groups = np.unique(u, return_counts=True)
         return RankingSet(x=x, y=y[keep], groups=groups, users=np.unique(u))
 
-    def fit_ranker(self, label_events: pd.DataFrame, seed: int = 42) -> RankerResult:
-        """Train the ranker on users active in `label_events` (known before the cutoff)."""
+    def label_users(self, label_events: pd.DataFrame, seed: int) -> np.ndarray:
+        """Users active in `label_events` and known before the cutoff (sampled to max_train_users)."""
+        types = (S.PURCHASE,) if self.params.train_users == "buyers" else S.ITEM_EVENT_TYPES
+        users = self.data.users.index_of(
+            label_events.loc[label_events[S.EVENT_TYPE].isin(types), S.USER_ID].unique())
+        users = np.unique(users[users >= 0])
+        if len(users) > self.params.max_train_users:
+            rng = np.random.default_rng(seed)
+            users = np.sort(rng.choice(users, self.params.max_train_users, replace=False))
+        return users
+
+    def split_ranking_sets(self, label_events: pd.DataFrame, seed: int) -> tuple[RankingSet, RankingSet]:
+        """(train, validation) ranking sets of this cutoff, validation a random share of users."""
+        label_users = self.label_users(label_events, seed)
+        is_val = np.random.default_rng(seed).random(len(label_users)) < self.params.ranker.validation_share
+        return (self.ranking_set(label_events, label_users[~is_val]),
+                self.ranking_set(label_events, label_users[is_val]))
+
+    def fit_ranker(self, label_events: pd.DataFrame, seed: int = 42,
+                   extra: tuple[tuple[RankingSet, RankingSet], ...] = ()) -> RankerResult:
+        """Train the ranker on users active in `label_events` (known before the cutoff).
+
+        A random share of those users validates (early stopping); `extra` (train, validation)
+        ranking sets of older label windows are stacked onto both sides."""
         p = self.params
-        label_users = self.data.users.index_of(
-            label_events.loc[label_events[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES), S.USER_ID].unique())
-        label_users = np.unique(label_users[label_users >= 0])
-        rng = np.random.default_rng(seed)
-        if len(label_users) > p.max_train_users:
-            label_users = np.sort(rng.choice(label_users, p.max_train_users, replace=False))
-        is_val = rng.random(len(label_users)) < p.ranker.validation_share
-        train = self.ranking_set(label_events, label_users[~is_val])
-        val = self.ranking_set(label_events, label_users[is_val])
-        if len(train.groups) == 0:
+        train, val = self.split_ranking_sets(label_events, seed)
+        sets, vals = [train, *(e[0] for e in extra)], [val, *(e[1] for e in extra)]
+        if sum(len(t.groups) for t in sets) == 0:
             raise ValueError("no training user has a positive label among their candidates; "
                              "the label window is empty or recall finds nothing")
-        result = train_ranker(train.x, train.y, train.groups, val.x, val.y, val.groups,
-                              FEATURE_NAMES, p.ranker)
+
+        def stack(parts: list[RankingSet]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return (np.vstack([t.x for t in parts]), np.concatenate([t.y for t in parts]),
+                    np.concatenate([t.groups for t in parts]))
+
+        result = train_ranker(*stack(sets), *stack(vals), FEATURE_NAMES, p.ranker)
         self.booster, self.best_iteration = result.booster, result.best_iteration
         return result
 
@@ -190,7 +241,11 @@ class TwoStageRecommender:
         if len(known):
             uk = np.unique(users[known])
             table = self.candidate_table(uk)
-            it, sc = top_k_by_group(table.users, table.items, self.score(table), k, uk)
+            lam = self.params.diversity
+            pool = max(k, self.params.diversity_pool) if lam > 0 else k
+            it, sc = top_k_by_group(table.users, table.items, self.score(table), pool, uk)
+            if lam > 0:
+                it, sc = mmr_rerank(it, sc, self.data.item_category, k, lam)
             row = np.searchsorted(uk, users[known])
             items[known], scores[known] = it[row], sc[row]
         unknown = np.flatnonzero(users < 0)
@@ -198,6 +253,29 @@ class TwoStageRecommender:
             it, sc = self.cold_start(k)
             items[unknown], scores[unknown] = it, sc
         return items, scores
+
+    def explain(self, user_id: str, k: int, top_features: int = 5) -> list[dict]:
+        """Why each of the user's top-k items is there: the sources that proposed it and the
+        features contributing most to its ranker score (LightGBM SHAP-style contributions)."""
+        u = self.data.users.position(str(user_id))
+        if u < 0:
+            items, scores = self.cold_start(k)
+            return [{"item_id": str(self.data.items.ids[i]), "score": float(s), "sources": ["popular"],
+                     "top_features": [], "strategy": STRATEGY_POPULAR} for i, s in zip(items, scores) if i >= 0]
+        table = self.candidate_table(np.array([u]))
+        x = self.features(table)
+        scores = self.booster.predict(x, num_iteration=self.best_iteration)
+        contrib = self.booster.predict(x, num_iteration=self.best_iteration, pred_contrib=True)[:, :-1]
+        out = []
+        for row in np.argsort(-scores, kind="stable")[:k]:
+            proposed = [name for j, name in enumerate(SOURCE_NAMES)
+                        if not np.isnan(table.source_features[row, 2 * j])]
+            top = np.argsort(-np.abs(contrib[row]))[:top_features]
+            out.append({"item_id": str(self.data.items.ids[table.items[row]]), "score": float(scores[row]),
+                        "sources": proposed, "strategy": STRATEGY_MODEL,
+                        "top_features": [{"feature": FEATURE_NAMES[j], "value": float(x[row, j]),
+                                          "contribution": float(contrib[row, j])} for j in top]})
+        return out
 
     def cold_start(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """A user with no history gets the recent popularity ranking."""
@@ -224,6 +302,19 @@ class TwoStageRecommender:
                         "strategy": STRATEGY_MODEL if u >= 0 else STRATEGY_POPULAR})
         return out
 
+    def baseline_source(self, name: str):
+        """A recall source by name; baseline-only ones (item-kNN) are fitted on first use and kept
+        outside `sources`, so they never join the candidates or the saved model."""
+        if name in self.sources:
+            return self.sources[name]
+        if name != "itemknn":
+            raise KeyError(name)
+        if getattr(self, "_itemknn", None) is None:
+            from models.recall import ItemKNNSource
+
+            self._itemknn = ItemKNNSource().fit(self.data)
+        return self._itemknn
+
     def source_top_k(self, name: str, users: np.ndarray, k: int) -> np.ndarray:
         """A single source's own top-k as [n_users, k] item indices (a baseline).
 
@@ -231,7 +322,7 @@ class TwoStageRecommender:
         """
         users = np.asarray(users, dtype=np.int64)
         uniq = np.unique(users)
-        c = self.sources[name].candidates(uniq, k)
+        c = self.baseline_source(name).candidates(uniq, k)
         items, _ = top_k_by_group(c.users, c.items, c.scores, k, uniq)
         items = items[np.searchsorted(uniq, users)]
         cold = users < 0
@@ -256,8 +347,7 @@ class TwoStageRecommender:
         params = params_from_dict(meta["params"])
         data = InteractionData.load(directory / "state")
         sources = {"als": ALSSource.load(directory / "als", data, params.als),
-                   "popular": PopularitySource(params.popularity).fit(data),
-                   "repeat": RepeatSource().fit(data)}
+                   **non_als_sources(data, params)}
         booster = lgb.Booster(model_file=str(directory / "ranker.txt"))
         return cls(data, sources, params, booster, None)
 
@@ -265,18 +355,67 @@ class TwoStageRecommender:
 def params_from_dict(d: dict) -> TwoStageParams:
     ranker = dict(d["ranker"])
     ranker["label_gain"] = tuple(ranker["label_gain"])
-    return TwoStageParams(interactions=InteractionParams(**d["interactions"]), als=ALSParams(**d["als"]),
-                          popularity=PopularityParams(**d["popularity"]), recall=RecallParams(**d["recall"]),
-                          ranker=RankerParams(**ranker), max_train_users=d["max_train_users"])
+    inter = dict(d["interactions"])
+    inter["covisitation"] = CovisitationParams(**inter.get("covisitation", {}))
+    scalars = {name: d[name] for name in ("max_train_users", "train_windows", "train_window_stride_days", "train_users", "diversity",
+                                          "diversity_pool")
+               if name in d}
+    return TwoStageParams(interactions=InteractionParams(**inter), als=ALSParams(**d["als"]),
+                          popularity=PopularityParams(**d["popularity"]),
+                          trending=TrendingParams(**d.get("trending", {})), recall=RecallParams(**d["recall"]),
+                          ranker=RankerParams(**ranker), **scalars)
+
+
+def mmr_rerank(items: np.ndarray, scores: np.ndarray, item_category: np.ndarray, k: int,
+               diversity: float) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy MMR over categories per row: pick argmax (1-d)*score01 - d*[category already picked].
+
+    `items`/`scores` are [n_users, pool] sorted by score (-1 padded); returns [n_users, k]."""
+    n, pool = items.shape
+    out_i = np.full((n, k), -1, dtype=np.int64)
+    out_s = np.full((n, k), -np.inf, dtype=np.float32)
+    for r in range(n):
+        ok = items[r] >= 0
+        its, scs = items[r][ok], scores[r][ok]
+        if len(its) == 0:
+            continue
+        span = scs.max() - scs.min()
+        rel = (scs - scs.min()) / span if span > 0 else np.ones(len(scs))
+        cats = item_category[its]
+        taken = np.zeros(len(its), dtype=bool)
+        seen_cats: set[int] = set()
+        for j in range(min(k, len(its))):
+            penalty = np.fromiter((c in seen_cats for c in cats), dtype=float, count=len(cats))
+            value = np.where(taken, -np.inf, (1 - diversity) * rel - diversity * penalty)
+            best = int(np.argmax(value))
+            taken[best] = True
+            seen_cats.add(int(cats[best]))
+            out_i[r, j], out_s[r, j] = its[best], scs[best]
+    return out_i, out_s
 
 
 def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.Timestamp,
                     label_end: pd.Timestamp, params: TwoStageParams) -> tuple[TwoStageRecommender, RankerResult]:
-    """Ranker learnt at `train_end` (labels from [train_end, label_end)); recall refit at `label_end`."""
+    """Ranker learnt at `train_end` (labels from [train_end, label_end)); recall refit at `label_end`.
+
+    With `train_windows` > 1 the ranking sets of earlier cutoffs (train_end - w * window,
+    labelled by the window after each) are stacked; each window holds out the same share of
+    its users for validation (early stopping on all windows' held-out users)."""
+    span = pd.Timestamp(label_end) - pd.Timestamp(train_end)
+    stride = pd.Timedelta(days=params.train_window_stride_days) if params.train_window_stride_days > 0 else span
+    extra = []
+    for w in range(1, max(params.train_windows, 1)):
+        start = pd.Timestamp(train_end) - w * stride
+        data_w = build_interaction_data(events, catalog, start, params.interactions)
+        if data_w.n_users == 0:
+            break
+        learner_w = TwoStageRecommender(data_w, fit_sources(data_w, params), params)
+        labels_w = events.loc[(events[S.TS] >= start) & (events[S.TS] < start + span)]
+        extra.append(learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
     data_train = build_interaction_data(events, catalog, train_end, params.interactions)
     learner = TwoStageRecommender(data_train, fit_sources(data_train, params), params)
     label_events = events.loc[(events[S.TS] >= train_end) & (events[S.TS] < label_end)]
-    result = learner.fit_ranker(label_events, seed=params.ranker.seed)
+    result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra=tuple(extra))
     data_final = build_interaction_data(events, catalog, label_end, params.interactions)
     final = TwoStageRecommender(data_final, fit_sources(data_final, params), params,
                                 result.booster, result.best_iteration)

@@ -30,6 +30,27 @@ def test_features_never_read_events_at_or_after_the_cutoff():
     items = np.tile(d1.items.index_of(["a", "b", "c"]), 2)
     np.testing.assert_array_equal(pair_features(d1, users, items), pair_features(d2, users, items))
     assert list(d2.users.ids) == list(d1.users.ids)  # u3 only exists after the cutoff
+    assert (d1.covis != d2.covis).nnz == 0
+
+
+def test_sources_and_model_features_never_read_events_at_or_after_the_cutoff():
+    from models.recall import ALSParams
+    from models.two_stage import SOURCE_NAMES, TwoStageParams, TwoStageRecommender, fit_sources
+
+    before = _before()
+    after = make_events([("u1", "b", S.PURCHASE, "2026-01-10 00:00"), ("u2", "a", S.VIEW, "2026-01-10 00:00"),
+                         ("u1", "c", S.PURCHASE, "2026-01-12 10:00")])
+    params = TwoStageParams(als=ALSParams(factors=2, iterations=2, device="cpu", num_threads=1))
+    recs = []
+    for events in (before, pd.concat([before, after], ignore_index=True)):
+        d = build_interaction_data(events, _catalog(), CUTOFF)
+        recs.append(TwoStageRecommender(d, fit_sources(d, params), params))
+    users = recs[0].data.users.index_of(["u1", "u2"])
+    t1, t2 = recs[0].candidate_table(users), recs[1].candidate_table(users)
+    np.testing.assert_array_equal(t1.items, t2.items)
+    np.testing.assert_array_equal(t1.source_features, t2.source_features)
+    np.testing.assert_array_equal(recs[0].features(t1), recs[1].features(t2))
+    assert set(SOURCE_NAMES) <= set(recs[0].sources)
 
 
 def test_known_feature_values():
@@ -39,6 +60,14 @@ def test_known_feature_values():
     assert f["ui_views"] == 1 and f["ui_purchases"] == 1 and f["ui_carts"] == 0
     assert f["ui_days_since"] == pytest.approx(6 + 14 / 24)  # last touch 2026-01-03 10:00, cutoff 01-10 00:00
     assert f["u_cat_share"] == pytest.approx(1.0)
+    assert f["u_buys"] == pytest.approx(np.log1p(1)) and f["ui_buy_share"] == pytest.approx(1.0)
+    assert f["i_buyers"] == pytest.approx(np.log1p(1))
+    b = d.items.position("b")
+    u2 = d.users.position("u2")
+    covis = pair_features(d, np.array([u2, u1]), np.array([b, b]))[:, PAIR_FEATURES.index("ui_covis")]
+    assert covis[0] > 0 and covis[1] == 0  # u2's c co-visits b (4.5 days apart); u1 only ever saw a
+    hc = dict(zip(PAIR_FEATURES, pair_features(d, np.array([u2]), np.array([c]))[0]))
+    assert hc["u_cat_entropy"] > 0  # u2 spread over categories k and m
     g = dict(zip(PAIR_FEATURES, pair_features(d, np.array([-1]), np.array([c]))[0]))
     assert g["ui_views"] == 0 and g["u_days_since_last"] == 999.0  # unknown user gets defaults
 

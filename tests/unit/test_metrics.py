@@ -38,3 +38,22 @@ def test_mrr_uses_first_hit_and_k_truncates():
 def test_coverage():
     assert catalog_coverage([["a", "b"], ["b", "c"]], n_items=6) == pytest.approx(0.5)
     assert np.isclose(catalog_coverage([], n_items=6), 0.0)
+
+
+def test_novelty_hand_computed():
+    from models.metrics import novelty
+
+    share = np.array([0.5, 0.25, 0.0])  # item 2 never touched -> floor 1/8
+    got = novelty([[0, 1], [2], []], share, n_users=8)
+    assert got[0] == pytest.approx((1 + 2) / 2)  # -log2(.5) = 1, -log2(.25) = 2
+    assert got[1] == pytest.approx(3.0)  # -log2(1/8)
+    assert got[2] == 0.0
+
+
+def test_intra_list_diversity_hand_computed():
+    from models.metrics import intra_list_diversity
+
+    cat = np.array([0, 0, 1, 2])
+    got = intra_list_diversity([[0, 1, 2], [0, 1], [0, 2, 3], [3]], cat)
+    # [0,1,2]: pairs (0,1) same, (0,2) (1,2) differ -> 2/3 ; [0,1]: 0 ; all differ: 1 ; single: 0
+    assert got.tolist() == pytest.approx([2 / 3, 0.0, 1.0, 0.0])

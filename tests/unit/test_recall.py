@@ -1,11 +1,26 @@
 import numpy as np
 import pandas as pd
+import pytest
 
+from features import schema as S
 from features.interactions import build_interaction_data
-from models.recall import ALSParams, ALSSource, PopularitySource, RepeatSource
-from models.two_stage import merge_candidates, top_k_by_group
+from models.recall import (ALSParams, ALSSource, CovisitationSource, ItemKNNSource, PopularitySource,
+                           RepeatSource, TextSource, TrendingParams, TrendingSource)
+from models.two_stage import merge_candidates, mmr_rerank, top_k_by_group
+from tests.unit.conftest import make_events
 
 REF = pd.Timestamp("2026-01-10", tz="UTC")
+
+SOURCES = {
+    "als": lambda: ALSSource(ALSParams(factors=4, iterations=3, device="cpu")),
+    "popular": PopularitySource,
+    "repeat": RepeatSource,
+    "covis": CovisitationSource,
+    "trending": TrendingSource,
+    "trending_per_category": lambda: TrendingSource(TrendingParams(per_category=True)),
+    "text": TextSource,
+    "itemknn": ItemKNNSource,
+}
 
 
 def test_als_recovers_the_held_out_diagonal(checkerboard):
@@ -19,19 +34,79 @@ def test_als_recovers_the_held_out_diagonal(checkerboard):
     assert got == expected
 
 
-def test_every_source_honours_the_contract(checkerboard):
+@pytest.fixture
+def recent_checkerboard(checkerboard):
+    """The checkerboard plus a few events in the last week (so trending has something)."""
     events, catalog = checkerboard
-    data = build_interaction_data(events, catalog, REF)
-    users = np.arange(data.n_users)
-    for source in (ALSSource(ALSParams(factors=4, iterations=3, device="cpu")), PopularitySource(), RepeatSource()):
-        c = source.fit(data).candidates(users, 4)
+    extra = make_events([(f"u{u}", f"i{(u // 6) * 6 + (u + 1) % 6}", S.PURCHASE, "2026-01-08 10:00")
+                         for u in range(12)])
+    return pd.concat([events, extra], ignore_index=True), catalog
+
+
+class TestSourceContract:
+    """What every candidate source promises: fit -> self; candidates(users, n) -> Candidates."""
+
+    @pytest.fixture(params=sorted(SOURCES))
+    def fitted(self, request, recent_checkerboard):
+        events, catalog = recent_checkerboard
+        data = build_interaction_data(events, catalog, REF)
+        source = SOURCES[request.param]()
+        assert source.fit(data) is source
+        return source, data
+
+    def test_shape_ranks_and_order(self, fitted):
+        source, data = fitted
+        users = np.arange(data.n_users)
+        c = source.candidates(users, 4)
         assert len(c) > 0, source.name
+        assert c.users.dtype == np.int64 and c.items.dtype == np.int64 and c.ranks.dtype == np.int32
         assert c.items.min() >= 0 and c.items.max() < data.n_items
+        assert set(np.unique(c.users)) <= set(users.tolist())
         for u in np.unique(c.users):
             mine = c.users == u
             assert mine.sum() <= 4
+            assert len(np.unique(c.items[mine])) == mine.sum()  # no duplicate item per user
             assert sorted(c.ranks[mine].tolist()) == list(range(1, mine.sum() + 1))
             assert np.all(np.diff(c.scores[mine][np.argsort(c.ranks[mine])]) <= 1e-6)  # best first
+            assert np.all(np.isfinite(c.scores[mine]))
+
+    def test_empty_and_unknown_users(self, fitted):
+        source, data = fitted
+        assert len(source.candidates(np.zeros(0, dtype=np.int64), 4)) == 0
+        c = source.candidates(np.array([-1]), 4)  # unknown user: nothing, or the same list for all
+        assert np.all(c.items >= 0)
+
+    def test_one_user_matches_the_batch(self, fitted):
+        source, data = fitted
+        batch = source.candidates(np.arange(data.n_users), 3)
+        one = source.candidates(np.array([2]), 3)
+        mine = batch.users == 2
+        np.testing.assert_array_equal(one.items, batch.items[mine])
+
+
+def test_covisitation_proposes_what_others_bought_with_my_items():
+    events = make_events([("a", "x", S.PURCHASE, "2026-01-02 10:00"), ("a", "y", S.PURCHASE, "2026-01-02 10:05"),
+                          ("b", "x", S.PURCHASE, "2026-01-03 10:00"), ("b", "z", S.VIEW, "2026-01-09 10:00"),
+                          ("c", "x", S.VIEW, "2026-01-04 10:00")])
+    catalog = pd.DataFrame({S.ITEM_ID: ["x", "y", "z"], S.TITLE: ["x", "y", "z"], S.CATEGORY: ["k"] * 3})
+    data = build_interaction_data(events, catalog, REF)
+    c = CovisitationSource().fit(data).candidates(data.users.index_of(["c"]), 5)
+    got = data.items.ids[c.items].tolist()
+    # y co-visited with x within minutes; z six days after x (decayed) -> y first
+    assert got == ["y", "z"]
+
+
+def test_text_source_reaches_items_nobody_touched():
+    events = make_events([("a", "x", S.PURCHASE, "2026-01-02 10:00")])
+    catalog = pd.DataFrame({S.ITEM_ID: ["x", "new", "other"],
+                            S.TITLE: ["red wooden chess set", "wooden chess board", "blue kettle"],
+                            S.CATEGORY: ["games", "games", "kitchen"]})
+    data = build_interaction_data(events, catalog, REF)
+    src = TextSource().fit(data)
+    c = src.candidates(np.array([0]), 3)
+    assert data.items.ids[c.items[c.items != data.items.position("x")][0]] == "new"
+    sims = src.score_pairs(np.array([0, 0, -1]), data.items.index_of(["new", "other", "new"]))
+    assert sims[0] > sims[1] >= 0 and sims[2] == 0
 
 
 def test_merge_keeps_every_source_rank_and_counts_sources():
@@ -50,3 +125,11 @@ def test_top_k_by_group_orders_by_score():
     items, scores = top_k_by_group(np.array([1, 1, 1, 3]), np.array([10, 11, 12, 13]),
                                    np.array([0.1, 0.9, 0.5, 0.2]), 2, np.array([1, 2, 3]))
     assert items.tolist() == [[11, 12], [-1, -1], [13, -1]]
+
+
+def test_mmr_trades_score_for_new_categories():
+    cat = np.array([0, 0, 0, 1])
+    items = np.array([[0, 1, 2, 3]])
+    scores = np.array([[1.0, 0.9, 0.8, 0.1]], dtype=np.float32)
+    assert mmr_rerank(items, scores, cat, 3, 0.0)[0].tolist() == [[0, 1, 2]]
+    assert mmr_rerank(items, scores, cat, 3, 0.5)[0].tolist() == [[0, 3, 1]]
