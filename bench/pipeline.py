@@ -129,6 +129,9 @@ def stage_benchmarks(data_dir: Path, repeat: int) -> dict:
     return out
 
 
+# The same pure work the flow does, without Prefect and MLflow: load + validate, split, train, evaluate
+# (metrics, baselines, curves), save the model and load it back (the registry round trip), score the loaded
+# model on the test users as served (the gate) and time a fixed sample of one-user calls (its latency guardrail).
 PLAIN_SCRIPT = """
 import sys, time, tempfile
 from pathlib import Path
@@ -136,8 +139,8 @@ sys.path.insert(0, {root!r})
 from features import schema as S
 from features.split import temporal_split, window
 from models.config import TrainConfig
-from models.evaluation import evaluate
-from models.two_stage import train_two_stage
+from models.evaluation import evaluate, relevant_items, score_users
+from models.two_stage import TwoStageRecommender, train_two_stage
 from features.validation import split_valid_rows
 from tasks.data import read_catalog, read_events
 import pandas as pd
@@ -149,9 +152,16 @@ events, _ = split_valid_rows(events, now=pd.Timestamp.now(tz="UTC"))
 catalog = read_catalog(base)
 split = temporal_split(events[S.TS].max(), config.split)
 rec, _ = train_two_stage(events, catalog, split.train_end, split.label_end, config.model)
-evaluate(rec, window(events, split.label_end, split.test_end), config.k)
+test = window(events, split.label_end, split.test_end)
+evaluate(rec, test, config.k, curve_max_k=20)
 with tempfile.TemporaryDirectory() as tmp:
     rec.save(Path(tmp) / "model")
+    loaded = TwoStageRecommender.load(Path(tmp) / "model")
+truth = relevant_items(test)
+users = truth.index.astype(str).tolist()
+score_users(loaded, users, truth.tolist(), config.k)
+for u in users[:config.gate.latency_users]:
+    loaded.recommend_ids([u], config.k)
 print(time.perf_counter() - t0)
 """
 

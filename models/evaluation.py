@@ -22,6 +22,8 @@ class Evaluation:
     metrics: dict[str, float]  # flat, keyed as logged: test.ndcg_at_10, baseline.als.ndcg_at_10, ...
     user_ids: list[str]
     per_user: dict[str, np.ndarray] = field(default_factory=dict)  # two-stage, per test user
+    # long frame (model, metric, k, value) for k = 1..curve_max_k, from the same lists as `metrics`
+    curves: pd.DataFrame | None = None
 
 
 def relevant_items(test_events: pd.DataFrame) -> pd.Series:
@@ -54,7 +56,10 @@ def list_metrics(items2d: np.ndarray, relevant: list[set], ids: np.ndarray, k: i
 
 
 def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
-             baselines: tuple[str, ...] = tuple(BASELINES)) -> Evaluation:
+             baselines: tuple[str, ...] = tuple(BASELINES), curve_max_k: int = 20) -> Evaluation:
+    """Metrics @k of the two-stage model and every baseline on the same users, plus metric@k curves.
+
+    Each model's list is computed once at depth max(k, curve_max_k); a top-k list is a prefix of it."""
     truth = relevant_items(test_events)
     user_ids = truth.index.astype(str).tolist()
     relevant = truth.tolist()
@@ -68,15 +73,16 @@ def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
     common = dict(relevant=relevant, ids=ids, k=k, item_share=item_share, n_users=rec.data.n_users,
                   item_category=rec.data.item_category, segments=segments)
 
-    items, _ = rec.recommend(idx, k)
-    m, per_user = list_metrics(items, prefix="test.", **common)
+    depth = max(k, curve_max_k)
+    lists = {"two-stage": rec.recommend(idx, depth)[0]}
+    m, per_user = list_metrics(lists["two-stage"][:, :k], prefix="test.", **common)
     metrics.update(m)
     for baseline in baselines:
-        source = BASELINES[baseline]
-        b_items = rec.source_top_k(source, idx, k)
-        metrics.update(list_metrics(b_items, prefix=f"baseline.{baseline}.", **common)[0])
+        lists[baseline] = rec.source_top_k(BASELINES[baseline], idx, depth)
+        metrics.update(list_metrics(lists[baseline][:, :k], prefix=f"baseline.{baseline}.", **common)[0])
     metrics.update(candidate_recall(rec, idx, relevant))
-    return Evaluation(metrics=metrics, user_ids=user_ids, per_user=per_user)
+    curves = curves_from_lists(lists, relevant, ids, curve_max_k) if curve_max_k > 0 else None
+    return Evaluation(metrics=metrics, user_ids=user_ids, per_user=per_user, curves=curves)
 
 
 def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[set]) -> dict[str, float]:
@@ -105,26 +111,15 @@ def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[s
     return out
 
 
-def metric_at_k_curves(rec: TwoStageRecommender, test_events: pd.DataFrame, max_k: int = 20,
-                       metrics: tuple[str, ...] = ("ndcg", "recall", "hitrate", "map")) -> pd.DataFrame:
-    """Long frame (model, metric, k, value) for k = 1..max_k: the two-stage model and every baseline,
-    each list computed once at max_k and cut at every k (a top-k list is a prefix of the top-max_k)."""
-    truth = relevant_items(test_events)
-    relevant = truth.tolist()
-    idx = rec.data.users.index_of(truth.index.astype(str).tolist())
-    ids = rec.data.items.ids
-
-    def as_lists(items2d: np.ndarray) -> list[list[str]]:
-        return [ids[row[row >= 0]].tolist() for row in items2d]
-
-    lists = {"two-stage": as_lists(rec.recommend(idx, max_k)[0])}
-    for baseline, source in BASELINES.items():
-        lists[baseline] = as_lists(rec.source_top_k(source, idx, max_k))
+def curves_from_lists(lists: dict[str, np.ndarray], relevant: list[set], ids: np.ndarray, max_k: int,
+                      metrics: tuple[str, ...] = ("ndcg", "recall", "hitrate", "map")) -> pd.DataFrame:
+    """Long frame (model, metric, k, value) for k = 1..max_k from each model's top-max_k item indices."""
     from models.metrics import METRICS, hit_matrix
 
     n_relevant = np.array([len(r) for r in relevant], dtype=int)
     rows = []
-    for model, recs in lists.items():
+    for model, items2d in lists.items():
+        recs = [ids[row[row >= 0]].tolist() for row in items2d[:, :max_k]]
         hits = hit_matrix(recs, relevant, max_k)  # once; every k is a prefix of its columns
         for k in range(1, max_k + 1):
             for name in metrics:

@@ -33,10 +33,12 @@ class Candidates:
         """From per-user top-k arrays [n_users, k]; entries with item < 0 are dropped."""
         k = items2d.shape[1] if items2d.ndim == 2 else 0
         u = np.repeat(np.asarray(users, dtype=np.int64), k)
-        it = items2d.reshape(-1).astype(np.int64)
-        sc = scores2d.reshape(-1).astype(np.float32)
+        it = items2d.reshape(-1).astype(np.int64, copy=False)
+        sc = scores2d.reshape(-1).astype(np.float32, copy=False)
         rk = np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))
         keep = (it >= 0) & np.isfinite(sc)
+        if keep.all():  # the common case for full lists: no masked copies
+            return Candidates(u, it, sc, rk)
         return Candidates(u[keep], it[keep], sc[keep], rk[keep])
 
 

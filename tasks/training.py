@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from features import schema as S
 from features.split import Split, SplitParams, temporal_split, window
 from models.config import TrainConfig
-from models.evaluation import Evaluation, data_profile, evaluate, metric_at_k_curves, relevant_items, score_users
+from models.evaluation import Evaluation, data_profile, evaluate, relevant_items, score_users
 from models.gate import (GateDecision, GuardrailMeasures, decide_promotion, decide_with_guardrails,  # noqa: F401
                          latency_p95_ms)
 from models.metrics import catalog_coverage, per_user_metrics
@@ -27,6 +27,8 @@ from tasks.data import dataset_digest, read_catalog, read_events, validate_and_q
 from tasks.paths import data_dir
 
 log = logging.getLogger(__name__)
+
+CURVE_MAX_K = 20  # metric@k curves are logged for k = 1..CURVE_MAX_K
 
 
 @dataclass
@@ -81,7 +83,7 @@ def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[Tw
 @task(name="evaluate", cache_key_fn=caching.evaluate_key, persist_result=True, result_storage=caching.RESULTS)
 def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: int) -> Evaluation:
     test = window(data.events, split.label_end, split.test_end)
-    result = evaluate(rec, test, k)
+    result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K)
     _logger().info("test.ndcg_at_%d = %.4f over %d users", k, result.metrics.get(f"test.ndcg_at_{k}", 0.0),
                    len(result.user_ids))
     return result
@@ -160,7 +162,6 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
     return run_id
 
 
-CURVE_MAX_K = 20
 
 
 @task(name="log-results", retries=2, retry_delay_seconds=[2, 10])
@@ -178,9 +179,8 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
                (plots.history_figure(result.history), "plots/ranker_validation.png", "rank")]
     if recall:
         figures.append((plots.recall_by_source_figure(recall), "plots/recall_by_source.png", "recall"))
-    curves = None
-    if data is not None and split is not None:
-        curves = metric_at_k_curves(rec, window(data.events, split.label_end, split.test_end), CURVE_MAX_K)
+    curves = evaluation.curves
+    if curves is not None:
         figures.append((plots.metric_at_k_figure(curves), "plots/metric_at_k.png", "evaluate"))
     with tracking.child_run(run_id, "recall") as recall_run, tracking.child_run(run_id, "rank") as rank_run, \
             tracking.child_run(run_id, "evaluate") as eval_run:
