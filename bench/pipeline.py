@@ -285,13 +285,13 @@ def scaling(sizes: list[float], work: Path) -> list[dict]:
         config = {"data_dir": str(home / "data"), "model": {"als": {"device": "cpu"}}}
         env = flow_env(home)
         code = ("import resource, subprocess, sys; p = subprocess.run([sys.executable, '-c', sys.argv[1]]); "
-                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")
         inner = FLOW_SCRIPT.format(root=str(ROOT), config=config)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", code, inner], env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
-            raise RuntimeError(proc.stderr[-3000:])
+            raise RuntimeError(f"the flow at {info['events']:,} events failed:\n{proc.stderr[-3000:]}")
         lines = proc.stdout.strip().splitlines()
         rows.append({"events": info["events"], "flow_s": float(lines[-2]), "wall_s": wall,
                      "peak_rss_gib": int(lines[-1]) / 1024 ** 2})
