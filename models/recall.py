@@ -162,6 +162,21 @@ class ALSSource:
         return src
 
 
+def _ranked_by(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Items with a positive key, best first (stable for ties), and their keys."""
+    order = np.argsort(-key, kind="stable")
+    order = order[key[order] > 0]
+    return order.astype(np.int64), key[order].astype(np.float32)
+
+
+def _same_list_for_all(users: np.ndarray, ranking: np.ndarray, scores: np.ndarray, n: int) -> Candidates:
+    """The top-n of one global ranking, proposed to every user (the unknown user -1 included)."""
+    k = min(n, len(ranking))
+    items = np.broadcast_to(ranking[:k], (len(users), k))
+    vals = np.broadcast_to(scores[:k], (len(users), k))
+    return Candidates.from_topk(users, np.ascontiguousarray(items), np.ascontiguousarray(vals))
+
+
 @dataclass(frozen=True)
 class PopularityParams:
     window_days: int = 7
@@ -180,18 +195,11 @@ class PopularitySource:
     def fit(self, data: InteractionData) -> "PopularitySource":
         pop = data.item_pop_7d if self.params.window_days <= 7 else data.item_pop_28d
         # ties (and empty windows) broken by longer-term popularity
-        key = pop.astype(np.float64) + 1e-6 * data.item_pop_28d
-        order = np.argsort(-key, kind="stable")
-        order = order[key[order] > 0]
-        self.ranking, self.scores = order.astype(np.int64), key[order].astype(np.float32)
+        self.ranking, self.scores = _ranked_by(pop.astype(np.float64) + 1e-6 * data.item_pop_28d)
         return self
 
     def candidates(self, users: np.ndarray, n: int) -> Candidates:
-        users = np.asarray(users, dtype=np.int64)
-        k = min(n, len(self.ranking))
-        items = np.broadcast_to(self.ranking[:k], (len(users), k))
-        scores = np.broadcast_to(self.scores[:k], (len(users), k))
-        return Candidates.from_topk(users, np.ascontiguousarray(items), np.ascontiguousarray(scores))
+        return _same_list_for_all(np.asarray(users, dtype=np.int64), self.ranking, self.scores, n)
 
 
 class RepeatSource:
@@ -291,9 +299,7 @@ class TrendingSource:
         pop7, pop28 = data.item_pop_7d.astype(np.float64), data.item_pop_28d.astype(np.float64)
         trend = (pop7 + 1.0) / (pop28 / 4.0 + 1.0)
         key = np.where(pop7 >= self.params.min_recent, trend * np.log1p(pop7), 0.0)
-        order = np.argsort(-key, kind="stable")
-        order = order[key[order] > 0]
-        self.ranking, self.scores = order.astype(np.int64), key[order].astype(np.float32)
+        self.ranking, self.scores = _ranked_by(key)
         self._key = key.astype(np.float32)
         self._data = data
         return self
@@ -301,10 +307,7 @@ class TrendingSource:
     def candidates(self, users: np.ndarray, n: int) -> Candidates:
         users = np.asarray(users, dtype=np.int64)
         if not self.params.per_category:
-            k = min(n, len(self.ranking))
-            items = np.broadcast_to(self.ranking[:k], (len(users), k))
-            scores = np.broadcast_to(self.scores[:k], (len(users), k))
-            return Candidates.from_topk(users, np.ascontiguousarray(items), np.ascontiguousarray(scores))
+            return _same_list_for_all(users, self.ranking, self.scores, n)
         known = users[users >= 0]
         if len(known) == 0:
             return _empty()
