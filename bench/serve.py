@@ -190,7 +190,12 @@ def workloads(home: Path, n: int, seed: int = 0) -> dict[str, list[bytes]]:
 def start_service(env: dict, port: int, workers: int = 1) -> subprocess.Popen:
     cmd = [str(BIN / "recsys"), "serve", "--port", str(port), "--poll-interval", "0", "--log-level", "warning",
            "--workers", str(workers)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a log file, not an unread PIPE: a full pipe buffer would block the service on its next log line
+    log = Path(env["RECSYS_HOME"]) / f"serve-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc.log_path = log
+    return proc
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -199,7 +204,7 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"service exited: {proc.stdout.read()}")
+            raise RuntimeError(f"service exited: {proc.log_path.read_text(errors='replace')[-4000:]}")
         try:
             if httpx.get(f"http://{HOST}:{port}/ready", timeout=2).status_code == 200:
                 return

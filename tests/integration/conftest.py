@@ -61,30 +61,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_logged(cmd: list[str], log: Path, **kwargs) -> subprocess.Popen:
+    """Start a long-running process with stdout+stderr in a file. Never an unread PIPE: once a chatty server
+    fills the 64 KiB pipe buffer it blocks on its next log line and every request to it hangs."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)
+    proc.log_path = log
+    return proc
+
+
+def log_tail(proc: subprocess.Popen, chars: int = 4000) -> str:
+    path = getattr(proc, "log_path", None)
+    return path.read_text(errors="replace")[-chars:] if path and path.exists() else ""
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode}: {proc.stdout.read()}")
+            raise RuntimeError(f"service exited with {proc.returncode}: {log_tail(proc)}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
+    raise TimeoutError(f"{url} not ready after {timeout}s: {log_tail(proc)}")
 
 
 @pytest.fixture
-def service(recsys_home):
+def service(recsys_home, tmp_path):
     """Start `recsys serve` as its own process on a free loopback port; yields (base_url, proc)."""
     procs = []
 
     def start(*extra: str) -> tuple[str, subprocess.Popen]:
         port = free_port()
         exe = Path(sys.executable).parent / "recsys"
-        proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--log-level", "warning", *extra],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        proc = start_logged([str(exe), "serve", "--port", str(port), "--log-level", "warning", *extra],
+                            tmp_path / f"serve-{port}.log", env=os.environ.copy())
         procs.append(proc)
         return f"http://127.0.0.1:{port}", proc
 

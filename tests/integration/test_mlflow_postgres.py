@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import free_port, small_config, wait_ready
+from tests.integration.conftest import free_port, small_config, start_logged, wait_ready
 from tests.integration.test_mlflow_server import BIN, ROOT, _stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -69,12 +69,15 @@ def test_train_flow_against_a_postgres_backed_tracking_server(recsys_home, postg
            "MLFLOW_WORKERS": "1", "MLFLOW_BACKEND_STORE_URI": postgres_uri,
            # the S3 flag, pointed at a local directory: same proxying code path without an object store
            "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts")}
-    proc = subprocess.Popen(["bash", str(ROOT / "mlflow" / "start-team.sh")], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start_logged(["bash", str(ROOT / "mlflow" / "start-team.sh")], tmp_path / "mlflow-server.log",
+                        env=env, cwd=tmp_path, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{url}/health", proc, timeout=120)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        # a stuck server fails the test in minutes instead of retrying a 120 s read seven times per request
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         result = train(config=small_config(experiment="recsys-pg", registered_model="recsys-pg"))
         assert result["promoted"] and result["version"] == "1"
         api = f"{url}/api/2.0/mlflow"

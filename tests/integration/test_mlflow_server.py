@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import free_port, wait_ready
+from tests.integration.conftest import free_port, start_logged, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +38,8 @@ def local_server(recsys_home):
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_PORT": str(port),
            "RECSYS_HOME": str(recsys_home)}
-    proc = subprocess.Popen(["bash", str(ROOT / "mlflow" / "start-local.sh")], env=env, cwd=recsys_home,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start_logged(["bash", str(ROOT / "mlflow" / "start-local.sh")], recsys_home / f"mlflow-{port}.log",
+                        env=env, cwd=recsys_home, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{url}/health", proc, timeout=90)
@@ -75,13 +75,12 @@ def test_tracking_server_rest_api_shows_runs_metrics_versions_and_aliases(first_
         assert champ["model_version"]["version"] == aliases["champion"]
 
 
-def test_mlflow_models_serve_serves_the_champion(first_run, recsys_home):
+def test_mlflow_models_serve_serves_the_champion(first_run, recsys_home, tmp_path):
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/recsys@champion",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=recsys_home,  # not the repo: the model carries its own code
-                            env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start_logged([str(BIN / "mlflow"), "models", "serve", "-m", "models:/recsys@champion",
+                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], tmp_path / "models-serve.log",
+                        cwd=recsys_home,  # not the repo: the model carries its own code
+                        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{url}/ping", proc, timeout=120)

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from models.recall import ALSParams
 from models.two_stage import TwoStageParams
 from tasks.paths import tracking_uri
-from tests.integration.conftest import small_config
+from tests.integration.conftest import log_tail, small_config, start_logged
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,8 +112,8 @@ def test_a_crashed_run_resumes_from_its_finished_stages(recsys_home):
             f"train(config=TrainConfig.model_validate_json({config.model_dump_json()!r}))")
     exp_id = None
     started = time.time()
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = start_logged([sys.executable, "-c", code], recsys_home / "crashed-run.log", cwd=ROOT, env=env,
+                        start_new_session=True)
     killed_run = None
     try:
         deadline = time.monotonic() + 240
@@ -134,7 +134,7 @@ def test_a_crashed_run_resumes_from_its_finished_stages(recsys_home):
         if proc.poll() is None and killed_run is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    assert killed_run is not None, f"the run never reached its metrics (rc {proc.returncode}): {proc.stderr.read()[-2000:]}"
+    assert killed_run is not None, f"the run never reached its metrics (rc {proc.returncode}): {log_tail(proc, 2000)}"
     assert proc.returncode == -signal.SIGKILL
     results = list((recsys_home / "prefect" / "results").glob("train-two-stage-*"))
     assert results, "the trained model was not persisted under $RECSYS_HOME/prefect/results"

@@ -18,13 +18,13 @@ def api(first_run, recsys_home, tmp_path_factory):
     import sys
     from pathlib import Path
 
-    from tests.integration.conftest import free_port
+    from tests.integration.conftest import free_port, start_logged
 
     imp = tmp_path_factory.mktemp("impressions")
     port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "recsys"), "serve", "--port", str(port),
-                             "--log-level", "warning", "--impressions-dir", str(imp), "--poll-interval", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    proc = start_logged([str(Path(sys.executable).parent / "recsys"), "serve", "--port", str(port),
+                         "--log-level", "warning", "--impressions-dir", str(imp), "--poll-interval", "0"],
+                        imp.parent / "serve-api.log", env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{url}/ready", proc)
