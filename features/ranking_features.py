@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from features import schema as S
-from features.interactions import IdIndex, InteractionData, csr_lookup
+from features.interactions import (IdIndex, InteractionData, csr_lookup, csr_row, row_totals, single_row,
+                                   weighted_rows_sum)
 
 PAIR_FEATURES = (
     "u_log_events", "u_days_since_last", "u_n_items",
@@ -36,16 +37,20 @@ def pair_features(data: InteractionData, users: np.ndarray, items: np.ndarray) -
     known = users >= 0
     uk, ik = users[known], items[known]
     out = np.zeros((n, len(PAIR_FEATURES)), dtype=np.float32)
+    all_known = bool(known.all())  # the usual case (and every request of a known user): no masking
 
     def put(col: str, values_known: np.ndarray, default: float = 0.0) -> None:
         j = PAIR_FEATURES.index(col)
+        if all_known:
+            out[:, j] = values_known
+            return
         out[:, j] = default
         out[known, j] = values_known
 
-    row_nnz = np.diff(data.weighted.indptr)
-    put("u_log_events", np.log1p(np.asarray(data.weighted[uk].sum(axis=1)).ravel()) if len(uk) else [])
+    indptr = data.weighted.indptr
+    put("u_log_events", np.log1p(row_totals(data.weighted, uk)))
     put("u_days_since_last", data.user_days_since_last[uk], default=999.0)
-    put("u_n_items", row_nnz[uk])
+    put("u_n_items", indptr[uk + 1] - indptr[uk])
     pop7, pop28 = data.item_pop_7d[items], data.item_pop_28d[items]
     out[:, PAIR_FEATURES.index("i_pop_7d")] = np.log1p(pop7)
     out[:, PAIR_FEATURES.index("i_pop_28d")] = np.log1p(pop28)
@@ -82,7 +87,7 @@ def pair_features(data: InteractionData, users: np.ndarray, items: np.ndarray) -
         put("ui_cat_expect", out[known, PAIR_FEATURES.index("u_cat_share")] * data.item_cat_pop_share[ik])
     if data.user_cat_events is not None:
         cat_events = csr_lookup(data.user_cat_events, uk, data.item_category[ik])
-        totals = np.asarray(data.user_cat_events[uk].sum(axis=1)).ravel() if len(uk) else np.zeros(0)
+        totals = row_totals(data.user_cat_events, uk)
         prior = CATEGORY_PRIOR_EVENTS * data.category_share[data.item_category[ik]]
         put("u_cat_events", np.log1p(cat_events))
         put("u_cat_smoothed", (cat_events + prior) / (totals + CATEGORY_PRIOR_EVENTS))
@@ -94,9 +99,14 @@ def pair_features(data: InteractionData, users: np.ndarray, items: np.ndarray) -
 def history_scores(user_items, item_item, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """(user_items[u] @ item_item)[i] for each pair: how strongly the user's history points at i.
 
-    Sparse rows of the distinct users only, so one request costs one sparse row product."""
+    One user (a request): the history's item rows summed straight from the CSR arrays; many users
+    (training): one sparse product over the distinct users."""
     if len(users) == 0:
         return np.zeros(0, dtype=np.float32)
+    user = single_row(users)
+    if user is not None:
+        history, weights = csr_row(user_items, user)
+        return weighted_rows_sum(item_item, history, weights)[np.asarray(items)].astype(np.float32)
     uniq, inverse = np.unique(users, return_inverse=True)
     scores = (user_items[uniq] @ item_item).tocsr()
     return csr_lookup(scores, inverse, items)

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from features.interactions import InteractionData
+from features.interactions import InteractionData, csr_row, rows_dot, weighted_rows_sum
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,9 @@ class ALSSource:
         if len(known) == 0 or n <= 0:
             return Candidates.from_topk(np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros((0, 0)))
         n = min(n, self.model.item_factors.shape[0])
+        if len(known) == 1:  # a request: skip implicit's batch machinery (sparse slice, thread pool)
+            ids, scores = self.recommend_vector(np.asarray(self.model.user_factors[known[0]]), n)
+            return Candidates.from_topk(known, ids[None, :], scores[None, :].astype(np.float32))
         ids, scores = self.model.recommend(known, self._user_items[known], N=n,
                                            filter_already_liked_items=False)
         return Candidates.from_topk(known, ids, scores)
@@ -273,6 +276,10 @@ class CovisitationSource:
         known = users[users >= 0]
         if len(known) == 0 or n <= 0:
             return _empty()
+        if len(known) == 1:
+            history, weights = csr_row(self._weighted, known[0])
+            items, vals = _topk_dense(weighted_rows_sum(self._covis, history, weights)[None, :], n)
+            return Candidates.from_topk(known, items, vals)
         scores = (self._weighted[known] @ self._covis).tocsr()
         items, vals = _topk_rows(scores, np.arange(len(known)), n)
         return Candidates.from_topk(known, items, vals)
@@ -342,11 +349,20 @@ class TextSource:
         norms = np.sqrt(np.asarray(p.multiply(p).sum(axis=1)).ravel())
         return (sp.diags(1.0 / np.maximum(norms, 1e-9)) @ p).tocsr()
 
+    def _profile(self, user: int) -> np.ndarray:
+        """One user's unit-length profile as a dense term vector (the per-request form of _profiles)."""
+        history, weights = csr_row(self._weighted, user)
+        p = weighted_rows_sum(self.index.matrix, history, weights)
+        return p / max(float(np.linalg.norm(p)), 1e-9)
+
     def candidates(self, users: np.ndarray, n: int) -> Candidates:
         users = np.asarray(users, dtype=np.int64)
         known = users[users >= 0]
         if len(known) == 0 or n <= 0:
             return _empty()
+        if len(known) == 1:
+            items, vals = _topk_dense((self.index.matrix @ self._profile(known[0]))[None, :], n)
+            return Candidates.from_topk(known, items, vals)
         parts = []
         for lo in range(0, len(known), self.chunk):
             block = known[lo:lo + self.chunk]
@@ -364,6 +380,9 @@ class TextSource:
         if len(known) == 0:
             return out
         uniq, inverse = np.unique(users[known], return_inverse=True)
+        if len(uniq) == 1:
+            out[known] = rows_dot(self.index.matrix, np.asarray(items)[known], self._profile(uniq[0]))
+            return out
         prof = self._profiles(uniq)
         out[known] = np.asarray(prof[inverse].multiply(self.index.matrix[np.asarray(items)[known]]).sum(axis=1)
                                 ).ravel()
