@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from features.interactions import weighted_rows_sum
+from features.interactions import csr_row, weighted_rows_sum
 from models.recall import Candidates
 from models.text_index import TextIndex
 from models.two_stage import CandidateTable, TwoStageRecommender, merge_candidates
@@ -123,17 +123,24 @@ def recommend_user(rec: TwoStageRecommender, index: ServingIndex, user: int, k: 
 
 
 # ---- sessions ------------------------------------------------------------------------------
+def session_confidences(rec: TwoStageRecommender, user: int, session_items: np.ndarray,
+                         session_types: list[str], params: SessionParams) -> tuple[np.ndarray, np.ndarray]:
+    """(item indices, confidences): the user's history (if known) plus the weighted session events."""
+    w = np.array([rec.params.interactions.weight_of(t) for t in session_types], dtype=np.float64)
+    w *= params.session_boost
+    items = np.asarray(session_items, dtype=np.int64)
+    if user >= 0:
+        hist_items, hist_w = csr_row(rec.data.weighted, user)
+        items, w = np.concatenate([hist_items, items]), np.concatenate([hist_w, w])
+    uniq, inverse = np.unique(items, return_inverse=True)
+    return uniq, np.bincount(inverse, weights=w, minlength=len(uniq)).astype(np.float32)
+
+
 def session_row(rec: TwoStageRecommender, user: int, session_items: np.ndarray, session_types: list[str],
                 params: SessionParams) -> sp.csr_matrix:
-    """1 x n_items confidence row: the user's history (if known) plus the weighted session events."""
-    n_items = rec.data.n_items
-    w = np.array([rec.params.interactions.weight_of(t) for t in session_types], dtype=np.float32)
-    w *= params.session_boost
-    row = sp.csr_matrix((w, (np.zeros(len(session_items), np.int64), session_items)), shape=(1, n_items))
-    row.sum_duplicates()
-    if user >= 0:
-        row = (row + rec.data.weighted[user]).tocsr()
-    return row.astype(np.float32)
+    """The same as a 1 x n_items confidence row (what implicit's `recalculate_user` takes)."""
+    items, conf = session_confidences(rec, user, session_items, session_types, params)
+    return sp.csr_matrix((conf, items, [0, len(items)]), shape=(1, rec.data.n_items))
 
 
 def fold_session(rec: TwoStageRecommender, index: ServingIndex, user: int, session_items: np.ndarray,
@@ -143,11 +150,12 @@ def fold_session(rec: TwoStageRecommender, index: ServingIndex, user: int, sessi
     The same least-squares step as implicit's `recalculate_user` (x = (Y'Y + reg I + Y'(C - I)Y)^-1 Y'C p,
     confidences scaled by alpha), written in numpy with Y'Y + reg I precomputed: implicit's version
     recomputes nothing expensive either, but starts an OpenMP team per call, which costs tens of ms
-    on a busy 2-core machine."""
-    row = session_row(rec, user, session_items, session_types, params)
+    on a busy 2-core machine. The confidences come as plain arrays: building scipy matrices per
+    request cost more than the solve."""
+    items, conf = session_confidences(rec, user, session_items, session_types, params)
     model = als_model(rec)
-    conf = row.data.astype(np.float64) * float(model.alpha)
-    y = np.asarray(model.item_factors[row.indices], dtype=np.float64)
+    conf = conf.astype(np.float64) * float(model.alpha)
+    y = np.asarray(model.item_factors[items], dtype=np.float64)
     a = index.yty_reg + (y.T * (conf - 1.0)) @ y
     b = y.T @ conf
     return np.linalg.solve(a, b).astype(np.float32)
