@@ -4,6 +4,9 @@ and the two-stage / best-baseline NDCG ratio.
 
     .venv/bin/python bench/quality.py            # table
     .venv/bin/python bench/quality.py --json     # one JSON object
+    .venv/bin/python bench/quality.py --datasets synthetic --holdout-shift-days 7 --synthetic-seed 7
+                                                 # a development window/world: tune there, not on the
+                                                 # reported test window
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ TARGETS = {"synthetic": 1.20, "online_retail": 1.10}
 METRICS = ("ndcg", "map", "recall", "hitrate", "coverage", "novelty", "diversity")
 
 
-def synthetic_data() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The default `recsys generate` data set, in memory."""
-    world = SyntheticWorld(SyntheticParams())
+def synthetic_data(seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The default `recsys generate` data set (or the same world drawn with another seed), in memory."""
+    world = SyntheticWorld(SyntheticParams() if seed is None else SyntheticParams(seed=seed))
     catalog = world.catalog()  # first: the generator draws catalog dates before the days
     events = pd.concat([ev for _, ev in world.iter_days()], ignore_index=True)
     return events, catalog
@@ -134,12 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--datasets", default="synthetic,online_retail")
     ap.add_argument("--diversity", default="0,0.3,0.6", help="MMR knob values to report")
+    ap.add_argument("--synthetic-seed", type=int, default=None, help="draw the synthetic world with this seed")
+    ap.add_argument("--holdout-shift-days", type=int, default=0,
+                    help="end the data this many days before the last day (an earlier test window)")
     args = ap.parse_args(argv)
     diversity = tuple(float(x) for x in args.diversity.split(",") if x)
     out: dict = {}
     for name in args.datasets.split(","):
         if name == "synthetic":
-            events, catalog = synthetic_data()
+            events, catalog = synthetic_data(args.synthetic_seed)
             split_params, params = synthetic_setup()
         elif name == "online_retail":
             if not RETAIL_CSV.exists():
@@ -151,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             split_params, params = retail_setup()
         else:
             raise SystemExit(f"unknown data set {name!r}")
+        if args.holdout_shift_days:
+            end = temporal_split(events[S.TS].max(), split_params).test_end
+            split_params = dataclasses.replace(
+                split_params, cutoff=str((end - pd.Timedelta(days=args.holdout_shift_days)).date()))
         out[name] = run_dataset(name, events, catalog, split_params, params, args.k, diversity)
         if not args.json:
             print(table(out[name]), flush=True)
