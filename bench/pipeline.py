@@ -290,12 +290,16 @@ def scaling(sizes: list[float], work: Path) -> list[dict]:
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", code, inner], env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise RuntimeError(f"the flow at {info['events']:,} events failed:\n{proc.stderr[-3000:]}")
+        if proc.returncode != 0:  # recorded, not raised: the sizes (and stages) measured so far still print
+            rows.append({"events": info["events"], "wall_s": wall, "error": proc.stderr[-3000:]})
+            print(f"the flow at {info['events']:,} events failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            break
         lines = proc.stdout.strip().splitlines()
         rows.append({"events": info["events"], "flow_s": float(lines[-2]), "wall_s": wall,
                      "peak_rss_gib": int(lines[-1]) / 1024 ** 2})
-    for prev, cur in zip(rows, rows[1:]):
+        print("\n".join(scaling_table(rows[-1:])), file=sys.stderr)
+    done = [r for r in rows if "error" not in r]
+    for prev, cur in zip(done, done[1:]):
         cur["events_ratio"] = cur["events"] / prev["events"]
         cur["time_ratio"] = cur["flow_s"] / prev["flow_s"]
         cur["rss_ratio"] = cur["peak_rss_gib"] / prev["peak_rss_gib"]
@@ -342,6 +346,9 @@ def scaling_table(rows: list[dict]) -> list[str]:
     lines = [f"{'events':>12}{'flow s':>10}{'peak RSS GiB':>14}{'x events':>10}{'x time':>8}{'x RSS':>8}"]
     if rows:
         for r in rows:
+            if "error" in r:
+                lines.append(f"{r['events']:>12,}  FAILED after {r['wall_s']:.0f}s: {r['error'].strip().splitlines()[-1]}")
+                continue
             lines.append(f"{r['events']:>12,}{r['flow_s']:>10.1f}{r['peak_rss_gib']:>14.2f}"
                          f"{r.get('events_ratio', float('nan')):>10.2f}{r.get('time_ratio', float('nan')):>8.2f}"
                          f"{r.get('rss_ratio', float('nan')):>8.2f}")
@@ -369,14 +376,18 @@ def main() -> None:
             print(f"generating {args.events:,.0f} events ...", file=sys.stderr)
             generate(args.events, work / "data")
             result["stages"] = stage_benchmarks(work / "data", args.repeat)
+            print("\n".join(stage_table(result)), file=sys.stderr)  # kept in the log if a later part fails
         if not args.skip_flow and not args.scaling_only:
             print("whole flow vs plain script ...", file=sys.stderr)
             result["flow"] = flow_vs_script(work / "data", work)
+            print("\n".join(stage_table(result)[-4:-2]), file=sys.stderr)
         sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
         if sizes:
             print(f"scaling over {sizes} ...", file=sys.stderr)
             result["scaling"] = scaling(sizes, work)
     print(json.dumps(result, indent=2) if args.json else table(result))
+    if any("error" in r for r in result.get("scaling", [])):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

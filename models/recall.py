@@ -41,6 +41,11 @@ class Candidates:
             return Candidates(u, it, sc, rk)
         return Candidates(u[keep], it[keep], sc[keep], rk[keep])
 
+    @staticmethod
+    def concat(parts: list["Candidates"]) -> "Candidates":
+        return Candidates(*(np.concatenate([getattr(c, f) for c in parts])
+                            for f in ("users", "items", "scores", "ranks")))
+
 
 class CandidateSource(Protocol):
     name: str
@@ -261,9 +266,12 @@ class CovisitationSource:
 
     name: ClassVar[str] = "covis"
 
-    def __init__(self) -> None:
+    def __init__(self, block_cells: int = 1 << 24) -> None:
         self._weighted: sp.csr_matrix | None = None
         self._covis: sp.csr_matrix | None = None
+        # users per block = block_cells / n_items: history @ covis fills most of a user's row once the
+        # matrix is dense-ish (10M events: 3.6e9 entries for all test users at once, 27 GiB of indices)
+        self.block_cells = block_cells
 
     def fit(self, data: InteractionData) -> "CovisitationSource":
         if data.covis is None:
@@ -280,9 +288,14 @@ class CovisitationSource:
             history, weights = csr_row(self._weighted, known[0])
             items, vals = _topk_dense(weighted_rows_sum(self._covis, history, weights)[None, :], n)
             return Candidates.from_topk(known, items, vals)
-        scores = (self._weighted[known] @ self._covis).tocsr()
-        items, vals = _topk_rows(scores, np.arange(len(known)), n)
-        return Candidates.from_topk(known, items, vals)
+        step = max(1, self.block_cells // max(self._covis.shape[1], 1))
+        parts = []
+        for lo in range(0, len(known), step):
+            block = known[lo:lo + step]
+            scores = (self._weighted[block] @ self._covis).tocsr()
+            items, vals = _topk_rows(scores, np.arange(len(block)), n)
+            parts.append(Candidates.from_topk(block, items, vals))
+        return Candidates.concat(parts)
 
 
 @dataclass(frozen=True)
@@ -369,8 +382,7 @@ class TextSource:
             scores = (self._profiles(block) @ self.index.matrix.T).toarray()
             items, vals = _topk_dense(scores, n)
             parts.append(Candidates.from_topk(block, items, vals))
-        return Candidates(*(np.concatenate([getattr(c, f) for c in parts])
-                            for f in ("users", "items", "scores", "ranks")))
+        return Candidates.concat(parts)
 
     def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Cosine of each item's text vector with its user's history profile (0 for unknown users)."""

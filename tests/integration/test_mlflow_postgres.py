@@ -1,5 +1,7 @@
-"""The team setup for real: a PostgreSQL backend store behind `mlflow/start-team.sh`, the train flow
-talking to it over HTTP, and the run, model version and alias read back through the REST API."""
+"""The team setup for real: a PostgreSQL backend store and an S3-compatible artifact store (moto's S3
+server, the same wire protocol as AWS S3 or MinIO) behind `mlflow/start-team.sh`, the train flow talking to
+it over HTTP, the run, model version and alias read back through the REST API and the artifacts found in
+the bucket."""
 
 import glob
 import os
@@ -61,14 +63,45 @@ def postgres_uri():
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_train_flow_against_a_postgres_backed_tracking_server(recsys_home, postgres_uri, tmp_path, monkeypatch):
+S3_BUCKET = "recsys-artifacts"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path):
+    """moto's standalone S3 server on a free loopback port, with an empty bucket."""
+    boto3 = pytest.importorskip("boto3", reason="boto3 is the S3 client of the MLflow server")
+    pytest.importorskip("moto.server", reason="moto[server] provides the local S3-compatible server")
+    port = free_port()
+    proc = start_logged([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], tmp_path / "s3.log",
+                        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{url}/moto-api/", proc, timeout=60)
+        boto3.client("s3", endpoint_url=url, **_boto_credentials()).create_bucket(Bucket=S3_BUCKET)
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _boto_credentials() -> dict:
+    return {"aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            "region_name": S3_CREDENTIALS["AWS_DEFAULT_REGION"]}
+
+
+def test_train_flow_against_a_postgres_and_s3_backed_tracking_server(recsys_home, postgres_uri, s3_endpoint,
+                                                                     tmp_path, monkeypatch):
+    import boto3
+
     from flows.train import train
 
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_PORT": str(port), "MLFLOW_HOST": "127.0.0.1",
            "MLFLOW_WORKERS": "1", "MLFLOW_BACKEND_STORE_URI": postgres_uri,
-           # the S3 flag, pointed at a local directory: same proxying code path without an object store
-           "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts")}
+           "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{S3_BUCKET}/mlflow", "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+           **S3_CREDENTIALS}
     proc = start_logged(["bash", str(ROOT / "mlflow" / "start-team.sh")], tmp_path / "mlflow-server.log",
                         env=env, cwd=tmp_path, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -96,6 +129,17 @@ def test_train_flow_against_a_postgres_backed_tracking_server(recsys_home, postg
             assert alias["version"] == "1" and alias["run_id"] == result["run_id"]
             plots = http.get(f"{api}/artifacts/list", params={"run_id": result["run_id"], "path": "plots"}).json()
             assert "plots/gate.png" in {f["path"] for f in plots["files"]}
-        assert list((tmp_path / "artifacts").rglob("gate.png")), "artifacts landed in the server's destination"
+        s3 = boto3.client("s3", endpoint_url=s3_endpoint, **_boto_credentials())
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix="mlflow/")
+                for o in page.get("Contents", [])]
+        assert any(k.endswith("/plots/gate.png") for k in keys), f"gate.png not in the bucket: {keys[:20]}"
+        assert any(k.endswith("/MLmodel") for k in keys), f"the registered model not in the bucket: {keys[:20]}"
+        # the champion loads back through the server's artifact proxy, as `recsys serve` on another machine would
+        import mlflow.pyfunc
+        import pandas as pd
+
+        served = mlflow.pyfunc.load_model("models:/recsys-pg@champion")
+        top = served.predict(pd.DataFrame({"user_id": ["u000001"]}), params={"k": 5})
+        assert len(top) == 5
     finally:
         _stop(proc)

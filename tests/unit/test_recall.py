@@ -96,6 +96,21 @@ def test_covisitation_proposes_what_others_bought_with_my_items():
     assert got == ["y", "z"]
 
 
+
+def test_covisitation_in_user_blocks_gives_the_same_candidates():
+    events = make_events([(u, it, S.VIEW, f"2026-01-0{d} 1{h}:00") for u, d in (("a", 2), ("b", 3), ("c", 4), ("d", 5))
+                          for h, it in enumerate(("x", "y", "z", "w")) if (u, it) != ("d", "w")])
+    catalog = pd.DataFrame({S.ITEM_ID: ["x", "y", "z", "w"], S.TITLE: list("xyzw"), S.CATEGORY: ["k"] * 4})
+    data = build_interaction_data(events, catalog, REF)
+    users = np.arange(data.n_users)
+    whole = CovisitationSource().fit(data).candidates(users, 3)
+    blocks = CovisitationSource(block_cells=data.n_items).fit(data)  # one user per block
+    assert blocks.block_cells // data.n_items == 1
+    chunked = blocks.candidates(users, 3)
+    assert len(whole) == len(chunked) > data.n_users
+    for f in ("users", "items", "scores", "ranks"):
+        np.testing.assert_array_equal(getattr(whole, f), getattr(chunked, f))
+
 def test_text_source_reaches_items_nobody_touched():
     events = make_events([("a", "x", S.PURCHASE, "2026-01-02 10:00")])
     catalog = pd.DataFrame({S.ITEM_ID: ["x", "new", "other"],
