@@ -69,6 +69,7 @@ def source_feature_names() -> list[str]:
 
 
 FEATURE_NAMES = source_feature_names() + list(PAIR_FEATURES) + list(MODEL_FEATURES)
+RECOMMEND_BLOCK_USERS = 10_000  # users whose candidates are built and scored together in recommend()
 
 
 @dataclass(frozen=True)
@@ -240,12 +241,11 @@ class TwoStageRecommender:
         known = np.flatnonzero(users >= 0)
         if len(known):
             uk = np.unique(users[known])
-            table = self.candidate_table(uk)
-            lam = self.params.diversity
-            pool = max(k, self.params.diversity_pool) if lam > 0 else k
-            it, sc = top_k_by_group(table.users, table.items, self.score(table), pool, uk)
-            if lam > 0:
-                it, sc = mmr_rerank(it, sc, self.data.item_category, k, lam)
+            # users in blocks: the candidate table and its features (~400 rows x ~40 columns per user)
+            # would otherwise grow with every user scored at once (10M events: ~100k test users, >12 GiB)
+            parts = [self._recommend_known(uk[lo:lo + RECOMMEND_BLOCK_USERS], k)
+                     for lo in range(0, len(uk), RECOMMEND_BLOCK_USERS)]
+            it, sc = np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
             row = np.searchsorted(uk, users[known])
             items[known], scores[known] = it[row], sc[row]
         unknown = np.flatnonzero(users < 0)
@@ -253,6 +253,16 @@ class TwoStageRecommender:
             it, sc = self.cold_start(k)
             items[unknown], scores[unknown] = it, sc
         return items, scores
+
+    def _recommend_known(self, uk: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of sorted unique known user indices, one row per user."""
+        table = self.candidate_table(uk)
+        lam = self.params.diversity
+        pool = max(k, self.params.diversity_pool) if lam > 0 else k
+        it, sc = top_k_by_group(table.users, table.items, self.score(table), pool, uk)
+        if lam > 0:
+            it, sc = mmr_rerank(it, sc, self.data.item_category, k, lam)
+        return it, sc
 
     def explain(self, user_id: str, k: int, top_features: int = 5) -> list[dict]:
         """Why each of the user's top-k items is there: the sources that proposed it and the

@@ -120,3 +120,16 @@ def test_one_user_requests_match_the_batch_path(trained):
         rows = np.flatnonzero(table.users == u)
         one = type(table)(table.users[rows], table.items[rows], table.source_features[rows])
         np.testing.assert_allclose(rec.features(one), x_batch[rows], rtol=1e-4, atol=1e-5, err_msg=f"user {u}")
+
+
+def test_recommend_in_user_blocks_gives_the_same_lists(trained, monkeypatch):
+    import models.two_stage as two_stage
+
+    rec = trained[0]
+    users = np.r_[np.arange(rec.data.n_users, dtype=np.int64)[::-1], -1, 3]  # unordered, unknown, repeated
+    whole_items, whole_scores = rec.recommend(users, 10)
+    monkeypatch.setattr(two_stage, "RECOMMEND_BLOCK_USERS", 7)
+    assert rec.data.n_users > 3 * 7
+    items, scores = rec.recommend(users, 10)
+    np.testing.assert_array_equal(items, whole_items)
+    np.testing.assert_allclose(scores, whole_scores, rtol=1e-6)
