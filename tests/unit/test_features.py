@@ -79,3 +79,19 @@ def test_graded_labels_take_the_strongest_event():
     users = d.users.index_of(["u1", "u2", "u2"])
     items = d.items.index_of(["b", "a", "c"])
     assert pair_labels(label, d.users, d.items, users, items).tolist() == [3, 1, 0]
+
+
+@pytest.mark.parametrize("block_users", [1, 2, 1000])
+def test_history_scores_in_blocks_equal_the_full_product(monkeypatch, block_users):
+    import scipy.sparse as sp
+
+    import features.ranking_features as rf
+
+    rng = np.random.default_rng(0)
+    user_items = sp.random(9, 6, density=0.4, format="csr", random_state=1, dtype=np.float32)
+    item_item = sp.random(6, 6, density=0.5, format="csr", random_state=2, dtype=np.float32)
+    users, items = rng.integers(0, 9, 40), rng.integers(0, 6, 40)  # unsorted, repeated pairs
+    monkeypatch.setattr(rf, "DENSE_BLOCK_CELLS", 6 * block_users)
+    expected = (user_items @ item_item).toarray()[users, items]
+    assert np.count_nonzero(expected) > 5
+    np.testing.assert_allclose(rf.history_scores(user_items, item_item, users, items), expected, rtol=1e-6)
