@@ -41,11 +41,6 @@ class Candidates:
             return Candidates(u, it, sc, rk)
         return Candidates(u[keep], it[keep], sc[keep], rk[keep])
 
-    @staticmethod
-    def concat(parts: list["Candidates"]) -> "Candidates":
-        return Candidates(*(np.concatenate([getattr(c, f) for c in parts])
-                            for f in ("users", "items", "scores", "ranks")))
-
 
 class CandidateSource(Protocol):
     name: str
@@ -257,6 +252,18 @@ def _topk_dense(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return items, vals
 
 
+def _topk_in_user_blocks(users: np.ndarray, n: int, block_users: int, dense_scores) -> Candidates:
+    """Top-n candidates per user from `dense_scores(block) -> [len(block), n_items]`, computed
+    `block_users` at a time so memory stays bounded however many users are asked for."""
+    parts = []
+    for lo in range(0, len(users), block_users):
+        block = users[lo:lo + block_users]
+        items, vals = _topk_dense(dense_scores(block), n)
+        parts.append(Candidates.from_topk(block, items, vals))
+    return Candidates(*(np.concatenate([getattr(c, f) for c in parts])
+                        for f in ("users", "items", "scores", "ranks")))
+
+
 def _empty() -> Candidates:
     return Candidates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int32))
 
@@ -289,14 +296,9 @@ class CovisitationSource:
             history, weights = csr_row(self._weighted, known[0])
             items, vals = _topk_dense(weighted_rows_sum(self._covis, history, weights)[None, :], n)
             return Candidates.from_topk(known, items, vals)
-        step = max(1, self.block_cells // max(self._covis.shape[1], 1))
-        parts = []
-        for lo in range(0, len(known), step):
-            block = known[lo:lo + step]
-            # dense: rows are mostly full at scale, and one vectorised argpartition beats a sort per row
-            items, vals = _topk_dense((self._weighted[block] @ self._covis).toarray(), n)
-            parts.append(Candidates.from_topk(block, items, vals))
-        return Candidates.concat(parts)
+        # dense: rows are mostly full at scale, and one vectorised argpartition beats a sort per row
+        return _topk_in_user_blocks(known, n, max(1, self.block_cells // max(self._covis.shape[1], 1)),
+                                    lambda block: (self._weighted[block] @ self._covis).toarray())
 
 
 @dataclass(frozen=True)
@@ -377,13 +379,8 @@ class TextSource:
         if len(known) == 1:
             items, vals = _topk_dense((self.index.matrix @ self._profile(known[0]))[None, :], n)
             return Candidates.from_topk(known, items, vals)
-        parts = []
-        for lo in range(0, len(known), self.chunk):
-            block = known[lo:lo + self.chunk]
-            scores = (self._profiles(block) @ self.index.matrix.T).toarray()
-            items, vals = _topk_dense(scores, n)
-            parts.append(Candidates.from_topk(block, items, vals))
-        return Candidates.concat(parts)
+        return _topk_in_user_blocks(known, n, self.chunk,
+                                    lambda block: (self._profiles(block) @ self.index.matrix.T).toarray())
 
     def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Cosine of each item's text vector with its user's history profile (0 for unknown users)."""
