@@ -150,7 +150,7 @@ sys.path.insert(0, {root!r})
 from features import schema as S
 from features.split import temporal_split, window
 from models.config import TrainConfig
-from models.evaluation import evaluate, relevant_items, score_users
+from models.evaluation import evaluate, evaluation_truth, score_users
 from models.two_stage import TwoStageRecommender, train_two_stage
 from features.validation import split_valid_rows
 from tasks.data import read_catalog, read_events
@@ -164,11 +164,11 @@ catalog = read_catalog(base)
 split = temporal_split(events[S.TS].max(), config.split)
 rec, _ = train_two_stage(events, catalog, split.train_end, split.label_end, config.model)
 test = window(events, split.label_end, split.test_end)
-evaluate(rec, test, config.k, curve_max_k=20)
+evaluate(rec, test, config.k, curve_max_k=20, params=config.evaluation)
 with tempfile.TemporaryDirectory() as tmp:
     rec.save(Path(tmp) / "model")
     loaded = TwoStageRecommender.load(Path(tmp) / "model")
-truth = relevant_items(test)
+truth, _ = evaluation_truth(test, config.evaluation)
 users = truth.index.astype(str).tolist()
 score_users(loaded, users, truth.tolist(), config.k)
 for u in users[:config.gate.latency_users]:

@@ -170,6 +170,8 @@ def train(
     experiment: str = typer.Option("recsys", help="MLflow experiment"),
     model_name: str = typer.Option("recsys", help="registered model name"),
     k: int = typer.Option(10, min=1, max=200, help="list length for metrics@k"),
+    eval_max_users: int = typer.Option(20_000, min=0, help="evaluation and the gate score a seeded sample of at "
+                                                          "most this many test-window users (0: all)"),
 ) -> None:
     """Run the training flow (Prefect) end to end: data -> recall -> ranker -> evaluation -> MLflow -> gate."""
     if device not in ("auto", "cpu", "gpu"):
@@ -178,6 +180,7 @@ def train(
     from features.split import SplitParams
     from flows.train import train as train_flow
     from models.config import TrainConfig
+    from models.evaluation import EvaluationParams
     from models.gate import GateParams
     from models.recall import ALSParams
     from models.two_stage import TwoStageParams
@@ -187,6 +190,7 @@ def train(
             data_dir=str(data_dir) if data_dir else None, experiment=experiment, registered_model=model_name, k=k,
             split=SplitParams(label_days=label_days, test_days=test_days, cutoff=cutoff),
             model=TwoStageParams(als=ALSParams(factors=factors, iterations=iterations, device=device)),
+            evaluation=EvaluationParams(max_users=eval_max_users or None),
             gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote)
         result = train_flow(config=config)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

@@ -21,7 +21,7 @@ def train(config: TrainConfig = TrainConfig()) -> dict:
     run_id = start_run(config, split, data, flow_run.id, flow_run.ui_url)
     try:
         rec, ranker = train_model(data, split, config)
-        evaluation = evaluate_model(rec, data, split, config.k)
+        evaluation = evaluate_model(rec, data, split, config.k, config.evaluation)
         log_results(run_id, rec, ranker, evaluation, config.k, data, split)
         version = register_model(run_id, rec, evaluation, config, split)
         decision = promotion_gate(run_id, version, data, split, config)

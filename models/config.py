@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.split import SplitParams
+from models.evaluation import EvaluationParams
 from models.gate import GateParams
 from models.two_stage import TwoStageParams
 
@@ -22,12 +23,15 @@ class TrainConfig(BaseModel):
     k: int = Field(10, ge=1, le=200, description="list length evaluated and logged (metrics @k)")
     split: SplitParams = Field(default_factory=SplitParams)
     model: TwoStageParams = Field(default_factory=TwoStageParams)
+    evaluation: EvaluationParams = Field(default_factory=EvaluationParams,
+                                         description="which test-window users evaluation and the gate score")
     gate: GateParams = Field(default_factory=GateParams)
     promote: bool = Field(True, description="move the champion alias when the gate passes")
     max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
 
     def config_hash(self) -> str:
-        payload = {"k": self.k, "split": asdict(self.split), "model": asdict(self.model), "gate": asdict(self.gate)}
+        payload = {"k": self.k, "split": asdict(self.split), "model": asdict(self.model), "gate": asdict(self.gate),
+                   "evaluation": asdict(self.evaluation)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def flat_params(self) -> dict[str, object]:
@@ -41,6 +45,6 @@ class TrainConfig(BaseModel):
             else:
                 out[prefix] = value
 
-        for section in ("split", "model", "gate"):
+        for section in ("split", "model", "evaluation", "gate"):
             walk(section, asdict(getattr(self, section)))
         return out

@@ -91,6 +91,6 @@ def train_key(context, parameters: dict) -> str:
 
 
 def evaluate_key(context, parameters: dict) -> str:
-    """evaluate(rec, data, split, k): the model's identity + the data + the window + k."""
+    """evaluate(rec, data, split, k, params): the model's identity + the data + the window + k + the users."""
     return make_key("evaluate", model=model_fingerprint(parameters["rec"]), data=data_fingerprint(parameters["data"]),
-                    split=parameters["split"], k=parameters["k"])
+                    split=parameters["split"], k=parameters["k"], users=parameters.get("params"))

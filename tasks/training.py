@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from features import schema as S
 from features.split import Split, SplitParams, temporal_split, window
 from models.config import TrainConfig
-from models.evaluation import Evaluation, data_profile, evaluate, relevant_items, score_users
+from models.evaluation import Evaluation, EvaluationParams, data_profile, evaluate, evaluation_truth, score_users
 from models.gate import (GateDecision, GuardrailMeasures, decide_promotion, decide_with_guardrails,  # noqa: F401
                          latency_p95_ms)
 from models.metrics import catalog_coverage, per_user_metrics
@@ -81,11 +81,13 @@ def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[Tw
 
 
 @task(name="evaluate", cache_key_fn=caching.evaluate_key, persist_result=True, result_storage=caching.RESULTS)
-def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: int) -> Evaluation:
+def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: int,
+                   params: EvaluationParams = EvaluationParams()) -> Evaluation:
     test = window(data.events, split.label_end, split.test_end)
-    result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K)
-    _logger().info("test.ndcg_at_%d = %.4f over %d users", k, result.metrics.get(f"test.ndcg_at_{k}", 0.0),
-                   len(result.user_ids))
+    result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params)
+    _logger().info("test.ndcg_at_%d = %.4f over %d of the window's %d users", k,
+                   result.metrics.get(f"test.ndcg_at_{k}", 0.0), len(result.user_ids),
+                   int(result.metrics["test.n_users_in_window"]))
     return result
 
 
@@ -262,7 +264,8 @@ def gate_report_markdown(report: dict) -> str:
              f"- model: `{report['model']}`, challenger v{report['challenger_version']}, "
              f"champion before: {('v' + report['champion_version']) if report['champion_version'] else 'none'}",
              f"- window: {report['window'].get('label_end')} .. {report['window'].get('test_end')} "
-             f"({report['n_users']} users scored, both models on the same users)",
+             f"({report['n_users']} of the window's {report['users_in_window']} users scored, both models on "
+             "the same users)",
              f"- primary metric `{report['metric']}`: challenger {report['challenger']:.4f}"
              + (f", champion {report['champion']:.4f}, diff {report['diff']:+.4f}, "
                 f"CI [{report['ci_low']:+.4f}, {report['ci_high']:+.4f}], margin {report['margin']:+.4f}"
@@ -285,7 +288,7 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
     parent run and on both model versions."""
     name, metric, params = config.registered_model, config.gate.metric, config.gate
     test = window(data.events, split.label_end, split.test_end)
-    truth = relevant_items(test)
+    truth, n_window = evaluation_truth(test, config.evaluation)
     user_ids, relevant = truth.index.astype(str).tolist(), truth.tolist()
     seen_before = set(data.events.loc[data.events[S.TS] < split.label_end, S.USER_ID].astype(str))
     new_mask = np.array([u not in seen_before for u in user_ids], dtype=bool)
@@ -318,7 +321,8 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
         report = {**decision.as_dict(), "model": name, "champion_version": champion, "challenger_version": version,
                   "promoted": promoted, "margin": params.margin, "params": asdict(params),
                   "window": {k_: str(v) for k_, v in split.as_dict().items()},
-                  "new_users_in_window": int(new_mask.sum()), "latency_users": len(latency_users)}
+                  "users_in_window": n_window,
+                  "new_users_scored": int(new_mask.sum()), "latency_users": len(latency_users)}
         gate_metrics = {f"gate.{k_}": v for k_, v in decision.as_dict().items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
         gate_metrics["gate.promoted"] = float(promoted)

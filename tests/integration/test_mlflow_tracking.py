@@ -1,5 +1,7 @@
 """What a person sees in MLflow after a training run: one parent run, a child run per stage, lineage."""
 
+import json
+
 import pytest
 from mlflow import MlflowClient
 
@@ -71,11 +73,14 @@ def test_one_child_run_per_stage_in_order(first_run, client):
 
 def test_a_guardrail_vetoes_in_a_real_flow_and_says_so_everywhere(first_run, client):
     from flows.train import train
+    from models.evaluation import EvaluationParams
     from models.gate import GateParams
     from tests.integration.conftest import small_config
 
-    # an impossible latency cap: the primary decision (first model) would promote, the guardrail vetoes
-    result = train(config=small_config(registered_model="recsys-veto", gate=GateParams(max_p95_latency_ms=0.001)))
+    # an impossible latency cap: the primary decision (first model) would promote, the guardrail vetoes;
+    # evaluation and the gate score a 40-user sample of the window
+    result = train(config=small_config(registered_model="recsys-veto", gate=GateParams(max_p95_latency_ms=0.001),
+                                       evaluation=EvaluationParams(max_users=40)))
     assert not result["promoted"] and result["reason"].startswith("vetoed by guardrail latency_p95")
     run = client.get_run(result["run_id"])
     assert run.data.tags["gate.decision"] == "rejected" and run.data.tags["gate.vetoed_by"] == "latency_p95"
@@ -86,3 +91,7 @@ def test_a_guardrail_vetoes_in_a_real_flow_and_says_so_everywhere(first_run, cli
     assert "champion" not in client.get_registered_model("recsys-veto").aliases
     report = client.download_artifacts(run.info.run_id, "gate_report.md")
     assert "**VETO**" in open(report).read()
+    gate_json = json.load(open(client.download_artifacts(run.info.run_id, "gate_report.json")))
+    assert gate_json["n_users"] == 40 < gate_json["users_in_window"]
+    assert run.data.metrics["test.n_users"] == 40 < run.data.metrics["test.n_users_in_window"]
+    assert run.data.params["evaluation.max_users"] == "40"

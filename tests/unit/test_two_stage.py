@@ -5,7 +5,7 @@ import pytest
 from features import schema as S
 from features.split import SplitParams, temporal_split, window
 from features.synthetic import SyntheticParams, SyntheticWorld
-from models.evaluation import evaluate
+from models.evaluation import EvaluationParams, evaluate, relevant_items
 from models.ranker import RankerParams
 from models.recall import ALSParams
 from models.two_stage import FEATURE_NAMES, SOURCE_NAMES, TwoStageParams, TwoStageRecommender, train_two_stage
@@ -42,6 +42,17 @@ def test_trains_evaluates_and_logs_every_source_and_baseline(trained):
         assert f"baseline.{b}.ndcg_at_10" in m
     assert 0 <= m["test.diversity_at_10"] <= 1 and m["test.novelty_at_10"] > 0
     assert "test.returning.ndcg_at_10" in m
+    assert m["test.n_users"] == m["test.n_users_in_window"] == len(relevant_items(test))
+
+
+def test_evaluation_scores_a_capped_sample_of_the_window(trained):
+    rec, _, test = trained
+    n_window = len(relevant_items(test))
+    cap = n_window // 3
+    ev = evaluate(rec, test, 10, curve_max_k=0, params=EvaluationParams(max_users=cap, seed=1))
+    assert len(ev.user_ids) == cap and ev.metrics["test.n_users"] == cap
+    assert ev.metrics["test.n_users_in_window"] == n_window
+    assert len(ev.per_user["ndcg_at_10"]) == cap
 
 
 def test_save_load_gives_the_same_recommendations(trained, tmp_path):
