@@ -270,6 +270,30 @@ def flow_vs_script(data_dir: Path, work: Path) -> dict:
             "flow_ephemeral_s": eph_s, "ratio_ephemeral": eph_s / script_s, "peak_rss_gib": peak}
 
 
+# seconds per task of the train flow, read back from the Prefect database of that run's home
+STAGE_SECONDS_SCRIPT = """
+import json
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as c:
+    runs = c.read_task_runs()
+out = {}
+for r in runs:
+    stage = r.name.rsplit("-", 1)[0]
+    out[stage] = out.get(stage, 0.0) + (r.total_run_time.total_seconds() if r.total_run_time else 0.0)
+print(json.dumps(out))
+"""
+MAIN_STAGES = ("load-data", "train-two-stage", "evaluate", "log-results", "register-model", "promotion-gate")
+
+
+def stage_seconds(env: dict) -> dict[str, float]:
+    """{task name: seconds} of the flow runs recorded under `env`'s PREFECT_HOME ({} if unreadable)."""
+    proc = subprocess.run([sys.executable, "-c", STAGE_SECONDS_SCRIPT], env=env, capture_output=True, text=True)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {}
+
+
 def generate(n_events: float, target: Path) -> dict:
     from tasks.data import write_synthetic_dataset
 
@@ -295,8 +319,9 @@ def scaling(sizes: list[float], work: Path) -> list[dict]:
             print(f"the flow at {info['events']:,} events failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
             break
         lines = proc.stdout.strip().splitlines()
-        rows.append({"events": info["events"], "flow_s": float(lines[-2]), "wall_s": wall,
-                     "peak_rss_gib": int(lines[-1]) / 1024 ** 2})
+        rows.append({"events": info["events"], "users": info.get("users"), "items": info.get("items"),
+                     "flow_s": float(lines[-2]), "wall_s": wall, "peak_rss_gib": int(lines[-1]) / 1024 ** 2,
+                     "stage_s": stage_seconds(env)})
         print("\n".join(scaling_table(rows[-1:])), file=sys.stderr)
     done = [r for r in rows if "error" not in r]
     for prev, cur in zip(done, done[1:]):
@@ -343,15 +368,20 @@ def stage_table(result: dict) -> list[str]:
 
 
 def scaling_table(rows: list[dict]) -> list[str]:
-    lines = [f"{'events':>12}{'flow s':>10}{'peak RSS GiB':>14}{'x events':>10}{'x time':>8}{'x RSS':>8}"]
+    lines = [f"{'events':>12}{'users':>9}{'items':>8}{'flow s':>10}{'peak RSS GiB':>14}{'x events':>10}{'x time':>8}{'x RSS':>8}"]
     if rows:
         for r in rows:
             if "error" in r:
                 lines.append(f"{r['events']:>12,}  FAILED after {r['wall_s']:.0f}s: {r['error'].strip().splitlines()[-1]}")
                 continue
-            lines.append(f"{r['events']:>12,}{r['flow_s']:>10.1f}{r['peak_rss_gib']:>14.2f}"
+            lines.append(f"{r['events']:>12,}{r.get('users') or 0:>9,}{r.get('items') or 0:>8,}{r['flow_s']:>10.1f}{r['peak_rss_gib']:>14.2f}"
                          f"{r.get('events_ratio', float('nan')):>10.2f}{r.get('time_ratio', float('nan')):>8.2f}"
                          f"{r.get('rss_ratio', float('nan')):>8.2f}")
+        for r in rows:  # where each size spent its time
+            stages = r.get("stage_s") or {}
+            if stages:
+                lines.append(f"{r['events']:>12,}  " + ", ".join(
+                    f"{name} {stages[name]:.0f}s" for name in MAIN_STAGES if name in stages))
     return lines
 
 
