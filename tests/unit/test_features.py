@@ -95,3 +95,31 @@ def test_history_scores_in_blocks_equal_the_full_product(monkeypatch, block_user
     expected = (user_items @ item_item).toarray()[users, items]
     assert np.count_nonzero(expected) > 5
     np.testing.assert_allclose(rf.history_scores(user_items, item_item, users, items), expected, rtol=1e-6)
+
+
+def test_covisitation_weights_by_hand():
+    from features.covisitation import CovisitationParams, build_covisitation
+
+    h = 3600.0
+    # user 0: items 0, 1, 2 one hour apart (the last a purchase); user 1: 1, then 2 beyond the 7-day gap,
+    # then 1 twice (1 with 1 is never a pair); user 2 (listed out of time order): 1 then 0
+    user = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    item = np.array([0, 1, 2, 1, 2, 1, 1, 0, 1])
+    ts = np.array([0, 1, 2, 0, 200, 201, 202, 30, 6]) * h
+    weight = np.array([1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0])
+    decay = lambda hours: 0.5 ** (hours / 24.0)  # noqa: E731
+    m = build_covisitation(user, item, ts, weight, 3, CovisitationParams(normalise=False)).toarray()
+    expected = np.zeros((3, 3))
+    expected[0, 1] = 1.0 * decay(1) + 2.0 * decay(24)  # user 0, lag 1; user 2 (6h -> 30h)
+    # user 0 (purchase weight); user 1: 2@200h with 1@201h (lag 1) and 1@202h (lag 2), never 1@0h (gap)
+    expected[1, 2] = 3.0 * decay(1) + 1.0 * decay(1) + 1.0 * decay(2)
+    expected[0, 2] = 3.0 * decay(2)  # user 0, lag 2
+    expected += expected.T
+    np.testing.assert_allclose(m, expected, rtol=1e-6)
+    assert m.dtype == np.float32
+
+    cosine = build_covisitation(user, item, ts, weight, 3, CovisitationParams()).toarray()
+    mass = np.sqrt(expected.sum(axis=1))
+    np.testing.assert_allclose(cosine, expected / np.outer(mass, mass), rtol=1e-6)
+    short = build_covisitation(user, item, ts, weight, 3, CovisitationParams(normalise=False, max_lag=1)).toarray()
+    assert short[0, 2] == 0 and short[0, 1] > 0
