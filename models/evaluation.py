@@ -154,14 +154,16 @@ def data_profile(events: pd.DataFrame, catalog: pd.DataFrame, windows: dict[str,
     """One row per window (name -> (start or None, end)): events, users, items, purchases, new users, dates."""
     rows = []
     ts = events[S.TS]
+    user_codes, _ = pd.factorize(events[S.USER_ID])  # integer codes: no Python sets of id strings
+    first_seen = ts.groupby(user_codes).min()  # indexed by code
     for name, (start, end) in windows.items():
-        mask = ts < end if start is None else (ts >= start) & (ts < end)
+        mask = (ts < end if start is None else (ts >= start) & (ts < end)).to_numpy()
         w = events.loc[mask]
-        before = set(events.loc[ts < start, S.USER_ID]) if start is not None else set()
-        users = set(w[S.USER_ID])
+        users = np.unique(user_codes[mask])
+        users = users[users >= 0]
         rows.append({"window": name, "from": w[S.TS].min(), "to": w[S.TS].max(), "events": len(w),
                      "users": len(users), "items": w[S.ITEM_ID].nunique(),
                      "purchases": int((w[S.EVENT_TYPE] == S.PURCHASE).sum()),
-                     "new_users": len(users - before) if start is not None else len(users),
+                     "new_users": int((first_seen.loc[users] >= start).sum()) if start is not None else len(users),
                      "catalog_items": len(catalog)})
     return pd.DataFrame(rows)

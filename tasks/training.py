@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from features import schema as S
 from features.split import Split, SplitParams, temporal_split, window
@@ -61,7 +62,9 @@ def load_data(config: TrainConfig) -> LoadedData:
     return LoadedData(events, catalog, dataset_digest(events), rejected)
 
 
-@task(name="split")
+# NO_CACHE on tasks that take the events or the model: Prefect's default policy hashes every input
+# (cloudpickle of 1M events: ~1.5 s per flow) for a key that includes the flow run id and so never hits
+@task(name="split", cache_policy=NO_CACHE)
 def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
     split = temporal_split(events[S.TS].max(), params)
     if (events[S.TS] < split.train_end).sum() == 0:
@@ -126,7 +129,7 @@ def _markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
     return "\n".join(lines) + "\n"
 
 
-@task(name="start-mlflow-run", retries=2, retry_delay_seconds=[2, 10])
+@task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: str | None,
               flow_run_url: str | None) -> str:
     """The parent run of this flow run (params, lineage tags, dataset inputs) and its `data` child run."""
@@ -166,7 +169,7 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
 
 
 
-@task(name="log-results", retries=2, retry_delay_seconds=[2, 10])
+@task(name="log-results", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, evaluation: Evaluation, k: int,
                 data: LoadedData | None = None, split: Split | None = None) -> None:
     """Comparable metrics + plots on the parent; the recall, rank and evaluate stages as child runs."""
@@ -216,7 +219,7 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
             tracking.log_series(eval_run, series)
 
 
-@task(name="register-model", retries=2, retry_delay_seconds=[2, 10])
+@task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def register_model(run_id: str, rec: TwoStageRecommender, evaluation: Evaluation, config: TrainConfig,
                    split: Split) -> str:
     model_uri = tracking.log_model(run_id, rec, evaluation.user_ids or rec.data.users.ids[:3].tolist(), config.k)
@@ -280,7 +283,7 @@ def gate_report_markdown(report: dict) -> str:
 
 # tag: a Prefect tag concurrency limit `promotion-gate` = 1 (scripts/prefect_up.sh) serialises gates across
 # runs and machines, on top of the file lock below
-@task(name="promotion-gate", tags=["promotion-gate"])
+@task(name="promotion-gate", tags=["promotion-gate"], cache_policy=NO_CACHE)
 def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, config: TrainConfig) -> GateDecision:
     """Champion and challenger, both loaded from the registry, scored on the same newest window: primary
     metric by paired bootstrap, then guardrails (coverage, new users, latency) that can veto. The decision
