@@ -7,6 +7,7 @@ scoring without pandas.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,18 @@ class IdIndex:
 # Per-request scoring asks about ONE user: these helpers read that user's CSR row straight from
 # indptr/indices/data. scipy's fancy indexing builds several intermediate matrices per call (~50-100 us
 # each), which dominated a request; the batch (training) path keeps scipy.
+
+# Batch paths (training, evaluation, batch scoring) read [users x items] products densely, a bounded
+# block of users at a time: at scale the rows are mostly full, and dense reads beat sparse ones.
+DENSE_BLOCK_CELLS = 1 << 24  # cells per block: 64 MiB as float32
+
+
+def row_blocks(n_rows: int, n_cols: int, block_cells: int = DENSE_BLOCK_CELLS) -> Iterator[tuple[int, int]]:
+    """(lo, hi) row ranges whose dense [rows x n_cols] block has at most `block_cells` cells (>= 1 row)."""
+    step = max(1, block_cells // max(n_cols, 1))
+    for lo in range(0, n_rows, step):
+        yield lo, min(lo + step, n_rows)
+
 
 def single_row(rows: np.ndarray) -> int | None:
     """The row index when every entry of `rows` is the same one (a single user's pairs), else None."""

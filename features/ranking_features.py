@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from features import schema as S
-from features.interactions import (IdIndex, InteractionData, csr_lookup, csr_row, row_totals, single_row,
-                                   weighted_rows_sum)
+from features.interactions import (DENSE_BLOCK_CELLS, IdIndex, InteractionData, csr_lookup, csr_row, row_blocks,
+                                   row_totals, single_row, weighted_rows_sum)
 
 PAIR_FEATURES = (
     "u_log_events", "u_days_since_last", "u_n_items",
@@ -25,7 +25,6 @@ PAIR_FEATURES = (
 )
 # pseudo-events of the global category mix added to each user's own (taste estimate for light users)
 CATEGORY_PRIOR_EVENTS = 5.0
-DENSE_BLOCK_CELLS = 1 << 23  # users x items cells per block of history_scores (32 MiB as float32)
 # the graded relevance of a pair in a label window
 LABEL_OF_EVENT = {S.VIEW: 1, S.ADD_TO_CART: 2, S.PURCHASE: 3}
 
@@ -113,12 +112,11 @@ def history_scores(user_items, item_item, users: np.ndarray, items: np.ndarray) 
     items = np.asarray(items, dtype=np.int64)
     uniq, inverse = np.unique(users, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
-    step = max(1, DENSE_BLOCK_CELLS // max(item_item.shape[1], 1))
-    cuts = np.searchsorted(inverse[order], np.arange(0, len(uniq) + step, step))
+    sorted_inverse = inverse[order]
     out = np.empty(len(users), dtype=np.float32)
-    for b, lo in enumerate(range(0, len(uniq), step)):
-        pairs = order[cuts[b]:cuts[b + 1]]
-        block = (user_items[uniq[lo:lo + step]] @ item_item).toarray()
+    for lo, hi in row_blocks(len(uniq), item_item.shape[1], DENSE_BLOCK_CELLS):
+        pairs = order[np.searchsorted(sorted_inverse, lo):np.searchsorted(sorted_inverse, hi)]
+        block = (user_items[uniq[lo:hi]] @ item_item).toarray()
         out[pairs] = block[inverse[pairs] - lo, items[pairs]]
     return out
 

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from features.interactions import InteractionData, csr_row, rows_dot, weighted_rows_sum
+from features.interactions import DENSE_BLOCK_CELLS, InteractionData, csr_row, row_blocks, rows_dot, weighted_rows_sum
 
 log = logging.getLogger(__name__)
 
@@ -252,12 +252,13 @@ def _topk_dense(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return items, vals
 
 
-def _topk_in_user_blocks(users: np.ndarray, n: int, block_users: int, dense_scores) -> Candidates:
-    """Top-n candidates per user from `dense_scores(block) -> [len(block), n_items]`, computed
-    `block_users` at a time so memory stays bounded however many users are asked for."""
+def _topk_in_user_blocks(users: np.ndarray, n: int, n_items: int, block_cells: int, dense_scores) -> Candidates:
+    """Top-n candidates per user from `dense_scores(block) -> [len(block), n_items]`, computed one
+    bounded block of users at a time (`row_blocks`) so memory stays flat however many users are asked for;
+    one vectorised argpartition per block beats a sort per sparse row once rows are mostly full."""
     parts = []
-    for lo in range(0, len(users), block_users):
-        block = users[lo:lo + block_users]
+    for lo, hi in row_blocks(len(users), n_items, block_cells):
+        block = users[lo:hi]
         items, vals = _topk_dense(dense_scores(block), n)
         parts.append(Candidates.from_topk(block, items, vals))
     return Candidates(*(np.concatenate([getattr(c, f) for c in parts])
@@ -273,12 +274,11 @@ class CovisitationSource:
 
     name: ClassVar[str] = "covis"
 
-    def __init__(self, block_cells: int = 1 << 24) -> None:
+    def __init__(self, block_cells: int = DENSE_BLOCK_CELLS) -> None:
         self._weighted: sp.csr_matrix | None = None
         self._covis: sp.csr_matrix | None = None
-        # users per block = block_cells / n_items: history @ covis fills most of a user's row once the
-        # matrix is dense-ish (10M events: 3.6e9 entries for all test users at once, 27 GiB of indices);
-        # 1 << 24 cells = 64 MiB of float32 per block
+        # history @ covis fills most of a user's row at scale (10M events: 3.6e9 entries for all test
+        # users at once, 27 GiB of indices), so it is read a bounded block of users at a time
         self.block_cells = block_cells
 
     def fit(self, data: InteractionData) -> "CovisitationSource":
@@ -296,8 +296,7 @@ class CovisitationSource:
             history, weights = csr_row(self._weighted, known[0])
             items, vals = _topk_dense(weighted_rows_sum(self._covis, history, weights)[None, :], n)
             return Candidates.from_topk(known, items, vals)
-        # dense: rows are mostly full at scale, and one vectorised argpartition beats a sort per row
-        return _topk_in_user_blocks(known, n, max(1, self.block_cells // max(self._covis.shape[1], 1)),
+        return _topk_in_user_blocks(known, n, self._covis.shape[1], self.block_cells,
                                     lambda block: (self._weighted[block] @ self._covis).toarray())
 
 
@@ -347,10 +346,10 @@ class TextSource:
 
     name: ClassVar[str] = "text"
 
-    def __init__(self, chunk: int = 1024) -> None:
+    def __init__(self, block_cells: int = DENSE_BLOCK_CELLS) -> None:
         self.index = None
         self._weighted: sp.csr_matrix | None = None
-        self.chunk = chunk
+        self.block_cells = block_cells
 
     def fit(self, data: InteractionData) -> "TextSource":
         from models.text_index import TextIndex
@@ -379,7 +378,7 @@ class TextSource:
         if len(known) == 1:
             items, vals = _topk_dense((self.index.matrix @ self._profile(known[0]))[None, :], n)
             return Candidates.from_topk(known, items, vals)
-        return _topk_in_user_blocks(known, n, self.chunk,
+        return _topk_in_user_blocks(known, n, self.index.matrix.shape[0], self.block_cells,
                                     lambda block: (self._profiles(block) @ self.index.matrix.T).toarray())
 
     def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

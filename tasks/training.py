@@ -293,8 +293,8 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
     test = window(data.events, split.label_end, split.test_end)
     truth, n_window = evaluation_truth(test, config.evaluation)
     user_ids, relevant = truth.index.astype(str).tolist(), truth.tolist()
-    seen_before = set(data.events.loc[data.events[S.TS] < split.label_end, S.USER_ID].astype(str))
-    new_mask = np.array([u not in seen_before for u in user_ids], dtype=bool)
+    seen_before = pd.Index(data.events.loc[data.events[S.TS] < split.label_end, S.USER_ID].unique()).astype(str)
+    new_mask = ~pd.Index(user_ids).isin(seen_before)
     latency_users = user_ids[:params.latency_users] or [str(u) for u in data.events[S.USER_ID].head(5)]
 
     with tracking.child_run(run_id, "gate", {"gate.challenger_version": version}) as gate_run:
