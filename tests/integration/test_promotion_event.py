@@ -37,19 +37,20 @@ def promoted_events(api: str, timeout: float = 60.0, want: int = 2) -> list[dict
 
 def test_manual_promote_and_rollback_emit_the_promotion_event(first_run):
     import mlflow
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tasks import tracking
-    from tasks.reporting import PROMOTED_EVENT
+    from tasks.reporting import PROMOTED_EVENT, announce_champion_move
 
     source = tracking.client().get_model_version("recsys", first_run["version"]).source
     v1, v2 = (str(mlflow.register_model(source, NAME).version) for _ in range(2))
     api = PREFECT_API_URL.value()
     env = {**os.environ, "PREFECT_API_URL": api}
+    tracking.move_champion(NAME, v1, "first")
     # without a Prefect server configured there is no automation to trigger: nothing sent, and it says so
-    bare = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
-    out = recsys("promote", "--model-name", NAME, "--version", v1, "--reason", "first", env=bare)
-    assert "PREFECT_API_URL is not set: no recsys.champion.promoted event sent" in out, out
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert announce_champion_move(NAME, v1, "first", "ops").startswith(
+            "PREFECT_API_URL is not set: no recsys.champion.promoted event sent")
 
     out = recsys("promote", "--model-name", NAME, "--version", v2, "--reason", "second", "--who", "ops", env=env)
     assert f"{PROMOTED_EVENT} event" in out and f"sent to {api}" in out, out
