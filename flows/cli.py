@@ -252,10 +252,12 @@ def promote(
     """Manually point `champion` at a version (the old one keeps `previous`)."""
     _env()
     from tasks import tracking
+    from tasks.reporting import announce_champion_move
 
     with tracking.gate_lock(model_name):
         old = tracking.move_champion(model_name, version, f"manual: {reason}", actor=who)
     typer.echo(f"{model_name}: champion {old} -> {version}")
+    typer.echo(announce_champion_move(model_name, version, f"manual: {reason}", who or "recsys promote"))
 
 
 @app.command()
@@ -264,6 +266,7 @@ def rollback(model_name: str = typer.Option("recsys"),
     """Restore the `previous` champion in one step."""
     _env()
     from tasks import tracking
+    from tasks.reporting import announce_champion_move
 
     with tracking.gate_lock(model_name):
         prev = tracking.alias_version(model_name, tracking.PREVIOUS)
@@ -271,6 +274,7 @@ def rollback(model_name: str = typer.Option("recsys"),
             _fail(f"model '{model_name}' has no 'previous' alias to roll back to")
         old = tracking.move_champion(model_name, prev, f"rollback: {reason}")
     typer.echo(f"{model_name}: champion {old} -> {prev}")
+    typer.echo(announce_champion_move(model_name, prev, f"rollback: {reason}", "recsys rollback"))
 
 
 def main() -> None:

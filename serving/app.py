@@ -24,17 +24,22 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path as FsPath
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.metrics import ServiceMetrics
+from serving.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
+from serving.metrics import MetricsResponse, ServiceMetrics
+from serving.model_state import LoadFailure, describe_lookup_error, public_text, retry_delay_s
+from serving.schemas import (Health, ItemList, Ready, SearchItemList, SessionItemList, SimilarItemList, VersionInfo,
+                             error_responses, json_integer)
 
 log = logging.getLogger("recsys.serving")
 
@@ -105,16 +110,29 @@ def warm_up_and_check(rec) -> object:
 
 class ModelHolder:
     """Holds the served model; `refresh` loads a new version off the request path, checks it, then
-    swaps the reference (one assignment: a request sees the old or the new model, never a mix)."""
+    swaps the reference (one assignment: a request sees the old or the new model, never a mix).
+
+    A version that fails to load is tried again when the alias leaves it and comes back, and otherwise
+    after an exponential backoff (`retry_base_s`, doubling up to `retry_max_s`): files repaired in place
+    are picked up without a restart, and a broken version is not reloaded on every poll."""
 
     def __init__(self, name: str, alias: str = "champion", lookup: Callable = _registry_lookup,
-                 loader: Callable = _registry_load, metrics: ServiceMetrics | None = None):
+                 loader: Callable = _registry_load, metrics: ServiceMetrics | None = None,
+                 retry_base_s: float = 60.0, retry_max_s: float = 900.0, clock: Callable[[], float] = time.monotonic):
         self.name, self.alias = name, alias
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
-        self.failed_version: str | None = None
+        self.failure: LoadFailure | None = None
+        self.retry_base_s, self.retry_max_s, self._clock = retry_base_s, retry_max_s, clock
         self._lookup, self._loader, self._metrics = lookup, loader, metrics
         self._lock = threading.Lock()
+
+    @property
+    def failed_version(self) -> str | None:
+        return self.failure.version if self.failure else None
+
+    def retry_in_s(self) -> float | None:
+        return None if self.failure is None else round(max(0.0, self.failure.retry_at - self._clock()), 1)
 
     def refresh(self) -> bool:
         """Load the alias's version if it changed; True when a swap happened. Never raises."""
@@ -122,26 +140,35 @@ class ModelHolder:
             try:
                 version, run_id = self._lookup(self.name, self.alias)
             except Exception as exc:  # no model / no alias yet / registry down: stay as we are
-                self.last_error = f"no '{self.alias}' alias for model '{self.name}' yet ({type(exc).__name__})"
+                self.last_error = describe_lookup_error(exc, self.name, self.alias)
+                log.warning("%s", self.last_error)
                 return False
+            if self.failure is not None and self.failure.version != version:
+                self.failure = None  # the alias left the failed version: coming back to it retries at once
             if self.current is not None and self.current.version == version:
+                self.last_error = None
                 return False
-            if version == self.failed_version:  # do not reload a known-bad version on every poll
+            if self.failure is not None and self._clock() < self.failure.retry_at:
+                self.last_error = self.failure.error  # a known-bad version: not reloaded on every poll
                 return False
             t0 = time.perf_counter()
             try:
                 rec = self._loader(self.name, version)
                 index = warm_up_and_check(rec)
             except Exception as exc:
-                self.failed_version = version
-                self.last_error = f"loading version {version} failed: {type(exc).__name__}: {exc}"
-                log.error("keeping version %s of %s@%s: %s", self.current and self.current.version,
-                          self.name, self.alias, self.last_error, exc_info=True)
+                attempts = self.failure.attempts + 1 if self.failure else 1
+                error = public_text(f"loading version {version} failed: {type(exc).__name__}: {exc}")
+                self.failure = LoadFailure(version, error, attempts, self._clock() +
+                                           retry_delay_s(attempts, self.retry_base_s, self.retry_max_s))
+                self.last_error = error
+                log.error("keeping version %s of %s@%s: loading version %s failed (attempt %d, next in %.0fs)",
+                          self.current and self.current.version, self.name, self.alias, version, attempts,
+                          self.retry_in_s(), exc_info=True)
                 if self._metrics:
                     self._metrics.load_failures.labels(self.alias).inc()
                 return False
             self.current = LoadedModel(rec, index, self.name, version, run_id, time.time())
-            self.last_error, self.failed_version = None, None
+            self.last_error, self.failure = None, None
             # the model's objects live until the next swap: keep them out of the cyclic GC's scans, whose
             # full collections would otherwise show up as latency spikes (unfreeze first, so that the
             # previous model's cycles are collected rather than kept forever)
@@ -175,7 +202,7 @@ class SessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
     events: list[SessionEvent] = Field(default_factory=list, max_length=MAX_SESSION_EVENTS)
-    k: int = Field(10, ge=1, le=MAX_K)
+    k: Annotated[int, BeforeValidator(json_integer)] = Field(10, ge=1, le=MAX_K)
 
 
 def ab_bucket(user_id: str) -> float:
@@ -198,21 +225,30 @@ def _validation_message(err: dict) -> str:
         return f"{where}: expected a JSON object"
     if err.get("type") == "extra_forbidden":
         return f"{where}: unknown field; allowed fields are user_id, events, k (events: item_id, event_type)"
+    if err.get("type") == "value_error":  # our own validators' messages, without pydantic's "Value error, "
+        return f"{where}: {err.get('ctx', {}).get('error', err.get('msg'))}"
     if err.get("type") == "literal_error":
         return f"{where}: {err.get('msg')}"
     return f"{where}: {err.get('msg')}"
 
 
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 def create_app(model_name: str = "recsys", alias: str = "champion", poll_interval_s: float = 30.0,
                impressions_dir: str | None = None, ab_share: float = 0.0,
-               challenger_alias: str = "challenger") -> FastAPI:
+               challenger_alias: str = "challenger", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               load_retry_s: float = 60.0) -> FastAPI:
     from models.search import search, similar_items
     from models.session import POPULAR, recommend_session, recommend_user
     from serving.impressions import ImpressionLogger
 
     metrics = ServiceMetrics()
-    holder = ModelHolder(model_name, alias, metrics=metrics)
-    challenger = ModelHolder(model_name, challenger_alias, metrics=metrics) if ab_share > 0 else None
+    holder = ModelHolder(model_name, alias, metrics=metrics, retry_base_s=load_retry_s)
+    challenger = ModelHolder(model_name, challenger_alias, metrics=metrics,
+                             retry_base_s=load_retry_s) if ab_share > 0 else None
     stop = threading.Event()
     impressions = ImpressionLogger(FsPath(impressions_dir)) if impressions_dir else None
 
@@ -236,15 +272,24 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         if impressions:
             impressions.close()
 
-    app = FastAPI(title="recsys", description="Recommendations from the MLflow registry's champion.",
-                  lifespan=lifespan)
+    # /docs and /redoc with their assets served from the installed package (fastapi-offline): they render
+    # without internet access, unlike FastAPI's default pages that load Swagger UI from a CDN
+    app = FastAPIOffline(title="recsys", description="Recommendations from the MLflow registry's champion.",
+                         lifespan=lifespan, responses=error_responses(404, 405, 500))
     app.state.holder, app.state.challenger, app.state.metrics = holder, challenger, metrics
     app.state.impressions = impressions
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RequestContext, metrics=metrics)  # outermost: the request id exists for every answer
 
     # ---- errors: always JSON with a message that says what to fix, never a stack trace ----------
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError):
+        content_type = request.headers.get("content-type")
+        if request.method == "POST" and not _is_json(content_type) and \
+                any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
+            return FastJSON({"detail": f"Content-Type {content_type!r} is not supported; send the body as JSON "
+                                       "with Content-Type: application/json",
+                             "request_id": request.state.request_id}, status_code=415)
         errors = [_validation_message(e) for e in exc.errors()]
         return FastJSON({"detail": "; ".join(errors), "errors": errors,
                          "request_id": request.state.request_id}, status_code=422)
@@ -257,6 +302,10 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
                       "/recommendations, /search, /similar, /health, /ready, /version, /metrics")
         if exc.status_code == 405:
             detail = f"method {request.method} not allowed on {request.url.path}"
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            cause = exc.__cause__
+            detail = (f"the request body could not be read ({type(cause).__name__ if cause else 'unknown'}): "
+                      "send UTF-8 JSON with Content-Type: application/json")
         return FastJSON({"detail": detail, "request_id": getattr(request.state, "request_id", None)},
                         status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
@@ -297,11 +346,11 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         return FastJSON(body)
 
     # ---- operational endpoints -------------------------------------------------------------
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", response_model=Ready, responses=error_responses(503))
     async def ready() -> dict:
         if holder.current is None:
             raise HTTPException(503, detail=f"not ready: {holder.last_error or 'loading the champion'}")
@@ -312,9 +361,9 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         return {"model_name": h.name, "alias": h.alias, "version": cur and cur.version,
                 "run_id": cur and cur.run_id,
                 "loaded_at": cur and time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cur.loaded_at)),
-                "last_error": h.last_error, "failed_version": h.failed_version}
+                "last_error": h.last_error, "failed_version": h.failed_version, "retry_in_s": h.retry_in_s()}
 
-    @app.get("/version")
+    @app.get("/version", response_model=VersionInfo, response_model_exclude_unset=True)
     async def version() -> dict:
         out = describe(holder)
         if challenger is not None:
@@ -322,12 +371,16 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
             out["challenger"] = describe(challenger)
         return out
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=MetricsResponse,
+             responses={200: {"description": "Prometheus text format",
+                              "content": {MetricsResponse.media_type: {"schema": {"type": "string"}}}}})
     async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
+        return MetricsResponse(metrics.render())
 
     # ---- recommendations -------------------------------------------------------------------
-    @app.get("/recommendations/{user_id}")
+    lists = error_responses(422, 503)
+
+    @app.get("/recommendations/{user_id}", response_model=ItemList, responses=lists)
     async def recommendations(request: Request,
                               user_id: str = Path(..., min_length=1, max_length=MAX_ID_LENGTH),
                               k: int = Query(10, ge=1, le=MAX_K, description="number of items")) -> Response:
@@ -336,7 +389,8 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         out = recommend_user(rec, cur.index, rec.data.users.position(user_id), k)
         return respond(request, "recommendations", cur, variant, out, user_id)
 
-    @app.post("/recommendations")
+    @app.post("/recommendations", response_model=SessionItemList,
+              responses=error_responses(400, 413, 415, 422, 503))
     async def session_recommendations(request: Request, body: SessionRequest) -> Response:
         cur, variant = pick(body.user_id)
         rec = cur.recommender
@@ -345,7 +399,7 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         unknown = [e.item_id for e, i in zip(body.events, items) if i < 0]
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            raise HTTPException(422, detail=f"unknown item_id in events: {shown}; send catalog item ids "
+            raise HTTPException(404, detail=f"unknown item_id in events: {shown}; send catalog item ids "
                                             f"(model version {cur.version} knows {rec.data.n_items} items)")
         user = rec.data.users.position(body.user_id) if body.user_id else -1
         out = recommend_session(rec, cur.index, user, np.asarray(items, dtype=np.int64),
@@ -353,22 +407,20 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         return respond(request, "session", cur, variant, out, body.user_id,
                        extra={"session_events": len(body.events)})
 
-    @app.get("/search")
+    @app.get("/search", response_model=SearchItemList, responses=lists)
     async def search_items(request: Request,
                            q: str = Query(..., min_length=1, max_length=MAX_QUERY_LENGTH, description="query"),
                            user_id: str | None = Query(None, min_length=1, max_length=MAX_ID_LENGTH),
                            k: int = Query(10, ge=1, le=MAX_K)) -> Response:
-        if not re.search(r"\w", q):
-            raise HTTPException(422, detail="query.q: has no letters or digits to search for")
         cur, variant = pick(user_id)
         rec = cur.recommender
         user = rec.data.users.position(user_id) if user_id else -1
         out = search(rec, cur.index, q, user, k)
-        if len(out.items) == 0:  # no catalog word matches: say so, and show what is popular
+        if len(out.items) == 0:  # no catalog word matches (or no word at all): show what is popular
             out = recommend_user(rec, cur.index, -1, k)
         return respond(request, "search", cur, variant, out, user_id, extra={"query": q}, query=q)
 
-    @app.get("/similar/{item_id}")
+    @app.get("/similar/{item_id}", response_model=SimilarItemList, responses=lists)
     async def similar(request: Request, item_id: str = Path(..., min_length=1, max_length=MAX_ID_LENGTH),
                       k: int = Query(10, ge=1, le=MAX_K)) -> Response:
         cur, variant = pick(None)

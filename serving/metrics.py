@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.responses import Response
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class MetricsResponse(Response):
+    """Prometheus text exposition format; as a route's response class it is also what /openapi.json documents."""
+
+    media_type = CONTENT_TYPE_LATEST
 
 
 class ServiceMetrics:

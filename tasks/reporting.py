@@ -16,6 +16,36 @@ log = logging.getLogger(__name__)
 PROMOTED_EVENT = "recsys.champion.promoted"
 
 
+def emit_promoted(model_name: str, version: str, run_id: str | None, reason: str, actor: str = "promotion-gate"):
+    """The event `batch-score-on-promotion` (prefect.yaml) reacts to: the champion alias now points at
+    `version`. Emitted by the gate and by a manual `recsys promote` / `recsys rollback` alike."""
+    return emit_event(event=PROMOTED_EVENT,
+                      resource={"prefect.resource.id": f"recsys.model.{model_name}", "recsys.model": model_name},
+                      payload={"version": str(version), "run_id": run_id or "", "reason": reason, "actor": actor})
+
+
+def announce_champion_move(model_name: str, version: str, reason: str, actor: str) -> str:
+    """Emit the promotion event for a manual alias move (outside a flow run); returns one line saying
+    where it went. Without a Prefect server (PREFECT_API_URL) there is no automation to trigger: it says
+    so instead of starting a throwaway server."""
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        return (f"PREFECT_API_URL is not set: no {PROMOTED_EVENT} event sent; batch scores follow at the next "
+                "scheduled batch-score run (or run `prefect deployment run batch-score/batch-score-on-promotion`)")
+    try:
+        run_id = tracking.client().get_model_version(model_name, version).run_id
+    except Exception:  # the event matters more than its run id
+        run_id = None
+    event = emit_promoted(model_name, version, run_id, reason, actor)
+    EventsWorker.drain_all(timeout=30)  # a CLI process exits right after: deliver the event first
+    if event is None:
+        return f"{PROMOTED_EVENT} not sent: this Prefect configuration does not emit events"
+    return f"{PROMOTED_EVENT} event {event.id} sent to {api} (batch-score-on-promotion reacts to it)"
+
+
 def mlflow_run_link(run_id: str) -> str:
     """A clickable link to the run when MLflow is a server; otherwise how to open it locally."""
     uri = tracking_uri()
@@ -67,9 +97,7 @@ def publish_summary(title: str, run_id: str | None, metrics: dict[str, float] | 
     md = summary_markdown(title, run_id, metrics, k, model_name, version, gate)
     create_markdown_artifact(markdown=md, key=key, description=title)
     if gate is not None and gate.get("promote") and version:
-        emit_event(event=PROMOTED_EVENT,
-                   resource={"prefect.resource.id": f"recsys.model.{model_name}", "recsys.model": model_name},
-                   payload={"version": str(version), "run_id": run_id or "", "reason": gate.get("reason", "")})
+        emit_promoted(model_name, str(version), run_id, gate.get("reason", ""))
     return md
 
 

@@ -34,3 +34,31 @@ def test_service_starts_without_a_champion_and_says_not_ready(recsys_home, servi
         time.sleep(0.2)
     assert r.status_code == 503 and "no 'champion' alias for model 'no-such-model'" in r.json()["detail"]
     assert httpx.get(f"{url}/recommendations/u1").status_code == 503
+
+
+def test_a_registry_outage_is_named_as_such(recsys_home, tmp_path):
+    """MLflow unreachable (nothing listens on its port): /ready and /version say so, not 'no alias yet'."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from tests.integration.conftest import free_port, start_logged
+
+    port, mlflow_port = free_port(), free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    proc = start_logged([str(Path(sys.executable).parent / "recsys"), "serve", "--port", str(port),
+                         "--log-level", "warning", "--poll-interval", "1"], tmp_path / "serve-outage.log", env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{url}/health", proc)
+        deadline = time.monotonic() + 30
+        while (httpx.get(f"{url}/version").json()["last_error"] is None) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        version, ready = httpx.get(f"{url}/version").json(), httpx.get(f"{url}/ready")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert version["last_error"].startswith("model registry unreachable, cannot read 'recsys@champion'"), version
+    assert f"http://127.0.0.1:{mlflow_port}" in version["last_error"]  # where it looked
+    assert ready.status_code == 503 and "model registry unreachable" in ready.json()["detail"]

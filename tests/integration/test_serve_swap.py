@@ -74,14 +74,18 @@ class Load:
             t.join(15)
 
 
-def wait_version(url: str, version: str, timeout: float = 40.0) -> dict:
+def wait_for(url: str, done, timeout: float = 40.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = httpx.get(f"{url}/version").json()
-        if v["version"] == version:
+        if done(v):
             return v
         time.sleep(0.2)
-    raise AssertionError(f"version {version} never served: {v}")
+    raise AssertionError(f"/version never got there: {v}")
+
+
+def wait_version(url: str, version: str, timeout: float = 40.0) -> dict:
+    return wait_for(url, lambda v: v["version"] == version, timeout)
 
 
 def test_champion_swaps_under_load_without_a_failed_request(swap_versions, service):
@@ -120,6 +124,22 @@ def test_champion_swaps_under_load_without_a_failed_request(swap_versions, servi
     assert load.errors == [] and set(load.versions) == {v2}
     assert 'recsys_model_load_failures_total{alias="champion"} 1.0' in httpx.get(f"{url}/metrics").text
     assert httpx.get(f"{url}/ready").status_code == 200
+    assert v["retry_in_s"] > 0 and "/tmp" not in httpx.get(f"{url}/version").text  # no machine paths
+
+    # rollback: the alias leaves the broken version, its error goes with it
+    tracking.move_champion(NAME, v2, "swap test: rollback")
+    v = wait_for(url, lambda v: v["last_error"] is None)
+    assert v["version"] == v2 and v["failed_version"] is None and v["retry_in_s"] is None
+
+    # the broken version's files are repaired and the alias points at it again: loaded at once
+    import mlflow
+
+    c = tracking.client()
+    mlflow.artifacts.download_artifacts(artifact_uri=c.get_model_version(NAME, v1).source,
+                                        dst_path=c.get_model_version(NAME, broken).source)
+    tracking.move_champion(NAME, broken, "swap test: repaired")
+    v = wait_version(url, broken)
+    assert v["last_error"] is None and v["failed_version"] is None
 
 
 def test_ab_split_is_stable_and_logged(swap_versions, service, tmp_path):
