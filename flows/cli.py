@@ -215,6 +215,14 @@ def serve(
     access_log: bool = typer.Option(False, help="uvicorn access log (costs latency under load)"),
     workers: int = typer.Option(1, min=1, help="worker processes (each loads the model and follows the alias; "
                                                "/metrics is per worker)"),
+    events: bool = typer.Option(True, help="POST /events: collect behaviour into $RECSYS_HOME/collector and "
+                                           "feed the real-time user state"),
+    collector_dir: Optional[Path] = typer.Option(None, help="collected events; default $RECSYS_HOME/collector"),
+    state_store: Optional[str] = typer.Option(None, help="real-time user state shared by the workers: "
+                                                         "redis://HOST:PORT/DB for several machines; default "
+                                                         "sqlite:///$RECSYS_HOME/collector/user_state.sqlite"),
+    pseudonymise: bool = typer.Option(False, help="user ids -> the ingest pseudonym (salt from "
+                                                  "RECSYS_PSEUDONYM_SALT) before anything is written or looked up"),
 ) -> None:
     """Serve the champion over HTTP (FastAPI): /recommendations/{user_id}?k=, POST /recommendations (session),
     /search?q=, /similar/{item_id}, /health, /ready, /version, /metrics."""
@@ -228,8 +236,11 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     imp_dir = str(impressions_dir or recsys_home() / "impressions") if impressions else None
+    collector = (collector_dir or recsys_home() / "collector").resolve()
     kwargs = dict(model_name=model_name, alias=alias, poll_interval_s=poll_interval, impressions_dir=imp_dir,
-                  ab_share=ab_share, challenger_alias=challenger_alias)
+                  ab_share=ab_share, challenger_alias=challenger_alias,
+                  collector_dir=str(collector) if events else None, pseudonymise=pseudonymise,
+                  state_store=state_store or f"sqlite:///{collector / 'user_state.sqlite'}")
     if workers > 1:
         import os
 
