@@ -33,15 +33,9 @@ import pandas as pd
 
 from features import schema as S
 from features.validation import REJECT_RULE, first_broken_rule
+from tasks.collected_log import COLLECTED_FIELDS, FAILED, OPEN, RECEIVED_AT, SEALED, fsync_dir
 
 log = logging.getLogger("recsys.serving.collector")
-
-# fields of a collected line, besides the contract's event columns
-REQUEST_ID = "request_id"
-RECEIVED_AT = "received_at"
-COLLECTED_FIELDS = (*S.EVENT_COLUMNS, REQUEST_ID)
-OPEN, SEALED, FAILED = "open", "sealed", "failed"
-
 
 @dataclass(frozen=True)
 class CollectorParams:
@@ -52,14 +46,6 @@ class CollectorParams:
 
 def _utc(ts: float, fmt: str) -> str:
     return time.strftime(fmt, time.gmtime(ts))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Segment:

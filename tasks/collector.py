@@ -25,18 +25,11 @@ import json
 import os
 from pathlib import Path
 
-import orjson
 import pandas as pd
 from prefect import get_run_logger, task
 
-from serving.collector import COLLECTED_FIELDS, OPEN, RECEIVED_AT, SEALED, fsync_dir
-from tasks.paths import recsys_home
-
-BATCHES, DONE = "batches", "done"
-
-
-def collector_dir(directory: str | None = None) -> Path:
-    return Path(directory) if directory else recsys_home() / "collector"
+from tasks.collected_log import (BATCHES, COLLECTED_FIELDS, DONE, OPEN, RECEIVED_AT, SEALED, collector_dir, fsync_dir,
+                                 read_segment)
 
 
 def _sha256(path: Path) -> str:
@@ -105,15 +98,6 @@ def plan_batches(directory: str | None = None) -> list[str]:
             _write_atomic(manifest, json.dumps({"batch": key, "segments": segments}, indent=1).encode())
             pending.append(str(manifest))
     return pending
-
-
-def read_segment(path: Path) -> tuple[list[dict], int]:
-    """The events of one segment and the number of torn lines (a last line without its newline: a
-    write the service never acknowledged because it was killed in the middle of it)."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    torn = 1 if lines and lines[-1] else 0
-    return [orjson.loads(line) for line in lines[:-1] if line], torn
 
 
 @task(name="build-batch-input")

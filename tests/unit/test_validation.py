@@ -61,11 +61,15 @@ GOOD = {S.USER_ID: "u1", S.ITEM_ID: "a", S.EVENT_TYPE: "purchase", S.TS: "2026-0
     ({S.USER_ID: "", S.TS: "garbage"}, "empty_user_id"),  # first rule in RULES order wins
 ])
 def test_catalogue_of_bad_rows(change, rule):
+    from features.validation import first_broken_rule
+
     raw = pd.DataFrame([GOOD, {**GOOD, **change}])
     valid, rejected = split_valid_rows(raw, now=NOW)
     assert rejected[REJECT_RULE].tolist() == [rule]
     assert rejected[SOURCE_ROW].tolist() == [1]
     assert len(valid) == 1
+    # the service's collector asks the same rules, without pandera, and gets the same answer
+    assert first_broken_rule(raw, NOW) == [None, rule]
 
 
 @pytest.mark.parametrize("change", [
