@@ -155,6 +155,35 @@ def ingest(
 
 
 @app.command()
+def collect(
+    collector_dir: Optional[Path] = typer.Option(None, help="the service's collected events; default "
+                                                            "$RECSYS_HOME/collector"),
+    out: Optional[Path] = typer.Option(None, help="event store; default $RECSYS_HOME/data"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Bring the events the service collected (POST /events) into the event store, exactly once: sealed
+    log segments through the ingest flow (the `collect-events` deployment runs this every 10 minutes)."""
+    _env()
+    from flows.collect import CollectParams, collect as collect_flow
+
+    _quiet_tracebacks(ValueError, OSError)
+    try:
+        summary = collect_flow(params=CollectParams(collector_dir=str(collector_dir) if collector_dir else None,
+                                                    data_dir=str(out) if out else None))
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        _fail(" ".join(str(exc).split()))
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    typer.echo(f"collected {summary['events']:,} events in {len(summary['batches'])} batch(es); "
+               f"{summary['orphans_sealed']} segment(s) of stopped services sealed")
+    for b in summary["batches"]:
+        typer.echo(f"  batch {b['batch']}: {b['segments']} segment(s), {b['events']:,} events, "
+                   f"{b.get('accepted', 0):,} stored" + (f", MLflow run {b['mlflow_run_id']}" if b.get("mlflow_run_id")
+                                                          else ""))
+
+
+@app.command()
 def train(
     data_dir: Optional[Path] = typer.Option(None, help="event store; default $RECSYS_HOME/data"),
     cutoff: Optional[str] = typer.Option(None, help="end of the data this run sees (UTC date, exclusive); "

@@ -209,7 +209,7 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
                state_store: str | None = None, pseudonymise: bool = False) -> FastAPI:
     from models.search import search, similar_items
     from models.session import POPULAR, recommend_session, recommend_user, session_vector
-    from serving.events import attach_events
+    from serving.events import attach_events, batch_error_message
     from serving.impressions import ImpressionLogger
 
     metrics = ServiceMetrics()
@@ -255,7 +255,8 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
     # ---- errors: always JSON with a message that says what to fix, never a stack trace ----------
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError):
-        errors = [_validation_message(e) for e in exc.errors()]
+        message = batch_error_message if request.url.path == "/events" else _validation_message
+        errors = [message(e) for e in exc.errors()]
         return FastJSON({"detail": "; ".join(errors), "errors": errors,
                          "request_id": request.state.request_id}, status_code=422)
 

@@ -53,6 +53,17 @@ class EventBatch(BaseModel):
     events: list[EventIn] = Field(..., min_length=1, max_length=MAX_BATCH)
 
 
+def batch_error_message(err: dict) -> str:
+    """One line per structural error of a POST /events body (values are the rules' business)."""
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    if err.get("type") == "json_invalid":
+        return ("the request body is not valid JSON; send {\"events\": [{\"user_id\": \"...\", \"event_type\": "
+                "\"view\", \"item_id\": \"...\"}]} with Content-Type: application/json")
+    if err.get("type") == "extra_forbidden":
+        return f"{where}: unknown field; an event has {', '.join(EventIn.model_fields)}"
+    return f"{where}: {err.get('msg')}"
+
+
 class LiveEvents:
     """The collector, the real-time user state and the user-id mapping of one service process."""
 

@@ -83,7 +83,10 @@ def test_posted_events_change_the_next_answers_and_bad_events_are_rejected_with_
     assert len(failed) == 1 and failed[0]["reject_rule"] == "unknown_event_type" and failed[0]["user_id"] == USER
 
     bad = httpx.post(f"{url}/events", json={"events": [{"user": "x"}]})
-    assert bad.status_code == 422 and "unknown field" in bad.json()["detail"]
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("body.events.0.user: unknown field; an event "
+                                                                      "has user_id, event_type, item_id")
+    assert "not valid JSON" in httpx.post(f"{url}/events", content=b"{", headers={"Content-Type":
+                                                                                 "application/json"}).json()["detail"]
 
 
 def test_two_workers_share_the_user_state(first_run, service, tmp_path):
