@@ -92,8 +92,10 @@ def test_posted_events_change_the_next_answers_and_bad_events_are_rejected_with_
 def test_two_workers_share_the_user_state(first_run, service, tmp_path):
     url, proc = service("--collector-dir", str(tmp_path / "collector"), "--workers", "2", "--poll-interval", "0")
     wait_ready(f"{url}/ready", proc, timeout=120)
-    for _ in range(20):  # both workers have loaded the model
-        assert recs(url, USER, fresh=True)["strategy"] == "model"
+    deadline, streak = time.monotonic() + 120, 0
+    while streak < 20:  # both workers have loaded the model: 20 answers in a row on fresh connections
+        assert time.monotonic() < deadline, "the second worker never loaded the model"
+        streak = streak + 1 if recs(url, USER, fresh=True).get("strategy") == "model" else 0
     post(url, views(USER, ITEMS))
     seen = [recs(url, USER, fresh=True) for _ in range(20)]
     assert all(r["live_events"] == 4 and r["strategy"] == "session" for r in seen)
@@ -134,7 +136,7 @@ def test_redis_state_shared_by_two_services_with_pseudonyms(first_run, service, 
     monkeypatch.setenv("RECSYS_PSEUDONYM_SALT", "s3cret")
     common = ("--state-store", url_redis, "--pseudonymise", "--poll-interval", "0")
     a, pa_ = service("--collector-dir", str(tmp_path / "a"), *common)
-    b, pb = service("--collector-dir", str(tmp_path / "b"), *common)
+    b, pb = service("--collector-dir", str(tmp_path / "b"), "--impressions-dir", str(tmp_path / "imp"), *common)
     wait_ready(f"{a}/ready", pa_)
     wait_ready(f"{b}/ready", pb)
     raw = "shopper@example.com"
@@ -147,6 +149,11 @@ def test_redis_state_shared_by_two_services_with_pseudonyms(first_run, service, 
     logged = read_lines(tmp_path / "a" / "open")
     assert {e["user_id"] for e in logged} == {pseudonym}
     assert raw not in "".join(p.read_text() for p in (tmp_path / "a").rglob("*.jsonl"))
+    deadline = time.monotonic() + 10
+    while not list((tmp_path / "imp").glob("*.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the impressions writer flushes every 0.25 s
+    shown = "".join(p.read_text() for p in (tmp_path / "imp").glob("*.jsonl"))
+    assert pseudonym in shown and raw not in shown
 
 
 def test_kill_9_after_acks_loses_nothing_and_pickup_twice_stores_each_event_once(first_run, service, tmp_path):
