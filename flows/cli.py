@@ -270,6 +270,13 @@ def serve(
                   ab_share=ab_share, challenger_alias=challenger_alias,
                   collector_dir=str(collector) if events else None, pseudonymise=pseudonymise,
                   state_store=state_store or f"sqlite:///{collector / 'user_state.sqlite'}")
+    if events:  # an unreachable or malformed store: one line now, not a traceback from every worker's startup
+        from serving.user_state import open_user_state
+
+        try:
+            open_user_state(kwargs["state_store"]).close()
+        except Exception as exc:
+            _fail(f"--state-store {kwargs['state_store']}: {type(exc).__name__}: {exc}")
     if workers > 1:
         import os
 

@@ -200,3 +200,16 @@ def test_kill_9_after_acks_loses_nothing_and_pickup_twice_stores_each_event_once
     rows = store_rows(store)
     assert len(rows) == 201 and rows["session_id"].is_unique
     assert not list((coll / "sealed").glob("*")) and len(list((coll / "done").glob("*.jsonl"))) == 2
+
+
+def test_an_unreachable_state_store_is_one_line_at_start(recsys_home):
+    import sys
+
+    exe = Path(sys.executable).parent / "recsys"
+    port = free_port()
+    proc = subprocess.run([str(exe), "serve", "--port", str(port), "--state-store", f"redis://127.0.0.1:{port}/0"],
+                          capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --state-store redis://127.0.0.1:{port}/0: ConnectionError: Error 111 connecting to "
+        f"127.0.0.1:{port}. Connection refused."]
