@@ -330,11 +330,11 @@ def main() -> None:
         return
     print(f"open loop, {args.rate:g} req/s, {args.duration:g}s measured per scenario, {args.workers} worker(s), "
           f"{out['host']['cpus']} cpus, load avg {out['host']['load_avg_1m']}")
-    print(f"{'scenario':<16}{'req':>7}{'err':>5}{'rps':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    print(f"{'scenario':<30}{'req':>7}{'err':>5}{'rps':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
           f"{'srv cpu ms/req':>16}{'client cpu':>12}")
     for name, r in results.items():
         # the two streams of the events scenario share one CPU figure (server_cpu_s_per_s_both_streams)
-        print(f"{name[:15]:<16}{r['requests']:>7}{r['errors']:>5}{r['throughput_rps']:>8}{r['p50_ms']:>9}"
+        print(f"{name:<30}{r['requests']:>7}{r['errors']:>5}{r['throughput_rps']:>8}{r['p50_ms']:>9}"
               f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['max_ms']:>9}{r.get('server_cpu_ms_per_req', '-'):>16}"
               f"{r.get('client_cpu_ms_per_req', '-'):>12}")
     if "events" in results:
