@@ -8,7 +8,11 @@ requests at a FIXED arrival rate (open loop: request i is due at t0 + i/rate whe
 ones finished) from a raw-asyncio HTTP/1.1 keep-alive client, and measures latency from the due time,
 so a stalled server shows up as queueing delay instead of a slower send rate (no coordinated
 omission). Scenarios: /health (baseline on the same server), GET /recommendations (known users, k=10),
-POST /recommendations (3-5 event sessions), /search (title words, half of them with a user). Finally a
+POST /recommendations (3-5 event sessions), /search (title words, half of them with a user), and
+`events`: POST /events batches (--event-rate events/s in batches of --event-batch) and GET
+/recommendations at --rate for the same users, both at once, each with its own latency figures; then
+`recommendations-live`, GET /recommendations alone for those users (their real-time state now full),
+whose server CPU per request minus the plain scenario's is the cost of the real-time state. Finally a
 rate ladder for GET /recommendations finds the highest rate whose p99 stays under 50 ms with no errors.
 Only 127.0.0.1 is ever contacted. The client shares the CPU with the server: on a small machine the
 numbers include the client's own cost.
@@ -166,7 +170,7 @@ def prepare_home(home: Path | None, env: dict, log) -> Path:
     return home
 
 
-def workloads(home: Path, n: int, seed: int = 0) -> dict[str, list[bytes]]:
+def workloads(home: Path, n: int, seed: int = 0, event_batch: int = 50) -> dict[str, list[bytes]]:
     import pandas as pd
 
     rng = random.Random(seed)
@@ -184,7 +188,43 @@ def workloads(home: Path, n: int, seed: int = 0) -> dict[str, list[bytes]]:
            "search": [get(f"/search?q={quote(' '.join(rng.sample(words, rng.randint(1, 2))))}&k=10"
                           + (f"&user_id={rng.choice(user_ids)}" if rng.random() < 0.5 else ""))
                       for _ in range(n)]}
+    hot = rng.sample(user_ids, min(300, len(user_ids)))  # the users that are shopping right now
+    batches = []
+    for _ in range(max(1, n // 20)):
+        batch = []
+        for _ in range(event_batch):
+            kind = rng.choices(["view", "add_to_cart", "purchase", "search"], [80, 12, 3, 5])[0]
+            e = {"user_id": rng.choice(hot), "event_type": kind, "session_id": f"s{rng.randrange(10**6)}"}
+            if kind == "search":
+                e["query"] = " ".join(rng.sample(words, 2))
+            else:
+                e["item_id"] = rng.choice(item_ids)
+            if kind == "purchase":
+                e.update(quantity=1, price=round(rng.uniform(1, 100), 2))
+            batch.append(e)
+        batches.append(post("/events", {"events": batch}))
+    out["events"] = batches
+    out["recommendations-live"] = [get(f"/recommendations/{rng.choice(hot)}?k=10") for _ in range(n)]
     return out
+
+
+async def together(port: int, streams: dict[str, tuple[list[bytes], float]], duration: float, warmup: float) -> dict:
+    """Several open-loop streams at once, each with its own statistics."""
+    names = list(streams)
+    results = await asyncio.gather(*(open_loop(port, streams[n][0], streams[n][1], duration, warmup) for n in names))
+    return dict(zip(names, results))
+
+
+def state_lookup_us(home: Path, users: list[str], n: int = 2000) -> float:
+    """Microseconds per real-time state lookup on the service's SQLite store (what every GET adds)."""
+    from serving.user_state import SqliteUserState
+
+    store = SqliteUserState(home / "collector" / "user_state.sqlite")
+    t0 = time.perf_counter()
+    for i in range(n):
+        store.recent(users[i % len(users)])
+    store.close()
+    return round((time.perf_counter() - t0) / n * 1e6, 1)
 
 
 def start_service(env: dict, port: int, workers: int = 1) -> subprocess.Popen:
@@ -223,8 +263,10 @@ def main() -> None:
     ap.add_argument("--ladder", default="200,250,300,400,500,650,800",
                     help="rates tried for GET /recommendations to find the highest with p99 < 50 ms ('' = skip)")
     ap.add_argument("--ladder-duration", type=float, default=5.0)
-    ap.add_argument("--scenarios", default="health,recommendations,session,search",
-                    help="comma-separated subset of health,recommendations,session,search")
+    ap.add_argument("--scenarios", default="health,recommendations,session,search,events",
+                    help="comma-separated subset of health,recommendations,session,search,events")
+    ap.add_argument("--event-rate", type=float, default=1000.0, help="events/s in the events scenario")
+    ap.add_argument("--event-batch", type=int, default=50, help="events per POST /events")
     ap.add_argument("--workers", type=int, default=1, help="`recsys serve --workers`")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args()
@@ -240,9 +282,29 @@ def main() -> None:
     proc = start_service(env, port, args.workers)
     try:
         wait_ready(port, proc)
-        loads = workloads(home, 4000)
+        loads = workloads(home, 4000, event_batch=args.event_batch)
         results: dict[str, dict] = {}
         for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
+            if name == "events":
+                batch_rate = args.event_rate / args.event_batch
+                log(f"events: {args.event_rate:g} events/s ({batch_rate:g} batches/s of {args.event_batch}) with "
+                    f"GET /recommendations at {args.rate:g} req/s, {args.duration:g}s ...")
+                c0 = cpu_seconds(proc.pid)
+                both = asyncio.run(together(port, {"events": (loads["events"], batch_rate),
+                                                   "recommendations-during-events": (loads["recommendations-live"],
+                                                                                     args.rate)},
+                                            args.duration, args.warmup))
+                both["events"]["events_per_s"] = round(both["events"]["throughput_rps"] * args.event_batch, 1)
+                both["events"]["server_cpu_s_per_s_both_streams"] = round(
+                    (cpu_seconds(proc.pid) - c0) / (args.duration + args.warmup), 3)
+                results.update(both)
+                log(f"recommendations-live: {args.rate:g} req/s for {args.duration:g}s ...")
+                results["recommendations-live"] = measured(port, proc.pid, loads["recommendations-live"], args.rate,
+                                                           args.duration, args.warmup)
+                results["recommendations-live"]["state_lookup_us"] = state_lookup_us(
+                    home, [r.split(b" ")[1].split(b"/")[2].split(b"?")[0].decode()
+                           for r in loads["recommendations-live"][:300]])
+                continue
             log(f"{name}: {args.rate:g} req/s for {args.duration:g}s ...")
             results[name] = measured(port, proc.pid, loads[name], args.rate, args.duration, args.warmup)
         ladder, best = [], None
@@ -268,12 +330,21 @@ def main() -> None:
         return
     print(f"open loop, {args.rate:g} req/s, {args.duration:g}s measured per scenario, {args.workers} worker(s), "
           f"{out['host']['cpus']} cpus, load avg {out['host']['load_avg_1m']}")
-    print(f"{'scenario':<16}{'req':>7}{'err':>5}{'rps':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    print(f"{'scenario':<30}{'req':>7}{'err':>5}{'rps':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
           f"{'srv cpu ms/req':>16}{'client cpu':>12}")
     for name, r in results.items():
-        print(f"{name:<16}{r['requests']:>7}{r['errors']:>5}{r['throughput_rps']:>8}{r['p50_ms']:>9}"
-              f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['max_ms']:>9}{r['server_cpu_ms_per_req']:>16}"
-              f"{r['client_cpu_ms_per_req']:>12}")
+        # the two streams of the events scenario share one CPU figure (server_cpu_s_per_s_both_streams)
+        print(f"{name:<30}{r['requests']:>7}{r['errors']:>5}{r['throughput_rps']:>8}{r['p50_ms']:>9}"
+              f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['max_ms']:>9}{r.get('server_cpu_ms_per_req', '-'):>16}"
+              f"{r.get('client_cpu_ms_per_req', '-'):>12}")
+    if "events" in results:
+        ev, rl = results["events"], results.get("recommendations-live", {})
+        print(f"events: {ev['events_per_s']} events/s in batches of {args.event_batch}, p99 {ev['p99_ms']} ms; "
+              f"GET /recommendations meanwhile p99 {results['recommendations-during-events']['p99_ms']} ms")
+        if "recommendations" in results and rl:
+            print(f"real-time state per recommendation request: {rl['state_lookup_us']} us lookup; server CPU "
+                  f"{rl['server_cpu_ms_per_req']} ms/req with live events vs "
+                  f"{results['recommendations']['server_cpu_ms_per_req']} ms/req without")
     for r in ladder:
         print(f"ladder {r['rate']:>6g}/s: p50 {r['p50_ms']} p99 {r['p99_ms']} ms, errors {r['errors']}, "
               f"{r['throughput_rps']} rps, server cpu {r['server_cpu_ms_per_req']} ms/req")

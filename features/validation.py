@@ -11,6 +11,8 @@ rather than naming rows, so parse failures become per-row flags that the schema 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
@@ -88,43 +90,59 @@ def normalise_events(events: pd.DataFrame) -> pd.DataFrame:
     for col in (S.SESSION_ID, S.QUERY):
         out[col] = _clean_str(events[col]) if col in events else pd.Series(pd.NA, index=events.index, dtype="string")
     qty, out[_BAD_QTY] = _numbers(events, S.QUANTITY)
-    whole = qty.isna() | (qty == np.round(qty))
+    # a quantity is a whole number an int64 holds exactly (1e308 or inf is no quantity, and no cast error)
+    whole = qty.isna() | ((qty == np.round(qty)) & (qty.abs() < 2.0 ** 53))
     out[_BAD_QTY] = out[_BAD_QTY] | ~whole
     out[S.QUANTITY] = qty.where(whole).round().astype("Int64")
     out[S.PRICE], out[_BAD_PRICE] = _numbers(events, S.PRICE)
     return out
 
 
-def event_schema(now: pd.Timestamp, future_tolerance: pd.Timedelta) -> pa.DataFrameSchema:
-    """The row rules of the data contract; every check is named after its rule."""
+def row_checks(now: pd.Timestamp, future_tolerance: pd.Timedelta) -> list[tuple[str, Callable]]:
+    """The row rules of the data contract, in RULES order (all but the cross-row `duplicate`): each a
+    rule name and a predicate over a `normalise_events` frame that is True where a row passes. File
+    ingest runs them inside a pandera schema (`event_schema`), the service's collector directly
+    (`first_broken_rule`): one definition of each rule for both."""
     limit = now + future_tolerance
 
-    def check(fn, rule: str) -> pa.Check:
-        return pa.Check(fn, name=rule, ignore_na=False)
+    def flag(values: pd.Series) -> pd.Series:
+        return values.fillna(False).astype(bool)
 
-    def item_event(d: pd.DataFrame) -> pd.Series:
-        return d[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES).fillna(False).astype(bool)
+    return [
+        (EMPTY_USER_ID, lambda d: d[S.USER_ID].notna()),
+        (UNKNOWN_EVENT_TYPE, lambda d: flag(d[S.EVENT_TYPE].isin(S.EVENT_TYPES))),
+        (UNPARSEABLE_TIMESTAMP, lambda d: d[S.TS].notna()),
+        (TIMESTAMP_IN_FUTURE, lambda d: ~flag(d[S.TS] > limit)),
+        (EMPTY_ITEM_ID, lambda d: ~(flag(d[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES)) & d[S.ITEM_ID].isna())),
+        (NON_NUMERIC_QUANTITY, lambda d: ~d[_BAD_QTY]),
+        (NON_POSITIVE_QUANTITY, lambda d: ~(flag(d[S.EVENT_TYPE].isin((S.PURCHASE, S.ADD_TO_CART)))
+                                           & flag(d[S.QUANTITY] <= 0))),
+        (NON_NUMERIC_PRICE, lambda d: ~d[_BAD_PRICE]),
+        (NON_POSITIVE_PRICE, lambda d: ~(flag(d[S.EVENT_TYPE] == S.PURCHASE) & flag(d[S.PRICE] <= 0))),
+    ]
 
+
+def event_schema(now: pd.Timestamp, future_tolerance: pd.Timedelta) -> pa.DataFrameSchema:
+    """The row rules as a pandera schema; every check is named after its rule."""
     return pa.DataFrameSchema(
-        {
-            S.USER_ID: pa.Column("string", nullable=True, checks=check(lambda s: s.notna(), EMPTY_USER_ID)),
-            S.EVENT_TYPE: pa.Column("string", nullable=True, checks=check(
-                lambda s: s.isin(S.EVENT_TYPES).fillna(False).astype(bool), UNKNOWN_EVENT_TYPE)),
-            S.TS: pa.Column("datetime64[us, UTC]", nullable=True, checks=[
-                check(lambda s: s.notna(), UNPARSEABLE_TIMESTAMP),
-                check(lambda s: ~(s > limit).fillna(False).astype(bool), TIMESTAMP_IN_FUTURE)]),
-            S.ITEM_ID: pa.Column("string", nullable=True),
-            _BAD_QTY: pa.Column(bool, checks=check(lambda s: ~s, NON_NUMERIC_QUANTITY)),
-            _BAD_PRICE: pa.Column(bool, checks=check(lambda s: ~s, NON_NUMERIC_PRICE)),
-        },
-        checks=[
-            check(lambda d: ~(item_event(d) & d[S.ITEM_ID].isna()), EMPTY_ITEM_ID),
-            check(lambda d: ~(d[S.EVENT_TYPE].isin((S.PURCHASE, S.ADD_TO_CART)).fillna(False).astype(bool)
-                              & (d[S.QUANTITY] <= 0).fillna(False).astype(bool)), NON_POSITIVE_QUANTITY),
-            check(lambda d: ~((d[S.EVENT_TYPE] == S.PURCHASE).fillna(False).astype(bool)
-                              & (d[S.PRICE] <= 0).fillna(False).astype(bool)), NON_POSITIVE_PRICE),
-        ],
+        {S.USER_ID: pa.Column("string", nullable=True), S.EVENT_TYPE: pa.Column("string", nullable=True),
+         S.TS: pa.Column("datetime64[us, UTC]", nullable=True), S.ITEM_ID: pa.Column("string", nullable=True),
+         _BAD_QTY: pa.Column(bool), _BAD_PRICE: pa.Column(bool)},
+        checks=[pa.Check(fn, name=rule, ignore_na=False) for rule, fn in row_checks(now, future_tolerance)],
         strict=False, coerce=False)
+
+
+def first_broken_rule(events: pd.DataFrame, now: pd.Timestamp,
+                      future_tolerance: pd.Timedelta = pd.Timedelta(hours=1)) -> list[str | None]:
+    """Per raw event (contract-named columns), the first row rule it breaks, None if it passes: the
+    same rules as `split_valid_rows` without pandera's per-call overhead (a few events per call on
+    the service's request path). The cross-row `duplicate` rule is left to ingest."""
+    frame = normalise_events(events)
+    broken = np.full(len(frame), None, dtype=object)
+    for rule, passes in row_checks(now, future_tolerance):
+        fails = ~passes(frame).to_numpy(dtype=bool) & (broken == None)  # noqa: E711 (elementwise)
+        broken[fails] = rule
+    return broken.tolist()
 
 
 def duplicate_schema(columns: list[str]) -> pa.DataFrameSchema:

@@ -155,6 +155,35 @@ def ingest(
 
 
 @app.command()
+def collect(
+    collector_dir: Optional[Path] = typer.Option(None, help="the service's collected events; default "
+                                                            "$RECSYS_HOME/collector"),
+    out: Optional[Path] = typer.Option(None, help="event store; default $RECSYS_HOME/data"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Bring the events the service collected (POST /events) into the event store, exactly once: sealed
+    log segments through the ingest flow (the `collect-events` deployment runs this every 10 minutes)."""
+    _env()
+    from flows.collect import CollectParams, collect as collect_flow
+
+    _quiet_tracebacks(ValueError, OSError)
+    try:
+        summary = collect_flow(params=CollectParams(collector_dir=str(collector_dir) if collector_dir else None,
+                                                    data_dir=str(out) if out else None))
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        _fail(" ".join(str(exc).split()))
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    typer.echo(f"collected {summary['events']:,} events in {len(summary['batches'])} batch(es); "
+               f"{summary['orphans_sealed']} segment(s) of stopped services sealed")
+    for b in summary["batches"]:
+        typer.echo(f"  batch {b['batch']}: {b['segments']} segment(s), {b['events']:,} events, "
+                   f"{b.get('accepted', 0):,} stored" + (f", MLflow run {b['mlflow_run_id']}" if b.get("mlflow_run_id")
+                                                          else ""))
+
+
+@app.command()
 def train(
     data_dir: Optional[Path] = typer.Option(None, help="event store; default $RECSYS_HOME/data"),
     cutoff: Optional[str] = typer.Option(None, help="end of the data this run sees (UTC date, exclusive); "
@@ -215,6 +244,14 @@ def serve(
     access_log: bool = typer.Option(False, help="uvicorn access log (costs latency under load)"),
     workers: int = typer.Option(1, min=1, help="worker processes (each loads the model and follows the alias; "
                                                "/metrics is per worker)"),
+    events: bool = typer.Option(True, help="POST /events: collect behaviour into $RECSYS_HOME/collector and "
+                                           "feed the real-time user state"),
+    collector_dir: Optional[Path] = typer.Option(None, help="collected events; default $RECSYS_HOME/collector"),
+    state_store: Optional[str] = typer.Option(None, help="real-time user state shared by the workers: "
+                                                         "redis://HOST:PORT/DB for several machines; default "
+                                                         "sqlite:///$RECSYS_HOME/collector/user_state.sqlite"),
+    pseudonymise: bool = typer.Option(False, help="user ids -> the ingest pseudonym (salt from "
+                                                  "RECSYS_PSEUDONYM_SALT) before anything is written or looked up"),
 ) -> None:
     """Serve the champion over HTTP (FastAPI): /recommendations/{user_id}?k=, POST /recommendations (session),
     /search?q=, /similar/{item_id}, /health, /ready, /version, /metrics."""
@@ -228,8 +265,18 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     imp_dir = str(impressions_dir or recsys_home() / "impressions") if impressions else None
+    collector = (collector_dir or recsys_home() / "collector").resolve()
     kwargs = dict(model_name=model_name, alias=alias, poll_interval_s=poll_interval, impressions_dir=imp_dir,
-                  ab_share=ab_share, challenger_alias=challenger_alias)
+                  ab_share=ab_share, challenger_alias=challenger_alias,
+                  collector_dir=str(collector) if events else None, pseudonymise=pseudonymise,
+                  state_store=state_store or f"sqlite:///{collector / 'user_state.sqlite'}")
+    if events:  # an unreachable or malformed store: one line now, not a traceback from every worker's startup
+        from serving.user_state import open_user_state
+
+        try:
+            open_user_state(kwargs["state_store"]).close()
+        except Exception as exc:
+            _fail(f"--state-store {kwargs['state_store']}: {type(exc).__name__}: {exc}")
     if workers > 1:
         import os
 

@@ -22,8 +22,8 @@ from collections import Counter
 
 import numpy as np
 
-from models.session import (SEARCH, SIMILAR_ALS, SIMILAR_CONTENT, Recommendation, ServingIndex, rank_table,
-                            top_k)
+from models.session import (SEARCH, SIMILAR_ALS, SIMILAR_CONTENT, Recommendation, ServingIndex, als_model,
+                            rank_table, top_k)
 from models.two_stage import CandidateTable, TwoStageRecommender
 
 
@@ -31,6 +31,9 @@ from models.two_stage import CandidateTable, TwoStageRecommender
 class SearchParams:
     candidates: int = 200
     text_weight: float = 0.6
+    # with live session events: share of the non-text term given to the items' ALS affinity with the
+    # session-folded user vector (the rest stays with the ranker)
+    session_weight: float = 0.5
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -66,8 +69,10 @@ def text_top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def search(rec: TwoStageRecommender, index: ServingIndex, query: str, user: int, k: int,
-           params: SearchParams = SearchParams()) -> Recommendation:
-    """Top-k items for `query`, personalised by the ranker when `user` >= 0; empty if no term matches."""
+           params: SearchParams = SearchParams(), session: np.ndarray | None = None) -> Recommendation:
+    """Top-k items for `query`, personalised by the ranker when `user` >= 0 and by the live session when
+    `session` (a session-folded ALS user vector, `models.session.session_vector`) is given; empty if no
+    term matches."""
     items, text_scores = text_top(query_scores(index, query), params.candidates)
     if len(items) == 0:
         return Recommendation(items, text_scores, [], SEARCH)
@@ -75,9 +80,12 @@ def search(rec: TwoStageRecommender, index: ServingIndex, query: str, user: int,
     feats = np.full((n, index.source_width), np.nan, dtype=np.float32)
     feats[:, -1] = 0.0  # src_count: proposed by no recall source
     table = CandidateTable(np.full(n, user, dtype=np.int64), items, feats)
-    ranker = rank_table(rec, table)
+    personal = _minmax(np.asarray(rank_table(rec, table), dtype=np.float64))
+    if session is not None:
+        affinity = np.asarray(als_model(rec).item_factors[items], dtype=np.float64) @ session.astype(np.float64)
+        personal = (1.0 - params.session_weight) * personal + params.session_weight * _minmax(affinity)
     blended = (params.text_weight * text_scores / max(float(text_scores.max()), 1e-9)
-               + (1.0 - params.text_weight) * _minmax(np.asarray(ranker, dtype=np.float64)))
+               + (1.0 - params.text_weight) * personal)
     top, scores = top_k(items, blended, k)
     return Recommendation(top, scores, [SEARCH] * len(top), SEARCH)
 

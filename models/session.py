@@ -161,6 +161,18 @@ def fold_session(rec: TwoStageRecommender, index: ServingIndex, user: int, sessi
     return np.linalg.solve(a, b).astype(np.float32)
 
 
+def session_vector(rec: TwoStageRecommender, index: ServingIndex, user: int, session_items: np.ndarray,
+                   session_types: list[str], params: SessionParams = SessionParams()) -> np.ndarray | None:
+    """The session-folded ALS user vector, or None when the session has no item events to fold."""
+    session_items = np.asarray(session_items, dtype=np.int64)[-params.max_session_events:]
+    session_types = list(session_types)[-params.max_session_events:]
+    keep = np.array([rec.params.interactions.weight_of(t) > 0 for t in session_types], dtype=bool)
+    if not keep.any():
+        return None
+    return fold_session(rec, index, user, session_items[keep], [t for t, ok in zip(session_types, keep) if ok],
+                        params)
+
+
 def recommend_session(rec: TwoStageRecommender, index: ServingIndex, user: int, session_items: np.ndarray,
                       session_types: list[str], k: int,
                       params: SessionParams = SessionParams()) -> Recommendation:

@@ -240,9 +240,11 @@ def _is_json(content_type: str | None) -> bool:
 def create_app(model_name: str = "recsys", alias: str = "champion", poll_interval_s: float = 30.0,
                impressions_dir: str | None = None, ab_share: float = 0.0,
                challenger_alias: str = "challenger", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               load_retry_s: float = 60.0) -> FastAPI:
+               load_retry_s: float = 60.0, collector_dir: str | None = None,
+               state_store: str | None = None, pseudonymise: bool = False) -> FastAPI:
     from models.search import search, similar_items
-    from models.session import POPULAR, recommend_session, recommend_user
+    from models.session import POPULAR, recommend_session, recommend_user, session_vector
+    from serving.events import attach_events, batch_error_message
     from serving.impressions import ImpressionLogger
 
     metrics = ServiceMetrics()
@@ -262,6 +264,8 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         sys.setswitchinterval(0.001)
         if impressions:
             impressions.start()
+        if live:
+            live.start()
         for h in filter(None, (holder, challenger)):
             threading.Thread(target=h.refresh, daemon=True, name=f"initial-load-{h.alias}").start()
             if poll_interval_s > 0:
@@ -271,6 +275,8 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         stop.set()
         if impressions:
             impressions.close()
+        if live:
+            live.close()
 
     # /docs and /redoc with their assets served from the installed package (fastapi-offline): they render
     # without internet access, unlike FastAPI's default pages that load Swagger UI from a CDN
@@ -280,6 +286,10 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
     app.state.impressions = impressions
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: the request id exists for every answer
+    # POST /events + real-time user state (serving/events.py); user ids become pseudonyms at the door
+    live = attach_events(app, collector_dir, state_store, pseudonymise) if collector_dir else None
+    app.state.live = live
+    user_key = live.user_key if live else (lambda u: u)
 
     # ---- errors: always JSON with a message that says what to fix, never a stack trace ----------
     @app.exception_handler(RequestValidationError)
@@ -290,7 +300,8 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
             return FastJSON({"detail": f"Content-Type {content_type!r} is not supported; send the body as JSON "
                                        "with Content-Type: application/json",
                              "request_id": request.state.request_id}, status_code=415)
-        errors = [_validation_message(e) for e in exc.errors()]
+        message = batch_error_message if request.url.path == "/events" else _validation_message
+        errors = [message(e) for e in exc.errors()]
         return FastJSON({"detail": "; ".join(errors), "errors": errors,
                          "request_id": request.state.request_id}, status_code=422)
 
@@ -384,14 +395,19 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
     async def recommendations(request: Request,
                               user_id: str = Path(..., min_length=1, max_length=MAX_ID_LENGTH),
                               k: int = Query(10, ge=1, le=MAX_K, description="number of items")) -> Response:
+        user_id = user_key(user_id)
         cur, variant = pick(user_id)
         rec = cur.recommender
-        out = recommend_user(rec, cur.index, rec.data.users.position(user_id), k)
-        return respond(request, "recommendations", cur, variant, out, user_id)
+        s_items, s_types = live.session(rec, user_id) if live else ([], [])
+        out = recommend_session(rec, cur.index, rec.data.users.position(user_id), s_items, s_types, k)
+        return respond(request, "recommendations", cur, variant, out, user_id,
+                       extra={"live_events": len(s_items)} if live else None)
 
     @app.post("/recommendations", response_model=SessionItemList,
               responses=error_responses(400, 413, 415, 422, 503))
     async def session_recommendations(request: Request, body: SessionRequest) -> Response:
+        if body.user_id:
+            body.user_id = user_key(body.user_id)
         cur, variant = pick(body.user_id)
         rec = cur.recommender
         pos = rec.data.items.position
@@ -412,13 +428,16 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
                            q: str = Query(..., min_length=1, max_length=MAX_QUERY_LENGTH, description="query"),
                            user_id: str | None = Query(None, min_length=1, max_length=MAX_ID_LENGTH),
                            k: int = Query(10, ge=1, le=MAX_K)) -> Response:
+        user_id = user_key(user_id) if user_id else None
         cur, variant = pick(user_id)
         rec = cur.recommender
         user = rec.data.users.position(user_id) if user_id else -1
-        out = search(rec, cur.index, q, user, k)
+        s_items, s_types = live.session(rec, user_id) if live and user_id else ([], [])
+        out = search(rec, cur.index, q, user, k, session=session_vector(rec, cur.index, user, s_items, s_types))
         if len(out.items) == 0:  # no catalog word matches (or no word at all): show what is popular
             out = recommend_user(rec, cur.index, -1, k)
-        return respond(request, "search", cur, variant, out, user_id, extra={"query": q}, query=q)
+        return respond(request, "search", cur, variant, out, user_id, query=q,
+                       extra={"query": q, **({"live_events": len(s_items)} if live else {})})
 
     @app.get("/similar/{item_id}", response_model=SimilarItemList, responses=lists)
     async def similar(request: Request, item_id: str = Path(..., min_length=1, max_length=MAX_ID_LENGTH),

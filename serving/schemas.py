@@ -63,6 +63,19 @@ class VersionInfo(ModelState):
     challenger: ModelState | None = None
 
 
+class EventResult(BaseModel):
+    index: int = Field(..., description="position of the event in the posted batch")
+    status: Literal["accepted", "rejected"]
+    rule: str | None = Field(None, description="the contract rule a rejected event broke (same rules as ingest)")
+
+
+class EventsAnswer(BaseModel):
+    request_id: str
+    accepted: int = Field(..., description="events durably written to the collected log")
+    rejected: int = Field(..., description="events kept in the failed stream with their rule")
+    results: list[EventResult]
+
+
 class ErrorBody(BaseModel):
     detail: str = Field(..., description="what was wrong and what to send instead")
     request_id: str | None
@@ -81,5 +94,5 @@ def error_responses(*codes: int) -> dict:
     """OpenAPI `responses` for the error statuses a route can answer, all with the ErrorBody shape."""
     text = {400: "body could not be read", 404: "unknown id or path", 405: "method not allowed",
             413: "request body too large", 415: "body is not application/json", 422: "invalid input",
-            500: "internal error", 503: "no model loaded yet"}
+            500: "internal error", 503: "not available: no model loaded yet, or events could not be stored"}
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}

@@ -55,6 +55,7 @@ def test_deploy_and_run_the_backfill_deployment_on_a_local_server_and_worker(pre
     home, env = prefect_stack
     deployed = _sh(["bash", str(SCRIPTS / "prefect_deploy.sh")], env, timeout=300)
     for name in ("train/train-nightly", "backfill/backfill-manual", "batch-score/batch-score-on-promotion",
+                 "collect/collect-events",
                  "evaluate-and-promote/evaluate-and-promote-manual"):
         assert name in deployed.stdout, name
     prefect = str(Path(sys.executable).parent / "prefect")

@@ -148,7 +148,7 @@ def test_schemathesis_finds_no_contract_violation(api, tmp_path):
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     tested = re.search(r"Tested: (\d+)", out.stdout)
     operations = sum(len(ops) for ops in httpx.get(f"{url}/openapi.json").json()["paths"].values())
-    assert tested and int(tested.group(1)) == operations == 8, out.stdout
+    assert tested and int(tested.group(1)) == operations == 9, out.stdout
     assert "No issues found" in out.stdout
 
 

@@ -54,6 +54,8 @@ GOOD = {S.USER_ID: "u1", S.ITEM_ID: "a", S.EVENT_TYPE: "purchase", S.TS: "2026-0
     ({S.ITEM_ID: ""}, "empty_item_id"),
     ({S.QUANTITY: "two"}, "non_numeric_quantity"),
     ({S.QUANTITY: "1.5"}, "non_numeric_quantity"),
+    ({S.QUANTITY: "1e308"}, "non_numeric_quantity"),  # no int64 holds it: a rule, not a cast error
+    ({S.QUANTITY: "inf"}, "non_numeric_quantity"),
     ({S.QUANTITY: "-3"}, "non_positive_quantity"),
     ({S.PRICE: "€3"}, "non_numeric_price"),
     ({S.PRICE: "0"}, "non_positive_price"),
@@ -61,11 +63,15 @@ GOOD = {S.USER_ID: "u1", S.ITEM_ID: "a", S.EVENT_TYPE: "purchase", S.TS: "2026-0
     ({S.USER_ID: "", S.TS: "garbage"}, "empty_user_id"),  # first rule in RULES order wins
 ])
 def test_catalogue_of_bad_rows(change, rule):
+    from features.validation import first_broken_rule
+
     raw = pd.DataFrame([GOOD, {**GOOD, **change}])
     valid, rejected = split_valid_rows(raw, now=NOW)
     assert rejected[REJECT_RULE].tolist() == [rule]
     assert rejected[SOURCE_ROW].tolist() == [1]
     assert len(valid) == 1
+    # the service's collector asks the same rules, without pandera, and gets the same answer
+    assert first_broken_rule(raw, NOW) == [None, rule]
 
 
 @pytest.mark.parametrize("change", [
