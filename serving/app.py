@@ -38,7 +38,7 @@ from serving.metrics import ServiceMetrics
 
 log = logging.getLogger("recsys.serving")
 
-MAX_ID_LENGTH = 128
+from features.schema import MAX_ID_LENGTH  # noqa: E402  the id contract shared with ingest and training
 MAX_K = 100
 MAX_QUERY_LENGTH = 256
 MAX_SESSION_EVENTS = 50
