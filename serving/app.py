@@ -34,11 +34,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from features.schema import MAX_ID_LENGTH  # the id contract shared with ingest and training
 from serving.metrics import ServiceMetrics
 
 log = logging.getLogger("recsys.serving")
 
-from features.schema import MAX_ID_LENGTH  # noqa: E402  the id contract shared with ingest and training
 MAX_K = 100
 MAX_QUERY_LENGTH = 256
 MAX_SESSION_EVENTS = 50
