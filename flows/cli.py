@@ -91,6 +91,8 @@ def ingest(
     ts_unit: Optional[str] = typer.Option(None, help="numeric epoch timestamps: s, ms, us or ns"),
     timezone: Optional[str] = typer.Option(None, help="zone of naive timestamps (default UTC)"),
     catalog: Optional[Path] = typer.Option(None, help="catalog file (item_id, title, category[, brand, price])"),
+    catalog_map: list[str] = typer.Option([], "--catalog-map", help="catalog column=your column, e.g. "
+                                          "--catalog-map item_id=product_id (repeatable; overrides [catalog])"),
     max_rejected_share: float = typer.Option(0.05, min=0.0, max=1.0,
                                              help="fail (commit nothing) above this share of rule-breaking rows"),
     encoding: str = typer.Option("auto", help="auto (UTF-8, else Latin-1) or a codec name"),
@@ -123,15 +125,16 @@ def ingest(
         if mapping is not None:
             raw_map = tomllib.loads(mapping.read_text())
         mp = ColumnMapping.from_toml_dict(raw_map)
-        columns = dict(mp.columns)
-        for item in map_:
-            if "=" not in item:
-                _fail(f"--map expects contract=column, got '{item}'")
-            k_, v_ = item.split("=", 1)
-            columns[k_.strip()] = v_.strip()
+        columns, catalog_columns = dict(mp.columns), dict(mp.catalog)
+        for flag, pairs, target in (("--map", map_, columns), ("--catalog-map", catalog_map, catalog_columns)):
+            for item in pairs:
+                if "=" not in item:
+                    _fail(f"{flag} expects contract=column, got '{item}'")
+                k_, v_ = item.split("=", 1)
+                target[k_.strip()] = v_.strip()
         overrides = {k_: v_ for k_, v_ in (("event_type", event_type), ("ts_unit", ts_unit),
                                             ("timezone", timezone)) if v_ is not None}
-        mp = ColumnMapping(**{**mp.model_dump(), "columns": columns, **overrides})
+        mp = ColumnMapping(**{**mp.model_dump(), "columns": columns, "catalog": catalog_columns, **overrides})
         params = IngestParams(source=kind, input=str(input or ""), data_dir=str(out) if out else None, mapping=mp,
                               catalog=str(catalog) if catalog else None, max_rejected_share=max_rejected_share,
                               encoding=encoding, delimiter=delimiter, chunk_rows=chunk_rows, pseudonymise=pseudonymise,
