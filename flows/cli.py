@@ -171,7 +171,9 @@ def train(
     gate_margin: float = typer.Option(0.0, help="the lower CI bound of challenger-champion must exceed this"),
     promote: bool = typer.Option(True, help="move the champion alias if the gate passes"),
     experiment: str = typer.Option("recsys", help="MLflow experiment"),
-    model_name: str = typer.Option("recsys", help="registered model name"),
+    model_name: str = typer.Option("recsys", "--model-name", "--registered-model",
+                                   help="registered model name (one per data set: the gate never compares "
+                                        "models of different data sets)"),
     k: int = typer.Option(10, min=1, max=200, help="list length for metrics@k"),
     eval_max_users: int = typer.Option(20_000, min=0, help="evaluation and the gate score a seeded sample of at "
                                                           "most this many test-window users (0: all)"),
