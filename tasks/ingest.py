@@ -341,8 +341,8 @@ class _StoreKeys:
         out = np.zeros(len(events), dtype=bool)
         if not len(events) or not self.root.exists():
             return out
-        for day, rows in events.groupby(events[S.TS].dt.strftime("%Y-%m-%d").to_numpy(), sort=False).indices.items():
-            out[rows] = is_known(keys[rows], self._day(str(day)))
+        for day, rows in events.groupby(events[S.TS].dt.floor("D").to_numpy(), sort=False).indices.items():
+            out[rows] = is_known(keys[rows], self._day(f"{pd.Timestamp(day):%Y-%m-%d}"))
         return out
 
 
