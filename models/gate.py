@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,8 @@ class GateDecision:
     ci_high: float | None
     n_users: int
     guardrails: tuple[GuardrailResult, ...] = ()
+    # what was compared on which window: comparison, window_start/end, test_start/end, *_train_end (ISO text)
+    lineage: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -423,6 +423,11 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
                   "users_in_window": w.n_window if w else 0,
                   "new_users_scored": int(w.new_mask.sum()) if w else 0,
                   "latency_users": len(w.latency_users) if w else 0}
+        decision = replace(decision, lineage={
+            "comparison": seen["comparison"], "window_start": report["window"]["start"],
+            "window_end": report["window"]["end"], "test_start": _ts(split.label_end), "test_end": _ts(split.test_end),
+            "challenger_train_end": report["challenger_train_end"], "champion_train_end": report["champion_train_end"]})
+        report["lineage"] = decision.lineage
         gate_metrics = {f"gate.{k_}": v for k_, v in decision.as_dict().items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
         gate_metrics["gate.promoted"] = float(promoted)

@@ -65,6 +65,15 @@ def test_a_backfill_after_a_newer_champion_writes_no_cross_window_numbers(champi
     assert report["window"]["start"] is None
     md = open(client.download_artifacts(row["run_id"], "gate_report.md")).read()
     assert "training end (exclusive): challenger 2026-01-19" in md and "window scored: none" in md
+    # the Prefect artifact of that train run says the same
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as c:
+        arts = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-summary"])))
+    mine = [a.data for a in arts if f"version {row['version']}  " in a.data and f"`{NAME}`" in a.data]
+    assert len(mine) == 1 and "**Window scored:** none (no fair window)" in mine[0]
+    assert "trained until: challenger 2026-01-19" in mine[0] and "champion 2026-02-02" in mine[0]
 
 
 def test_an_overlapping_window_is_cut_to_start_after_both_training_ends(champion):
