@@ -17,6 +17,11 @@ A mapping file (TOML) looks like
     event_type = "purchase"     # constant event type when the file has no such column
     ts_unit = "ms"              # numeric epoch timestamps: s, ms, us or ns
     timezone = "UTC"            # zone of naive timestamps
+
+    [catalog]            # optional: contract catalog column = column in your catalogue file
+    item_id = "product_id"
+    title = "description"
+    category = "department"     # also brand, price, created_at
 """
 
 from __future__ import annotations
@@ -51,12 +56,17 @@ class ColumnMapping(BaseModel):
     event_type: str | None = Field(None, description="constant event type for every row")
     ts_unit: Literal["s", "ms", "us", "ns"] | None = Field(None, description="numeric epoch timestamps")
     timezone: str = Field("UTC", description="zone of naive timestamps")
+    catalog: dict[str, str] = Field(default_factory=dict, description="contract catalog column -> catalogue column")
 
     @model_validator(mode="after")
     def _check(self) -> "ColumnMapping":
         unknown = set(self.columns) - set(MAPPABLE)
         if unknown:
             raise ValueError(f"mapping names unknown contract column(s) {sorted(unknown)}; known: {list(MAPPABLE)}")
+        unknown = set(self.catalog) - set(S.CATALOG_COLUMNS)
+        if unknown:
+            raise ValueError(f"[catalog] mapping names unknown catalog column(s) {sorted(unknown)}; "
+                             f"known: {list(S.CATALOG_COLUMNS)}")
         bad = {v for v in [*self.event_types.values(), self.event_type] if v is not None} - set(S.EVENT_TYPES)
         if bad:
             raise ValueError(f"mapping uses unknown event type(s) {sorted(bad)}; known: {list(S.EVENT_TYPES)}")
@@ -65,10 +75,12 @@ class ColumnMapping(BaseModel):
     @classmethod
     def from_toml_dict(cls, data: dict) -> "ColumnMapping":
         options = data.get("options", {})
-        extra = set(data) - {"columns", "event_types", "options"}
+        extra = set(data) - {"columns", "event_types", "options", "catalog"}
         if extra:
-            raise ValueError(f"mapping file: unknown section(s) {sorted(extra)}; use [columns], [event_types], [options]")
-        return cls(columns=data.get("columns", {}), event_types=data.get("event_types", {}), **options)
+            raise ValueError(f"mapping file: unknown section(s) {sorted(extra)}; use [columns], [event_types], "
+                             "[options], [catalog]")
+        return cls(columns=data.get("columns", {}), event_types=data.get("event_types", {}),
+                   catalog=data.get("catalog", {}), **options)
 
     def source_column(self, contract_col: str) -> str | None:
         """The input column for a contract column (the same name when not mapped)."""
@@ -129,6 +141,22 @@ def map_columns(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> pd.Da
     if SOURCE_ROW in raw:
         out[SOURCE_ROW] = raw[SOURCE_ROW]
     return out
+
+
+def map_catalog(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> pd.DataFrame:
+    """Catalogue columns renamed to the contract by the [catalog] mapping; one SchemaError naming the file and
+    every missing required column (as the contract and as the mapping expects it) when any is absent."""
+    wanted = {c: mapping.catalog.get(c, c) for c in S.CATALOG_COLUMNS}
+    missing = [c for c in S.REQUIRED_CATALOG_COLUMNS if wanted[c] not in raw.columns]
+    mapped_missing = [src for c, src in mapping.catalog.items() if c not in S.REQUIRED_CATALOG_COLUMNS
+                      and src not in raw.columns]
+    if missing or mapped_missing:
+        named = [c if wanted[c] == c else f"{c} (mapped from '{wanted[c]}')" for c in missing] + mapped_missing
+        raise SchemaError(f"{source}: catalog lacks required column(s) {named}; found {list(raw.columns)[:20]}; "
+                          "map yours with a [catalog] section in --mapping or --catalog-map item_id=<column>")
+    renamed = raw.rename(columns={src: c for c, src in wanted.items() if src != c and src in raw.columns})
+    # keep contract columns plus any extra ones the file has (never two columns of one name)
+    return renamed.loc[:, ~renamed.columns.duplicated()]
 
 
 def to_utc(values: pd.Series, unit: str | None, timezone: str) -> pd.Series:

@@ -31,3 +31,10 @@ EVENT_COLUMNS = (USER_ID, ITEM_ID, EVENT_TYPE, TS, SESSION_ID, QUERY, QUANTITY, 
 REQUIRED_EVENT_COLUMNS = (USER_ID, ITEM_ID, EVENT_TYPE, TS)
 CATALOG_COLUMNS = (ITEM_ID, TITLE, CATEGORY, BRAND, PRICE, CREATED_AT)
 REQUIRED_CATALOG_COLUMNS = (ITEM_ID, TITLE, CATEGORY)
+
+# the id contract, shared by ingest validation, training and the service (serving/app.py): an id is
+# stripped and NFC-normalised, at most MAX_ID_LENGTH characters, with no control characters (NUL included)
+MAX_ID_LENGTH = 128
+ID_NORMAL_FORM = "NFC"
+# Unicode categories Cc: C0 controls (NUL..US), DEL and the C1 controls
+ID_FORBIDDEN_PATTERN = r"[\x00-\x1f\x7f-\x9f]"

@@ -11,6 +11,8 @@ rather than naming rows, so parse failures become per-row flags that the schema 
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +27,8 @@ REJECT_RULE = "reject_rule"
 
 # rule names in the order they are checked (a row is reported under the first one it breaks)
 EMPTY_USER_ID = "empty_user_id"
+ID_TOO_LONG = "id_too_long"
+ID_CONTROL_CHARACTER = "id_control_character"
 UNKNOWN_EVENT_TYPE = "unknown_event_type"
 UNPARSEABLE_TIMESTAMP = "unparseable_timestamp"
 TIMESTAMP_IN_FUTURE = "timestamp_in_future"
@@ -34,12 +38,14 @@ NON_POSITIVE_QUANTITY = "non_positive_quantity"
 NON_NUMERIC_PRICE = "non_numeric_price"
 NON_POSITIVE_PRICE = "non_positive_price"
 DUPLICATE = "duplicate"
-RULES = (EMPTY_USER_ID, UNKNOWN_EVENT_TYPE, UNPARSEABLE_TIMESTAMP, TIMESTAMP_IN_FUTURE, EMPTY_ITEM_ID,
-         NON_NUMERIC_QUANTITY, NON_POSITIVE_QUANTITY, NON_NUMERIC_PRICE, NON_POSITIVE_PRICE, DUPLICATE)
+RULES = (EMPTY_USER_ID, ID_TOO_LONG, ID_CONTROL_CHARACTER, UNKNOWN_EVENT_TYPE, UNPARSEABLE_TIMESTAMP,
+         TIMESTAMP_IN_FUTURE, EMPTY_ITEM_ID, NON_NUMERIC_QUANTITY, NON_POSITIVE_QUANTITY, NON_NUMERIC_PRICE, NON_POSITIVE_PRICE, DUPLICATE)
 
 # normalisation flags the schema checks (never leave this module)
 _BAD_QTY = "_bad_quantity"
 _BAD_PRICE = "_bad_price"
+_BAD_ID_LENGTH = "_bad_id_length"
+_BAD_ID_CHARS = "_bad_id_chars"
 # columns that make two events the same event
 DUPLICATE_KEY = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.TS, S.SESSION_ID, S.QUANTITY, S.PRICE)
 
@@ -68,6 +74,37 @@ def _clean_str(values: pd.Series) -> pd.Series:
     return out.mask(out == "")
 
 
+_FORBIDDEN = re.compile(S.ID_FORBIDDEN_PATTERN)
+
+
+def normalise_ids(values: pd.Series) -> pd.Series:
+    """The id contract's normal form: text, stripped, NFC; empty -> null (ingest, training, service)."""
+    out = _clean_str(values)
+    ascii_ = out.str.isascii().fillna(True).astype(bool)
+    if not ascii_.all():  # NFC only changes non-ASCII text; skipping ASCII keeps this cheap
+        out = out.where(ascii_, out.str.normalize(S.ID_NORMAL_FORM))
+    return out
+
+
+def id_rule_violations(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(too long, has a control character) per normalised id; nulls break neither."""
+    too_long = (values.str.len() > S.MAX_ID_LENGTH).fillna(False).astype(bool)
+    control = values.str.contains(S.ID_FORBIDDEN_PATTERN, regex=True).fillna(False).astype(bool)
+    return too_long, control
+
+
+def id_problem(value: str) -> str | None:
+    """Why one id breaks the contract (None when it is fine), for single ids such as a request's."""
+    norm = unicodedata.normalize(S.ID_NORMAL_FORM, value.strip())
+    if not norm:
+        return "empty id"
+    if len(norm) > S.MAX_ID_LENGTH:
+        return f"id longer than {S.MAX_ID_LENGTH} characters"
+    if _FORBIDDEN.search(norm):
+        return "id contains a control character"
+    return None
+
+
 def _numbers(frame: pd.DataFrame, col: str) -> tuple[pd.Series, pd.Series]:
     """(numeric values, flag: a value was given but is not a number)."""
     if col not in frame:
@@ -83,8 +120,8 @@ def _numbers(frame: pd.DataFrame, col: str) -> tuple[pd.Series, pd.Series]:
 def normalise_events(events: pd.DataFrame) -> pd.DataFrame:
     """Contract dtypes for every contract column (missing optional ones become null) + parse flags."""
     out = pd.DataFrame(index=events.index)
-    out[S.USER_ID] = _clean_str(events[S.USER_ID])
-    out[S.ITEM_ID] = _clean_str(events[S.ITEM_ID])
+    out[S.USER_ID] = normalise_ids(events[S.USER_ID])
+    out[S.ITEM_ID] = normalise_ids(events[S.ITEM_ID])
     out[S.EVENT_TYPE] = _clean_str(events[S.EVENT_TYPE]).str.lower()
     out[S.TS] = parse_timestamps(events[S.TS])
     for col in (S.SESSION_ID, S.QUERY):
@@ -95,6 +132,9 @@ def normalise_events(events: pd.DataFrame) -> pd.DataFrame:
     out[_BAD_QTY] = out[_BAD_QTY] | ~whole
     out[S.QUANTITY] = qty.where(whole).round().astype("Int64")
     out[S.PRICE], out[_BAD_PRICE] = _numbers(events, S.PRICE)
+    user_long, user_ctrl = id_rule_violations(out[S.USER_ID])
+    item_long, item_ctrl = id_rule_violations(out[S.ITEM_ID])
+    out[_BAD_ID_LENGTH], out[_BAD_ID_CHARS] = user_long | item_long, user_ctrl | item_ctrl
     return out
 
 
@@ -110,6 +150,9 @@ def row_checks(now: pd.Timestamp, future_tolerance: pd.Timedelta) -> list[tuple[
 
     return [
         (EMPTY_USER_ID, lambda d: d[S.USER_ID].notna()),
+        # both ids: the contract of features.schema.MAX_ID_LENGTH / ID_FORBIDDEN_PATTERN
+        (ID_TOO_LONG, lambda d: ~d[_BAD_ID_LENGTH]),
+        (ID_CONTROL_CHARACTER, lambda d: ~d[_BAD_ID_CHARS]),
         (UNKNOWN_EVENT_TYPE, lambda d: flag(d[S.EVENT_TYPE].isin(S.EVENT_TYPES))),
         (UNPARSEABLE_TIMESTAMP, lambda d: d[S.TS].notna()),
         (TIMESTAMP_IN_FUTURE, lambda d: ~flag(d[S.TS] > limit)),
@@ -127,7 +170,8 @@ def event_schema(now: pd.Timestamp, future_tolerance: pd.Timedelta) -> pa.DataFr
     return pa.DataFrameSchema(
         {S.USER_ID: pa.Column("string", nullable=True), S.EVENT_TYPE: pa.Column("string", nullable=True),
          S.TS: pa.Column("datetime64[us, UTC]", nullable=True), S.ITEM_ID: pa.Column("string", nullable=True),
-         _BAD_QTY: pa.Column(bool), _BAD_PRICE: pa.Column(bool)},
+         _BAD_QTY: pa.Column(bool), _BAD_PRICE: pa.Column(bool),
+         _BAD_ID_LENGTH: pa.Column(bool), _BAD_ID_CHARS: pa.Column(bool)},
         checks=[pa.Check(fn, name=rule, ignore_na=False) for rule, fn in row_checks(now, future_tolerance)],
         strict=False, coerce=False)
 
@@ -178,8 +222,34 @@ def merge_keys(seen: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 
 def event_keys(valid: pd.DataFrame) -> np.ndarray:
-    """A 64-bit hash per event over DUPLICATE_KEY, to find duplicates across chunks of one file."""
-    return pd.util.hash_pandas_object(valid[list(DUPLICATE_KEY)], index=False).to_numpy(dtype=np.uint64)
+    """A 64-bit content hash per event over DUPLICATE_KEY, independent of how the event was stored or
+    exported (column order, dtype: object or string text, Int64 or float quantity, ts unit): the same
+    event read back from the event store or from any re-export of a file gets the same key."""
+    n = len(valid)
+
+    def text(col: str) -> np.ndarray:
+        if col not in valid:
+            return np.full(n, "", dtype=object)
+        return valid[col].astype("string").fillna("").to_numpy(dtype=object)
+
+    def number(col: str) -> np.ndarray:
+        if col not in valid:
+            return np.full(n, np.nan)
+        return pd.to_numeric(valid[col], errors="coerce").astype("float64").to_numpy()
+
+    ts = pd.to_datetime(valid[S.TS], utc=True).dt.tz_convert(None).to_numpy(dtype="datetime64[us]").view("int64")
+    canonical = pd.DataFrame({S.USER_ID: text(S.USER_ID), S.ITEM_ID: text(S.ITEM_ID), S.EVENT_TYPE: text(S.EVENT_TYPE),
+                              S.TS: ts, S.SESSION_ID: text(S.SESSION_ID), S.QUANTITY: number(S.QUANTITY),
+                              S.PRICE: number(S.PRICE)}, columns=list(DUPLICATE_KEY))
+    return pd.util.hash_pandas_object(canonical, index=False).to_numpy(dtype=np.uint64)
+
+
+def is_known(keys: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Which of `keys` are in the sorted array `known`."""
+    if not len(known) or not len(keys):
+        return np.zeros(len(keys), dtype=bool)
+    at = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+    return known[at] == keys
 
 
 def split_valid_rows(events: pd.DataFrame, now: pd.Timestamp,
@@ -211,9 +281,7 @@ def split_valid_rows(events: pd.DataFrame, now: pd.Timestamp,
         rule.loc[np.unique(dup["pos"].to_numpy())] = DUPLICATE
     ok = rule.isna().to_numpy()
     if seen_keys is not None and len(seen_keys) and ok.any():
-        keys = event_keys(frame.loc[ok])
-        at = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
-        again = seen_keys[at] == keys
+        again = is_known(event_keys(frame.loc[ok]), seen_keys)
         rule.loc[positions[ok][again]] = DUPLICATE
         ok = rule.isna().to_numpy()
     rejected = events.loc[~ok].copy()

@@ -91,6 +91,8 @@ def ingest(
     ts_unit: Optional[str] = typer.Option(None, help="numeric epoch timestamps: s, ms, us or ns"),
     timezone: Optional[str] = typer.Option(None, help="zone of naive timestamps (default UTC)"),
     catalog: Optional[Path] = typer.Option(None, help="catalog file (item_id, title, category[, brand, price])"),
+    catalog_map: list[str] = typer.Option([], "--catalog-map", help="catalog column=your column, e.g. "
+                                          "--catalog-map item_id=product_id (repeatable; overrides [catalog])"),
     max_rejected_share: float = typer.Option(0.05, min=0.0, max=1.0,
                                              help="fail (commit nothing) above this share of rule-breaking rows"),
     encoding: str = typer.Option("auto", help="auto (UTF-8, else Latin-1) or a codec name"),
@@ -123,15 +125,16 @@ def ingest(
         if mapping is not None:
             raw_map = tomllib.loads(mapping.read_text())
         mp = ColumnMapping.from_toml_dict(raw_map)
-        columns = dict(mp.columns)
-        for item in map_:
-            if "=" not in item:
-                _fail(f"--map expects contract=column, got '{item}'")
-            k_, v_ = item.split("=", 1)
-            columns[k_.strip()] = v_.strip()
+        columns, catalog_columns = dict(mp.columns), dict(mp.catalog)
+        for flag, pairs, target in (("--map", map_, columns), ("--catalog-map", catalog_map, catalog_columns)):
+            for item in pairs:
+                if "=" not in item:
+                    _fail(f"{flag} expects contract=column, got '{item}'")
+                k_, v_ = item.split("=", 1)
+                target[k_.strip()] = v_.strip()
         overrides = {k_: v_ for k_, v_ in (("event_type", event_type), ("ts_unit", ts_unit),
                                             ("timezone", timezone)) if v_ is not None}
-        mp = ColumnMapping(**{**mp.model_dump(), "columns": columns, **overrides})
+        mp = ColumnMapping(**{**mp.model_dump(), "columns": columns, "catalog": catalog_columns, **overrides})
         params = IngestParams(source=kind, input=str(input or ""), data_dir=str(out) if out else None, mapping=mp,
                               catalog=str(catalog) if catalog else None, max_rejected_share=max_rejected_share,
                               encoding=encoding, delimiter=delimiter, chunk_rows=chunk_rows, pseudonymise=pseudonymise,
@@ -197,7 +200,9 @@ def train(
     gate_margin: float = typer.Option(0.0, help="the lower CI bound of challenger-champion must exceed this"),
     promote: bool = typer.Option(True, help="move the champion alias if the gate passes"),
     experiment: str = typer.Option("recsys", help="MLflow experiment"),
-    model_name: str = typer.Option("recsys", help="registered model name"),
+    model_name: str = typer.Option("recsys", "--model-name", "--registered-model",
+                                   help="registered model name (one per data set: the gate never compares "
+                                        "models of different data sets)"),
     k: int = typer.Option(10, min=1, max=200, help="list length for metrics@k"),
     eval_max_users: int = typer.Option(20_000, min=0, help="evaluation and the gate score a seeded sample of at "
                                                           "most this many test-window users (0: all)"),

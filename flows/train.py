@@ -7,8 +7,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from models.config import TrainConfig
-from tasks.training import (evaluate_model, finish_run, load_data, log_results, metric_table, promotion_gate,
-                            register_model, split_data, start_run, train_model)
+from tasks.training import (check_data_identity, evaluate_model, finish_run, load_data, log_results, metric_table,
+                            promotion_gate, register_model, split_data, start_run, train_model)
 from tasks.reporting import publish_summary
 
 
@@ -18,12 +18,13 @@ def train(config: TrainConfig = TrainConfig()) -> dict:
     baselines, log to MLflow, register the model and let the promotion gate decide on `champion`."""
     data = load_data(config)
     split = split_data(data.events, config.split)
+    lineage = check_data_identity(config, data, split)  # another data set's champion: fail before training
     run_id = start_run(config, split, data, flow_run.id, flow_run.ui_url)
     try:
         rec, ranker = train_model(data, split, config)
         evaluation = evaluate_model(rec, data, split, config.k, config.evaluation)
         log_results(run_id, rec, ranker, evaluation, config.k, data, split)
-        version = register_model(run_id, rec, evaluation, config, split)
+        version = register_model(run_id, rec, evaluation, config, split, lineage)
         decision = promotion_gate(run_id, version, data, split, config)
     except BaseException as exc:
         finish_run(run_id, exc)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+import pandas as pd
+
+from features.lineage import Lineage, sketch_similarity
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,9 @@ class GateParams:
     max_latency_ratio: float | None = 2.0  # challenger p95 / champion p95 ...
     latency_slack_ms: float = 5.0  # ... only vetoes when the gap also exceeds this (timer noise)
     latency_users: int = 100  # fixed sample of users timed one call each
+    # data identity: a challenger whose catalogue shares less than this (estimated Jaccard of item ids) with
+    # the champion's, or whose event store has another name, is of another data set and never compared
+    min_catalog_overlap: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -29,13 +35,15 @@ class GateDecision:
     promote: bool
     reason: str
     metric: str
-    challenger: float
+    challenger: float | None
     champion: float | None
     diff: float | None
     ci_low: float | None
     ci_high: float | None
     n_users: int
     guardrails: tuple[GuardrailResult, ...] = ()
+    # what was compared on which window: comparison, window_start/end, test_start/end, *_train_end (ISO text)
+    lineage: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +69,44 @@ class GuardrailResult:
     champion: float | None
     limit: float | None
     detail: str
+
+
+NO_FAIR_WINDOW = "no fair window"
+
+
+def fair_window(test_start: pd.Timestamp, test_end: pd.Timestamp, challenger_train_end: pd.Timestamp | None,
+                champion_train_end: pd.Timestamp | None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The window both models may be scored on: from the later of the test window's start and both models'
+    training ends, to the end of the data; None when that leaves nothing (a backfill against a newer
+    champion, a champion trained on the challenger's whole test window)."""
+    start = max([test_start] + [t for t in (challenger_train_end, champion_train_end) if t is not None])
+    return (start, test_end) if start < test_end else None
+
+
+def no_fair_window(params: GateParams, champion: str, test_start: pd.Timestamp, test_end: pd.Timestamp,
+                   champion_train_end: pd.Timestamp | None) -> GateDecision:
+    """Keep the champion without a comparison: no champion score, no difference, nothing to report as one."""
+    reason = (f"{NO_FAIR_WINDOW}: champion v{champion} was trained on events until {_day(champion_train_end)}, "
+              f"the challenger's test window {_day(test_start)} .. {_day(test_end)} has no day after both "
+              "training ends; not compared, kept champion (re-gate it once newer data exists)")
+    return GateDecision(False, reason, params.metric, None, None, None, None, None, 0)
+
+
+def data_identity_mismatch(challenger: Lineage, champion: Lineage, min_overlap: float) -> str | None:
+    """Why the two models were trained on different data sets (None when they may be compared). A side that
+    did not record its identity (registered before lineage tags) is not judged."""
+    if challenger.dataset and champion.dataset and challenger.dataset != champion.dataset:
+        return f"event store '{challenger.dataset}' is not the champion's '{champion.dataset}'"
+    if challenger.catalog_sketch and champion.catalog_sketch:
+        overlap = sketch_similarity(challenger.catalog_sketch, champion.catalog_sketch)
+        if overlap < min_overlap:
+            return (f"its catalogue ({challenger.catalog_items} items) shares ~{overlap:.0%} of item ids with the "
+                    f"champion's ({champion.catalog_items} items), under the {min_overlap:.0%} minimum")
+    return None
+
+
+def _day(ts: pd.Timestamp | None) -> str:
+    return "unknown" if ts is None else f"{pd.Timestamp(ts):%Y-%m-%d %H:%M}".removesuffix(" 00:00")
 
 
 def paired_bootstrap_ci(diff: np.ndarray, confidence: float, n_bootstrap: int, seed: int) -> tuple[float, float]:

@@ -35,6 +35,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from features.schema import MAX_ID_LENGTH  # the id contract shared with ingest and training
 from serving.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from serving.metrics import MetricsResponse, ServiceMetrics
 from serving.model_state import LoadFailure, describe_lookup_error, public_text, retry_delay_s
@@ -43,7 +44,6 @@ from serving.schemas import (Health, ItemList, Ready, SearchItemList, SessionIte
 
 log = logging.getLogger("recsys.serving")
 
-MAX_ID_LENGTH = 128
 MAX_K = 100
 MAX_QUERY_LENGTH = 256
 MAX_SESSION_EVENTS = 50

@@ -1,11 +1,14 @@
 """Ingest I/O: read a raw file (CSV / CSV.gz / Parquet, streamed in chunks), map/transform it, validate
 it, quarantine rejected rows, stage day partitions, then commit them into the event store.
 
-Idempotency: every partition file written for an input is named `src-<digest>-c<chunk>.parquet`,
-where digest is the SHA-256 of the input file's bytes. Committing first removes the files an earlier
-ingest of the same bytes wrote, then moves the staged ones in (each move is an atomic rename), so
-re-ingesting a file replaces its events and a new file adds new partitions. A run that fails (bad
-file, too many rejected rows) leaves the event store untouched. Raw inputs are only ever read.
+Idempotency is by event content, not by file bytes: every valid row's content key (features.validation.
+event_keys: user, item, type, ts, session, quantity, price after normalisation) is looked up in the
+keys of the store's day partition it falls in; rows already stored are counted (`already stored`) and
+not staged. So the same events in any byte form (CRLF, other column order, a re-export, the synthetic
+generator run twice) add nothing, and rows read = accepted + quarantined + already stored (+ rows the
+source adapter excluded). Partition files are named `src-<digest>-<stamp>-c<chunk>.parquet` (digest of
+the input bytes, a unique stamp per ingest), moved in by atomic renames. A run that fails (bad file,
+too many rejected rows) leaves the event store untouched. Raw inputs are only ever read.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,11 +34,12 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 
 from features import schema as S
-from features.mapping import IngestParams, SourceKind, map_columns, pseudonymise
+from features.mapping import IngestParams, SourceKind, map_catalog, map_columns, pseudonymise
 from features.online_retail import (ADAPTER_RULES, CUSTOMER, STRING_COLUMNS, customer_ids, check_raw,
                                     transform_online_retail)
 from features.synthetic import SyntheticParams
-from features.validation import (REJECT_RULE, RULES, SOURCE_ROW, SchemaError, event_keys, merge_keys, sorted_unique,
+from features.validation import (DUPLICATE_KEY, REJECT_RULE, RULES, SOURCE_ROW, SchemaError, event_keys,
+                                 id_rule_violations, is_known, merge_keys, normalise_ids, sorted_unique,
                                  split_valid_rows)
 from tasks import tracking
 from tasks.data import write_catalog, write_day_partition, write_synthetic_dataset
@@ -213,8 +218,15 @@ def preflight(params: IngestParams) -> InputInfo | None:
             map_columns(head, params.mapping, str(info.path))
         except SchemaError as exc:
             raise IngestError(str(exc)) from None
-    if params.catalog:
-        inspect_input(params.catalog, params.encoding, None)
+    if params.catalog:  # the catalogue's columns too, before any event is staged
+        cat_info = inspect_input(params.catalog, params.encoding, None)
+        cat_head = next(iter_chunks(cat_info, 1000), None)
+        if cat_head is None or not len(cat_head):
+            raise IngestError(f"{cat_info.path}: a header but no catalogue rows")
+        try:
+            map_catalog(cat_head.drop(columns=[SOURCE_ROW]), params.mapping, str(cat_info.path))
+        except SchemaError as exc:
+            raise IngestError(str(exc)) from None
     return info
 
 
@@ -309,6 +321,31 @@ class _Profile:
                 "event_types": self.types}
 
 
+class _StoreKeys:
+    """Content keys of the events already in the store, read per day partition on first use (an event's
+    day partition is the UTC day of its ts, so a stored copy can only be in that one partition)."""
+
+    def __init__(self, base: Path):
+        self.root = events_dir(base)
+        self.days: dict[str, np.ndarray] = {}
+
+    def _day(self, day: str) -> np.ndarray:
+        if day not in self.days:
+            files = sorted((self.root / f"{S.DAY}={day}").glob("*.parquet"))
+            keys = [event_keys(pq.read_table(f, columns=list(DUPLICATE_KEY)).to_pandas()) for f in files]
+            self.days[day] = sorted_unique(np.concatenate(keys)) if keys else np.empty(0, dtype=np.uint64)
+        return self.days[day]
+
+    def known(self, events: pd.DataFrame, keys: np.ndarray) -> np.ndarray:
+        """Which rows of `events` (with their `event_keys`) the store already holds."""
+        out = np.zeros(len(events), dtype=bool)
+        if not len(events) or not self.root.exists():
+            return out
+        for day, rows in events.groupby(events[S.TS].dt.floor("D").to_numpy(), sort=False).indices.items():
+            out[rows] = is_known(keys[rows], self._day(f"{pd.Timestamp(day):%Y-%m-%d}"))
+        return out
+
+
 @dataclass
 class StagedIngest:
     """What a staged (not yet committed) ingest produced: small, passed between tasks."""
@@ -320,7 +357,8 @@ class StagedIngest:
     staging_dir: str
     rows_read: int = 0
     rows_validated: int = 0  # rows that reached contract validation
-    accepted: int = 0
+    accepted: int = 0  # new events staged (not in the store yet)
+    already_stored: int = 0  # valid rows whose event (by content) the store already holds
     adapter_counts: dict[str, int] = field(default_factory=dict)
     validation_counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[dict]] = field(default_factory=dict)
@@ -340,7 +378,7 @@ class StagedIngest:
 
     def summary(self) -> dict:
         return {"source": self.source, "input": self.input, "digest": self.digest, "data_dir": self.data_dir,
-                "rows_read": self.rows_read, "accepted": self.accepted,
+                "rows_read": self.rows_read, "accepted": self.accepted, "already_stored": self.already_stored,
                 "excluded_by_adapter": self.adapter_counts, "rejected_by_validation": self.validation_counts,
                 "rejected_share": round(self.rejected_share, 6), "quarantine_file": self.quarantine_file,
                 "catalog_items": self.catalog_items, "days": len(self.days), "profile": self.profile,
@@ -363,12 +401,12 @@ def _add_examples(target: dict[str, list[dict]], rejected: pd.DataFrame, limit: 
                          for k, v in rec.items() if k != REJECT_RULE})
 
 
-def _stage_events(valid: pd.DataFrame, staging: Path, digest: str, chunk: int, days: set[str]) -> None:
+def _stage_events(valid: pd.DataFrame, staging: Path, prefix: str, chunk: int, days: set[str]) -> None:
     if not len(valid):
         return
     day = valid[S.TS].dt.floor("D")
     for d, part in valid.groupby(day, sort=True):
-        write_day_partition(part, staging, pd.Timestamp(d), part=f"src-{digest}-c{chunk:05d}")
+        write_day_partition(part, staging, pd.Timestamp(d), part=f"{prefix}-c{chunk:05d}")
         days.add(f"{pd.Timestamp(d):%Y-%m-%d}")
 
 
@@ -406,6 +444,7 @@ def stage_input(params: IngestParams) -> StagedIngest:
     shutil.rmtree(staging, ignore_errors=True)
     staged = StagedIngest(params.source.value, str(info.path), info.digest, str(base), str(staging),
                           encoding=info.encoding, delimiter=info.delimiter if info.kind == "csv" else "")
+    store, part = _StoreKeys(base), f"src-{info.digest}-{uuid.uuid4().hex[:8]}"
     quarantine = _Quarantine(base, name, str(info.path))
     profile, days = _Profile(), set()
     now, tol = _now(), pd.Timedelta(hours=params.future_tolerance_hours)
@@ -420,15 +459,21 @@ def stage_input(params: IngestParams) -> StagedIngest:
             if raw is not None and len(rejected):  # quarantine the row as it was in the file
                 rejected = raw.loc[rejected.index].assign(**{REJECT_RULE: rejected[REJECT_RULE]})
             staged.rows_validated += len(events)
+            n_stored = 0
             if len(valid):
-                seen = merge_keys(seen, event_keys(valid))
+                keys = event_keys(valid)
+                seen = merge_keys(seen, keys)
+                stored = store.known(valid, keys)
+                n_stored = int(stored.sum())
+                staged.already_stored += n_stored
+                valid = valid.loc[~stored]
             _add_counts(staged.validation_counts, rejected)
             _add_examples(staged.examples, rejected)
             quarantine.add(rejected, "validation")
             staged.accepted += len(valid)
             profile.add(valid)
-            _stage_events(valid, staging, info.digest, c, days)
-            _logger().info("chunk %d: %d rows, %d accepted", c, len(events), len(valid))
+            _stage_events(valid, staging, part, c, days)
+            _logger().info("chunk %d: %d rows, %d new, %d already stored", c, len(events), len(valid), n_stored)
     except BaseException:
         quarantine.close()
         shutil.rmtree(staging, ignore_errors=True)
@@ -483,14 +528,18 @@ def _stage_catalog(params: IngestParams, staging: Path, base: Path) -> tuple[str
     if params.catalog:
         info = inspect_input(params.catalog, params.encoding, None)
         catalog = pd.concat(list(iter_chunks(info, 1_000_000)), ignore_index=True).drop(columns=[SOURCE_ROW])
-        missing = [c for c in S.REQUIRED_CATALOG_COLUMNS if c not in catalog]
-        if missing:
-            raise IngestError(f"{info.path}: catalog lacks required column(s) {missing}; found {list(catalog.columns)}")
-        catalog[S.ITEM_ID] = catalog[S.ITEM_ID].astype("string").str.strip()
-        bad = catalog[S.ITEM_ID].isna() | (catalog[S.ITEM_ID] == "")
-        if bad.any():
-            raise IngestError(f"{info.path}: {int(bad.sum())} catalog row(s) without item_id, "
-                              f"e.g. row {int(np.flatnonzero(bad.to_numpy())[0])}")
+        try:
+            catalog = map_catalog(catalog, params.mapping, str(info.path))
+        except SchemaError as exc:
+            raise IngestError(str(exc)) from None
+        catalog[S.ITEM_ID] = normalise_ids(catalog[S.ITEM_ID])  # the same id contract as the events
+        too_long, control = id_rule_violations(catalog[S.ITEM_ID])
+        for bad, what in ((catalog[S.ITEM_ID].isna(), "without item_id"),
+                          (too_long, f"with an item_id over {S.MAX_ID_LENGTH} characters"),
+                          (control, "with a control character in item_id")):
+            if bad.any():
+                raise IngestError(f"{info.path}: {int(bad.sum())} catalog row(s) {what}, "
+                                  f"e.g. row {int(np.flatnonzero(bad.to_numpy())[0])}")
         if S.PRICE in catalog:
             catalog[S.PRICE] = pd.to_numeric(catalog[S.PRICE], errors="coerce")
         catalog = catalog.drop_duplicates(S.ITEM_ID, keep="last")
@@ -519,13 +568,23 @@ def _stage_synthetic(params: IngestParams, base: Path) -> StagedIngest:
     shutil.rmtree(staging, ignore_errors=True)
     summary = write_synthetic_dataset(staging, sp)
     staged = StagedIngest("synthetic", f"synthetic:{sp}", digest, str(base), str(staging),
-                          rows_read=summary["events"], rows_validated=summary["events"], accepted=summary["events"])
-    profile, days = _Profile(), set()
+                          rows_read=summary["events"], rows_validated=summary["events"])
+    profile, days, store = _Profile(), set(), _StoreKeys(base)
+    part = f"src-{digest}-{uuid.uuid4().hex[:8]}-c00000.parquet"
     for f in sorted(events_dir(staging).glob("day=*/part-0.parquet")):
         ev = pd.read_parquet(f)
+        stored = store.known(ev, event_keys(ev))
+        staged.already_stored += int(stored.sum())
+        if stored.all():  # the generator already wrote this day into the store (`recsys generate`)
+            f.unlink()
+            continue
+        if stored.any():
+            ev = ev.loc[~stored]
+            write_day_partition(ev, staging, pd.Timestamp(f.parent.name.split("=", 1)[1], tz="UTC"))
+        staged.accepted += len(ev)
         profile.add(ev)
         days.add(f.parent.name.split("=", 1)[1])
-        f.replace(f.with_name(f"src-{digest}-c00000.parquet"))
+        f.replace(f.with_name(part))
     staged.profile, staged.days = profile.as_dict(), sorted(days)
     staged.catalog_file, staged.catalog_items = str(catalog_path(staging)), params.items
     return staged
@@ -550,15 +609,9 @@ def check_rejected_share(staged: StagedIngest, max_share: float) -> None:
 
 @task(name="commit-events")
 def commit_staged(staged: StagedIngest) -> dict:
-    """Replace the events an earlier ingest of the same input wrote, move the staged partitions in,
-    merge the catalog; returns what the store now holds."""
+    """Move the staged partitions (new events only) in, merge the catalog; returns what the store now holds."""
     base, staging = Path(staged.data_dir), Path(staged.staging_dir)
     target = events_dir(base)
-    removed = 0
-    if target.exists():
-        for old in target.glob(f"day=*/src-{staged.digest}-*.parquet"):
-            old.unlink()
-            removed += 1
     moved = 0
     for f in sorted(events_dir(staging).glob("day=*/*.parquet")):
         dest = target / f.parent.name / f.name
@@ -579,7 +632,7 @@ def commit_staged(staged: StagedIngest) -> dict:
     _cleanup_staging_root(base)
     store_files = list(target.glob("day=*/*.parquet"))
     store_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in store_files)
-    return {"files_written": moved, "files_replaced": removed, "store_rows": store_rows,
+    return {"files_written": moved, "store_rows": store_rows,
             "store_days": len({f.parent.name for f in store_files})}
 
 
@@ -608,6 +661,7 @@ def log_ingest(params: IngestParams, staged: StagedIngest, store: dict | None, e
                                      "delimiter": staged.delimiter, "pseudonymise": params.pseudonymise,
                                      "future_tolerance_hours": params.future_tolerance_hours})
         metrics = {"ingest.rows_read": staged.rows_read, "ingest.accepted": staged.accepted,
+                   "ingest.already_stored": staged.already_stored,
                    "ingest.rejected_share": staged.rejected_share, "ingest.stage_seconds": staged.seconds,
                    **{f"ingest.excluded.{k}": v for k, v in staged.adapter_counts.items()},
                    **{f"ingest.rejected.{k}": v for k, v in staged.validation_counts.items()},
@@ -629,8 +683,10 @@ __all__ = ["IngestError", "inspect_input", "preflight", "iter_chunks", "stage_in
 
 def format_summary(summary: dict) -> str:
     """The run summary the CLI prints: counts per rule, where the rejected rows are, the profile."""
-    lines = [f"ingested {summary['input']} ({summary['source']}): {summary['rows_read']:,} rows read, "
-             f"{summary['accepted']:,} events accepted into {summary['data_dir']}"]
+    quarantined = sum(summary["rejected_by_validation"].values()) + sum(summary["excluded_by_adapter"].values())
+    lines = [f"ingested {summary['input']} ({summary['source']}) into {summary['data_dir']}: "
+             f"{summary['rows_read']:,} rows read: {summary['accepted']:,} new, "
+             f"{summary.get('already_stored', 0):,} already stored, {quarantined:,} quarantined"]
     for title, counts in (("excluded by the source adapter", summary["excluded_by_adapter"]),
                           ("rejected by contract validation", summary["rejected_by_validation"])):
         if counts:
@@ -646,7 +702,7 @@ def format_summary(summary: dict) -> str:
     store = summary.get("store") or {}
     if store:
         lines.append(f"  event store: {store['store_rows']:,} events in {store['store_days']} day partitions "
-                     f"({store['files_written']} files written, {store['files_replaced']} replaced); "
+                     f"({store['files_written']} files written); "
                      f"catalog items from this input: {summary['catalog_items']:,}")
     if summary.get("mlflow_run_id"):
         lines.append(f"  MLflow run {summary['mlflow_run_id']}")

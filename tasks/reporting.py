@@ -85,6 +85,13 @@ def summary_markdown(title: str, run_id: str | None, metrics: dict[str, float] |
                          f"{gate.get('champion') if gate.get('champion') is not None else 'none'}; "
                          f"CI of the difference [{gate['ci_low']:+.4f}, {gate['ci_high']:+.4f}] "
                          f"over {gate.get('n_users')} users  ")
+        lin = gate.get("lineage") or {}
+        if lin:
+            scored = (f"{lin['window_start']} .. {lin['window_end']}" if lin.get("window_start")
+                      else f"none ({lin.get('comparison')})")
+            lines.append(f"**Window scored:** {scored}; challenger's test window {lin.get('test_start')} .. "
+                         f"{lin.get('test_end')}; trained until: challenger {lin.get('challenger_train_end')}, "
+                         f"champion {lin.get('champion_train_end') or 'n/a'}  ")
     if metrics:
         lines += ["", "## Metrics (same test window)", "", _metric_table_md(metrics, k)]
     return "\n".join(lines) + "\n"

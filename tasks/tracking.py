@@ -231,6 +231,10 @@ def load_recommender(name: str, version: str) -> TwoStageRecommender:
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().recommender
 
 
+def version_tags(name: str, version: str) -> dict[str, str]:
+    return dict(client().get_model_version(name, version).tags)
+
+
 def set_version_tags(name: str, version: str, tags: dict) -> None:
     c = client()
     for k, v in tags.items():

@@ -15,11 +15,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from features import schema as S
+from features.lineage import Lineage
 from features.split import Split, SplitParams, temporal_split, window
 from models.config import TrainConfig
 from models.evaluation import Evaluation, EvaluationParams, data_profile, evaluate, evaluation_truth, score_users
-from models.gate import (GateDecision, GuardrailMeasures, decide_promotion, decide_with_guardrails,  # noqa: F401
-                         latency_p95_ms)
+from models.gate import (NO_FAIR_WINDOW, GateDecision, GateParams, GuardrailMeasures, data_identity_mismatch,
+                         decide_promotion, decide_with_guardrails, fair_window, latency_p95_ms,  # noqa: F401
+                         no_fair_window)
 from models.metrics import catalog_coverage, per_user_metrics
 from models.ranker import RankerResult
 from models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
@@ -38,6 +40,7 @@ class LoadedData:
     catalog: pd.DataFrame
     digest: str
     rejected: dict[str, int]
+    data_dir: str = ""
 
 
 def _logger():
@@ -59,7 +62,32 @@ def load_data(config: TrainConfig) -> LoadedData:
     catalog = read_catalog(base)
     _logger().info("loaded %d events (%d rejected), %d catalog items from %s",
                    len(events), sum(rejected.values()), len(catalog), base)
-    return LoadedData(events, catalog, dataset_digest(events), rejected)
+    return LoadedData(events, catalog, dataset_digest(events), rejected, str(base))
+
+
+class DataIdentityError(ValueError):
+    """This run's data is another data set than the champion's: it must not be gated against it."""
+
+
+def data_identity_message(name: str, champion: str, why: str, dataset: str | None) -> str:
+    suggestion = f"{name}-{dataset}" if dataset else f"{name}-<data set>"
+    return (f"this data is not the data set of champion v{champion} of registered model '{name}': {why}; a model "
+            f"of another data set is never gated against it: give it its own registered model, e.g. "
+            f"--registered-model {suggestion}")
+
+
+@task(name="check-data-identity", cache_policy=NO_CACHE)
+def check_data_identity(config: TrainConfig, data: LoadedData, split: Split) -> Lineage:
+    """This run's lineage (data identity + training end); fails in one line, before any training, when the
+    registered model's champion was trained on another data set."""
+    lineage = Lineage.of(data.data_dir or data_dir(), data.catalog[S.ITEM_ID], split.label_end)
+    champion = tracking.alias_version(config.registered_model, tracking.CHAMPION)
+    if champion is not None:
+        champ = Lineage.from_tags(tracking.version_tags(config.registered_model, champion))
+        why = data_identity_mismatch(lineage, champ, config.gate.min_catalog_overlap)
+        if why:
+            raise DataIdentityError(data_identity_message(config.registered_model, champion, why, lineage.dataset))
+    return lineage
 
 
 # NO_CACHE on tasks that take the events or the model: Prefect's default policy hashes every input
@@ -221,11 +249,15 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
 
 @task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def register_model(run_id: str, rec: TwoStageRecommender, evaluation: Evaluation, config: TrainConfig,
-                   split: Split) -> str:
+                   split: Split, lineage: Lineage | None = None) -> str:
+    """Log and register the model; the version records its lineage (data identity, training end)."""
     model_uri = tracking.log_model(run_id, rec, evaluation.user_ids or rec.data.users.ids[:3].tolist(), config.k)
+    lineage_tags = lineage.as_tags() if lineage is not None else {}
+    if lineage_tags:
+        tracking.log_tags(run_id, lineage_tags)
     version = tracking.register(model_uri, config.registered_model, run_id,
                                 {"train_cutoff": f"{split.label_end:%Y-%m-%d}",
-                                 "test_end": f"{split.test_end:%Y-%m-%d}"})
+                                 "test_end": f"{split.test_end:%Y-%m-%d}", **lineage_tags})
     _logger().info("registered %s version %s", config.registered_model, version)
     return version
 
@@ -262,54 +294,109 @@ def _latencies(models: list[TwoStageRecommender], user_ids: list[str], k: int) -
 
 def gate_report_markdown(report: dict) -> str:
     verdict = "PROMOTED" if report["promoted"] else "NOT PROMOTED"
+    w = report["window"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    scored = (f"{w.get('start')} .. {w.get('end')} ({report['n_users']} of the window's {report['users_in_window']} "
+              "users scored, both models on the same users)" if w.get("start") else "none: not compared")
     lines = [f"# Promotion gate: {verdict}", "",
              f"**Reason:** {report['reason']}", "",
              f"- model: `{report['model']}`, challenger v{report['challenger_version']}, "
              f"champion before: {('v' + report['champion_version']) if report['champion_version'] else 'none'}",
-             f"- window: {report['window'].get('label_end')} .. {report['window'].get('test_end')} "
-             f"({report['n_users']} of the window's {report['users_in_window']} users scored, both models on "
-             "the same users)",
-             f"- primary metric `{report['metric']}`: challenger {report['challenger']:.4f}"
+             f"- training end (exclusive): challenger {report.get('challenger_train_end') or 'unknown'}, champion "
+             f"{report.get('champion_train_end') or ('n/a' if not report['champion_version'] else 'unknown')}",
+             f"- challenger's test window: {w.get('label_end')} .. {w.get('test_end')}",
+             f"- window scored: {scored}",
+             f"- comparison: {report.get('comparison', 'compared')}",
+             f"- primary metric `{report['metric']}`: challenger {fmt(report.get('challenger'))}"
              + (f", champion {report['champion']:.4f}, diff {report['diff']:+.4f}, "
                 f"CI [{report['ci_low']:+.4f}, {report['ci_high']:+.4f}], margin {report['margin']:+.4f}"
-                if report.get("champion") is not None else ""), "",
-             "| guardrail | passed | challenger | champion | limit | detail |", "|---|---|---|---|---|---|"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+                if report.get("champion") is not None else ""), ""]
+    if report.get("guardrails"):
+        lines += ["| guardrail | passed | challenger | champion | limit | detail |", "|---|---|---|---|---|---|"]
     for g in report.get("guardrails", []):
         lines.append(f"| {g['name']} | {'yes' if g['passed'] else '**VETO**'} | {fmt(g['challenger'])} | "
                      f"{fmt(g['champion'])} | {fmt(g['limit'])} | {g['detail']} |")
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class _GateWindow:
+    """One scoring window of the gate: its users, what they bought, who is new, the challenger's scores."""
+    start: pd.Timestamp
+    end: pd.Timestamp
+    user_ids: list[str]
+    relevant: list[set]
+    new_mask: np.ndarray
+    n_window: int
+    latency_users: list[str]
+    challenger: _Scored | None = None
+
+
+def _gate_window(data: LoadedData, start: pd.Timestamp, end: pd.Timestamp, config: TrainConfig) -> _GateWindow:
+    truth, n_window = evaluation_truth(window(data.events, start, end), config.evaluation)
+    user_ids, relevant = truth.index.astype(str).tolist(), truth.tolist()
+    seen_before = pd.Index(data.events.loc[data.events[S.TS] < start, S.USER_ID].unique()).astype(str)
+    new_mask = ~pd.Index(user_ids).isin(seen_before)
+    latency_users = user_ids[:config.gate.latency_users] or [str(u) for u in data.events[S.USER_ID].head(5)]
+    return _GateWindow(start, end, user_ids, relevant, new_mask, n_window, latency_users)
+
+
+def _ts(value: pd.Timestamp | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 # tag: a Prefect tag concurrency limit `promotion-gate` = 1 (scripts/prefect_up.sh) serialises gates across
 # runs and machines, on top of the file lock below
 @task(name="promotion-gate", tags=["promotion-gate"], cache_policy=NO_CACHE)
 def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, config: TrainConfig) -> GateDecision:
-    """Champion and challenger, both loaded from the registry, scored on the same newest window: primary
-    metric by paired bootstrap, then guardrails (coverage, new users, latency) that can veto. The decision
-    is serialized (gate lock + compare-and-set of the alias) and recorded in a `gate` child run, on the
-    parent run and on both model versions."""
+    """Champion and challenger, both loaded from the registry, scored on the same users of a fair window: it
+    starts at or after both models' training ends (no model is scored on events it learnt from); without such
+    a window, or when the champion was trained on another data set, they are not compared and the champion
+    stays. Otherwise: primary metric by paired bootstrap, then guardrails (coverage, new users, latency) that
+    can veto. The decision is serialized (gate lock + compare-and-set of the alias) and recorded in a `gate`
+    child run, on the parent run and on both model versions."""
     name, metric, params = config.registered_model, config.gate.metric, config.gate
-    test = window(data.events, split.label_end, split.test_end)
-    truth, n_window = evaluation_truth(test, config.evaluation)
-    user_ids, relevant = truth.index.astype(str).tolist(), truth.tolist()
-    seen_before = pd.Index(data.events.loc[data.events[S.TS] < split.label_end, S.USER_ID].unique()).astype(str)
-    new_mask = ~pd.Index(user_ids).isin(seen_before)
-    latency_users = user_ids[:params.latency_users] or [str(u) for u in data.events[S.USER_ID].head(5)]
+    chal_lineage = Lineage.from_tags(tracking.version_tags(name, version))
+    windows: dict[pd.Timestamp, _GateWindow] = {}
+    seen: dict = {}
 
     with tracking.child_run(run_id, "gate", {"gate.challenger_version": version}) as gate_run:
         challenger_rec = tracking.load_recommender(name, version)
         n_items = challenger_rec.data.n_items  # the newest catalog: one denominator for both models
-        chal = _score(challenger_rec, user_ids, relevant, new_mask, config.k, n_items)
-        if metric not in chal.per_user:
-            raise ValueError(f"gate metric '{metric}' is not one of {sorted(chal.per_user)}")
+
+        def scored_window(start: pd.Timestamp) -> _GateWindow:
+            if start not in windows:
+                w = _gate_window(data, start, split.test_end, config)
+                w.challenger = _score(challenger_rec, w.user_ids, w.relevant, w.new_mask, config.k, n_items)
+                if metric not in w.challenger.per_user:
+                    raise ValueError(f"gate metric '{metric}' is not one of {sorted(w.challenger.per_user)}")
+                windows[start] = w
+            return windows[start]
 
         def decide(champion: str | None):
-            champ, champ_rec = None, None
-            if champion is not None and champion != version:
+            champ_lineage = (Lineage.from_tags(tracking.version_tags(name, champion))
+                             if champion is not None and champion != version else None)
+            seen.update(champion_lineage=champ_lineage, window=None, comparison="compared")
+            if champ_lineage is not None:
+                why = data_identity_mismatch(chal_lineage, champ_lineage, params.min_catalog_overlap)
+                if why:
+                    seen["comparison"] = "different data set"
+                    reason = (f"different data set, not compared: "
+                              f"{data_identity_message(name, champion, why, chal_lineage.dataset)}; kept champion")
+                    return False, reason, GateDecision(False, reason, metric, None, None, None, None, None, 0)
+            span = fair_window(split.label_end, split.test_end, chal_lineage.train_end,
+                               champ_lineage.train_end if champ_lineage else None)
+            if span is None and champ_lineage is not None:
+                seen["comparison"] = NO_FAIR_WINDOW
+                decision = no_fair_window(params, champion, split.label_end, split.test_end, champ_lineage.train_end)
+                return False, decision.reason, decision
+            w = scored_window(span[0] if span else split.label_end)
+            seen["window"] = w
+            chal, champ, champ_rec = w.challenger, None, None
+            if champ_lineage is not None:
                 champ_rec = tracking.load_recommender(name, champion)
-                champ = _score(champ_rec, user_ids, relevant, new_mask, config.k, n_items)
-            lat = _latencies([challenger_rec] + ([champ_rec] if champ_rec is not None else []), latency_users,
+                champ = _score(champ_rec, w.user_ids, w.relevant, w.new_mask, config.k, n_items)
+            lat = _latencies([challenger_rec] + ([champ_rec] if champ_rec is not None else []), w.latency_users,
                              config.k)
             chal_m = GuardrailMeasures(chal.coverage, chal.new_user_ndcg, latency_p95_ms(lat[0]))
             champ_m = GuardrailMeasures(champ.coverage, champ.new_user_ndcg, latency_p95_ms(lat[1])) if champ else None
@@ -321,11 +408,26 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
             return promoted, decision.reason, replace(decision, promote=promoted)
 
         champion, promoted, decision = tracking.gate_and_promote(name, version, decide)
+        w: _GateWindow | None = seen["window"]
+        champ_lineage: Lineage | None = seen["champion_lineage"]
+        compared = seen["comparison"] == "compared"
         report = {**decision.as_dict(), "model": name, "champion_version": champion, "challenger_version": version,
                   "promoted": promoted, "margin": params.margin, "params": asdict(params),
-                  "window": {k_: str(v) for k_, v in split.as_dict().items()},
-                  "users_in_window": n_window,
-                  "new_users_scored": int(new_mask.sum()), "latency_users": len(latency_users)}
+                  "comparison": seen["comparison"],
+                  "challenger_train_end": _ts(chal_lineage.train_end),
+                  "champion_train_end": _ts(champ_lineage.train_end) if champ_lineage else None,
+                  "challenger_data": chal_lineage.identity,
+                  "champion_data": champ_lineage.identity if champ_lineage else None,
+                  "window": {**{k_: str(v) for k_, v in split.as_dict().items()},
+                             "start": _ts(w.start) if w else None, "end": _ts(w.end) if w else None},
+                  "users_in_window": w.n_window if w else 0,
+                  "new_users_scored": int(w.new_mask.sum()) if w else 0,
+                  "latency_users": len(w.latency_users) if w else 0}
+        decision = replace(decision, lineage={
+            "comparison": seen["comparison"], "window_start": report["window"]["start"],
+            "window_end": report["window"]["end"], "test_start": _ts(split.label_end), "test_end": _ts(split.test_end),
+            "challenger_train_end": report["challenger_train_end"], "champion_train_end": report["champion_train_end"]})
+        report["lineage"] = decision.lineage
         gate_metrics = {f"gate.{k_}": v for k_, v in decision.as_dict().items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
         gate_metrics["gate.promoted"] = float(promoted)
@@ -334,8 +436,10 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
                 if getattr(g, side) is not None:
                     gate_metrics[f"gate.guardrail.{g.name}.{side}"] = getattr(g, side)
             gate_metrics[f"gate.guardrail.{g.name}.passed"] = float(g.passed)
-        gate_tags = {"gate.decision": "promoted" if promoted else "rejected", "gate.reason": decision.reason,
+        outcome = ("promoted" if promoted else "rejected") if compared else seen["comparison"].replace(" ", "_")
+        gate_tags = {"gate.decision": outcome, "gate.reason": decision.reason, "gate.comparison": seen["comparison"],
                      "gate.champion_version": champion or "none", "gate.challenger_version": version,
+                     "gate.window": f"{w.start.isoformat()}..{w.end.isoformat()}" if w else "none",
                      "gate.vetoed_by": ",".join(decision.vetoed_by) or "none"}
         md = gate_report_markdown(report)
         fig = plots.gate_figure(report)
@@ -350,11 +454,14 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
         # the outcome in the name, so the runs table reads "... -> v3 champion" / "... -> v4 kept v3"
         base = tracking.run_name(run_id).split(" -> ")[0]
         tracking.rename_run(run_id, f"{base} -> v{version} " + (
-            "champion" if promoted else f"rejected (champion v{champion})" if champion else "not promoted"))
+            "champion" if promoted else f"{seen['comparison']} (champion v{champion})" if not compared
+            else f"rejected (champion v{champion})" if champion else "not promoted"))
         tracking.set_version_tags(name, version, {"gate.decision": gate_tags["gate.decision"],
                                                   "gate.reason": decision.reason[:5000], "gate.run_id": gate_run,
-                                                  "gate.vs_champion": champion or "none"})
-        if champion is not None and champion != version:
+                                                  "gate.window": gate_tags["gate.window"],
+                                                  "gate.vs_champion": (champion or "none") if compared else "none"})
+        # only a real comparison is written on the champion: no `vs` numbers from an unfair window
+        if compared and champion is not None and champion != version:
             tracking.set_version_tags(name, champion, {f"gate.vs_v{version}": "replaced" if promoted else "kept",
                                                        f"gate.vs_v{version}.reason": decision.reason[:5000]})
     _logger().info("gate: %s", decision.reason)
@@ -374,8 +481,8 @@ def metric_table(metrics: dict[str, float], k: int) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["load_data", "split_data", "train_model", "evaluate_model", "start_run", "log_results",
-           "register_model", "promotion_gate", "metric_table"]
+__all__ = ["load_data", "split_data", "check_data_identity", "train_model", "evaluate_model", "start_run",
+           "log_results", "register_model", "promotion_gate", "metric_table"]
 
 
 def finish_run(run_id: str, error: BaseException | None = None) -> None:

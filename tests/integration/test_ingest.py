@@ -157,7 +157,7 @@ def test_reingesting_is_idempotent_and_a_new_day_appends(tmp_path, recsys_home):
     first = ingest(params=params(day1, data))
     again = ingest(params=params(day1, data, chunk_rows=7))  # other chunking, same events
     assert first["store"]["store_rows"] == again["store"]["store_rows"] == store_rows(data) == 20
-    assert again["store"]["files_replaced"] == first["store"]["files_written"]
+    assert again["accepted"] == 0 and again["already_stored"] == 20 and again["store"]["files_written"] == 0
     day2 = write(tmp_path / "day2.csv", HEADER + good_lines("2026-01-06", 11))
     third = ingest(params=params(day2, data))
     assert store_rows(data) == 31 and third["store"]["store_days"] == 2
@@ -241,6 +241,7 @@ def test_synthetic_source_goes_through_the_same_store_idempotently(tmp_path, rec
     first = ingest(params=p)
     again = ingest(params=p)
     assert first["accepted"] > 0 and store_rows(data) == first["accepted"] == again["store"]["store_rows"]
+    assert again["accepted"] == 0 and again["already_stored"] == first["accepted"]
     assert first["store"]["store_days"] == 3 and len(pd.read_parquet(data / "catalog.parquet")) == 40
     assert first["profile"]["users"] <= 60 and first["profile"]["items"] <= 40
 
