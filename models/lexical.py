@@ -3,7 +3,8 @@
 Why these libraries: `bm25s` is a maintained, numpy/scipy-only BM25 whose index is a sparse matrix of
 precomputed term scores (a query is one column sum, ~0.1 ms on a few thousand items), saved as plain
 .npy/.json files (no pickle); PyStemmer (Snowball) maps "bags"/"bag" and "lamps"/"lamp" to one term;
-`rapidfuzz` finds the vocabulary word within a small edit distance of an unknown query word
+`rapidfuzz` finds the vocabulary word within a small edit distance (optimal string alignment: a swap of
+neighbouring letters is one edit) of an unknown query word
 ("bakpack" -> "backpack") in microseconds. Item text = title + category + brand.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import Stemmer
 from rapidfuzz import process
-from rapidfuzz.distance import Levenshtein
+from rapidfuzz.distance import OSA
 
 _TOKEN = re.compile(r"(?u)\b\w+\b")
 _STOPWORDS = frozenset(bm25s.stopwords.STOPWORDS_EN)
@@ -79,7 +80,7 @@ class LexicalIndex:
         words = self.analyzer.words(query)
         for word, stem in zip(words, self.analyzer.stems(words)):
             if stem not in vocab and max_typo_distance(word) > 0:
-                hit = process.extractOne(word, self.words, scorer=Levenshtein.distance,
+                hit = process.extractOne(word, self.words, scorer=OSA.distance,
                                          score_cutoff=max_typo_distance(word))
                 stem = self.analyzer.stems([hit[0]])[0] if hit is not None else stem
             if stem in vocab and vocab[stem] not in out:

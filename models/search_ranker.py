@@ -25,6 +25,7 @@ from features.interactions import InteractionData
 from features.ranking_features import LABEL_OF_EVENT, PAIR_FEATURES, pair_features
 from models.lexical import LexicalIndex
 from models.ranker import RankerParams, RankerResult, train_ranker
+from models.semantic import load_encoder, why_not
 
 QUERY_FEATURES = ("q_bm25", "q_bm25_rel", "q_bm25_rank", "q_n_terms", "q_match_title", "q_match_category",
                   "q_match_brand", "q_emb_sim", "q_sem_rank", "q_cat_affinity")
@@ -185,7 +186,7 @@ class SearchModel:
         self.best_iteration = best_iteration
         self.embeddings = embeddings  # [n_items, d] unit rows, or None
         self.encoder = encoder  # models.semantic.Encoder, or None (lexical only)
-        self.semantic_note = "item embeddings not computed (install the [semantic] extra)"
+        self.semantic_note = f"no item embeddings: {why_not() or 'trained without the [semantic] extra'}"
 
     @property
     def semantic(self) -> bool:
@@ -274,8 +275,11 @@ class SearchModel:
         booster = lgb.Booster(model_file=str(directory / "ranker.txt")) if (directory / "ranker.txt").exists() else None
         emb_path = directory / "item_embeddings.npy"
         embeddings = np.load(emb_path).astype(np.float32) if emb_path.exists() else None
+        encoder = load_encoder() if embeddings is not None else None
         model = cls(LexicalIndex.load(directory / "lexical"), np.asarray(meta["item_categories"], dtype=object),
-                    CategoryAffinity.from_dict(meta["affinity"]), params, booster, None, embeddings)
+                    CategoryAffinity.from_dict(meta["affinity"]), params, booster, None, embeddings, encoder)
+        if embeddings is not None and encoder is None:
+            model.semantic_note = f"item embeddings stored, but {why_not()}"
         return model
 
 
@@ -350,15 +354,15 @@ def ranking_groups(model: SearchModel, data: InteractionData, sessions: SearchSe
     return SearchGroups(x, np.concatenate(ys), np.array([len(y) for y in ys], dtype=np.int64))
 
 
-def fit_search_ranker(model: SearchModel, data: InteractionData, sessions: SearchSessions) -> RankerResult:
+def fit_search_ranker(model: SearchModel, data: InteractionData, sessions: SearchSessions) -> RankerResult | None:
     """LambdaRank on `sessions` (features from `data`, the state before them); a random share of the
-    searches validates (early stopping)."""
+    searches validates (early stopping). None when no search has a clicked candidate."""
     p = model.params.ranker
     is_val = np.random.default_rng(p.seed).random(len(sessions)) < p.validation_share
     train = ranking_groups(model, data, sessions.take(~is_val))
     val = ranking_groups(model, data, sessions.take(is_val))
     if len(train.groups) == 0:
-        raise ValueError("no search session has a clicked item among its candidates: nothing to learn from")
+        return None  # no search with a clicked candidate (e.g. a store without logged searches)
     return train_ranker(train.x, train.y, train.groups, val.x, val.y, val.groups, list(SEARCH_FEATURES), p)
 
 
@@ -394,10 +398,11 @@ def evaluate_search(rank_fn, data: InteractionData, sessions: SearchSessions, k:
 
 def train_search_model(events: pd.DataFrame, catalog: pd.DataFrame, data_train: InteractionData,
                        data_final: InteractionData, train_end, label_end, params: SearchRankerParams,
-                       encoder=None) -> tuple[SearchModel, RankerResult]:
+                       encoder=None) -> tuple[SearchModel, RankerResult | None]:
     """Learn from the searches of [train_end, label_end) with features from the state at `train_end`
     (category affinity from the searches before it); the returned model serves the state at `label_end`
-    (affinity from every search before `label_end`) with the learned ranker."""
+    (affinity from every search before `label_end`) with the learned ranker. Without a search to learn
+    from, the model keeps the unlearned order (BM25, fused with semantic candidates when available)."""
     sessions = search_sessions(events)
     final = build_search_model(data_final, catalog, sessions.between(None, label_end), params, encoder)
     same_items = np.array_equal(data_train.items.ids, data_final.items.ids)
@@ -406,5 +411,6 @@ def train_search_model(events: pd.DataFrame, catalog: pd.DataFrame, data_train: 
     if same_items:
         learner.embeddings, learner.encoder = final.embeddings, final.encoder
     result = fit_search_ranker(learner, data_train, sessions.between(train_end, label_end))
-    final.booster, final.best_iteration = result.booster, result.best_iteration
+    if result is not None:
+        final.booster, final.best_iteration = result.booster, result.best_iteration
     return final, result

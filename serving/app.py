@@ -206,7 +206,7 @@ def _validation_message(err: dict) -> str:
 def create_app(model_name: str = "recsys", alias: str = "champion", poll_interval_s: float = 30.0,
                impressions_dir: str | None = None, ab_share: float = 0.0,
                challenger_alias: str = "challenger") -> FastAPI:
-    from models.search import search, similar_items
+    from models.search import search, search_status, similar_items
     from models.session import POPULAR, recommend_session, recommend_user
     from serving.impressions import ImpressionLogger
 
@@ -312,7 +312,8 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         return {"model_name": h.name, "alias": h.alias, "version": cur and cur.version,
                 "run_id": cur and cur.run_id,
                 "loaded_at": cur and time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cur.loaded_at)),
-                "last_error": h.last_error, "failed_version": h.failed_version}
+                "last_error": h.last_error, "failed_version": h.failed_version,
+                "search": cur and search_status(cur.recommender)}
 
     @app.get("/version")
     async def version() -> dict:

@@ -15,6 +15,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from features import schema as S
+from features.interactions import build_interaction_data
 from features.split import Split, SplitParams, temporal_split, window
 from models.config import TrainConfig
 from models.evaluation import Evaluation, EvaluationParams, data_profile, evaluate, evaluation_truth, score_users
@@ -22,6 +23,9 @@ from models.gate import (GateDecision, GuardrailMeasures, decide_promotion, deci
                          latency_p95_ms)
 from models.metrics import catalog_coverage, per_user_metrics
 from models.ranker import RankerResult
+from models.search import search_metrics, search_quality
+from models.search_ranker import SearchRankerParams, search_sessions, train_search_model
+from models.semantic import load_encoder
 from models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
 from tasks import caching, plots, tracking
 from tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
@@ -80,7 +84,17 @@ def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
 def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[TwoStageRecommender, RankerResult]:
     rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model)
     _logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
+    rec.search_model, search = train_search(data, split, config, rec)
+    _logger().info("search: %s; ranker %s", rec.search_model.describe()["retrieval"],
+                   f"best iteration {search.best_iteration}" if search else "not trained (no search with a click)")
     return rec, result
+
+
+def train_search(data: LoadedData, split: Split, config: TrainConfig, rec: TwoStageRecommender):
+    """The search model of `rec`: learned on the label window's searches with the state at `train_end`."""
+    data_train = build_interaction_data(data.events, data.catalog, split.train_end, config.model.interactions)
+    return train_search_model(data.events, data.catalog, data_train, rec.data, split.train_end, split.label_end,
+                              SearchRankerParams(), encoder=load_encoder())
 
 
 @task(name="evaluate", cache_key_fn=caching.evaluate_key, persist_result=True, result_storage=caching.RESULTS)
@@ -88,6 +102,7 @@ def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: 
                    params: EvaluationParams = EvaluationParams()) -> Evaluation:
     test = window(data.events, split.label_end, split.test_end)
     result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params)
+    result.metrics.update(search_metrics(search_quality(rec, search_sessions(test), k)))
     _logger().info("test.ndcg_at_%d = %.4f over %d of the window's %d users", k,
                    result.metrics.get(f"test.ndcg_at_{k}", 0.0), len(result.user_ids),
                    int(result.metrics["test.n_users_in_window"]))
@@ -247,6 +262,12 @@ def _score(rec: TwoStageRecommender, user_ids: list[str], relevant: list[set], n
                    float(ndcg[new_mask].mean()) if new_mask.any() else None)
 
 
+def _search_ndcg(rec: TwoStageRecommender, searches) -> float | None:
+    """Mean search NDCG@10 of a model as served on the window's searches (None: no search to score)."""
+    ndcg = search_quality(rec, searches, 10)["ndcg_at_10"]
+    return float(ndcg.mean()) if len(ndcg) else None
+
+
 def _latencies(models: list[TwoStageRecommender], user_ids: list[str], k: int) -> list[np.ndarray]:
     """Seconds per one-user `recommend_ids` call on a fixed sample, models interleaved so load hits both alike."""
     for m in models:  # warm caches / lazy state once
@@ -301,18 +322,22 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
         challenger_rec = tracking.load_recommender(name, version)
         n_items = challenger_rec.data.n_items  # the newest catalog: one denominator for both models
         chal = _score(challenger_rec, user_ids, relevant, new_mask, config.k, n_items)
+        searches = search_sessions(test)
+        chal_search = _search_ndcg(challenger_rec, searches)
         if metric not in chal.per_user:
             raise ValueError(f"gate metric '{metric}' is not one of {sorted(chal.per_user)}")
 
         def decide(champion: str | None):
-            champ, champ_rec = None, None
+            champ, champ_rec, champ_search = None, None, None
             if champion is not None and champion != version:
                 champ_rec = tracking.load_recommender(name, champion)
                 champ = _score(champ_rec, user_ids, relevant, new_mask, config.k, n_items)
+                champ_search = _search_ndcg(champ_rec, searches)
             lat = _latencies([challenger_rec] + ([champ_rec] if champ_rec is not None else []), latency_users,
                              config.k)
-            chal_m = GuardrailMeasures(chal.coverage, chal.new_user_ndcg, latency_p95_ms(lat[0]))
-            champ_m = GuardrailMeasures(champ.coverage, champ.new_user_ndcg, latency_p95_ms(lat[1])) if champ else None
+            chal_m = GuardrailMeasures(chal.coverage, chal.new_user_ndcg, latency_p95_ms(lat[0]), chal_search)
+            champ_m = GuardrailMeasures(champ.coverage, champ.new_user_ndcg, latency_p95_ms(lat[1]),
+                                        champ_search) if champ else None
             decision = decide_with_guardrails(chal.per_user[metric], champ.per_user[metric] if champ else None,
                                               params, chal_m, champ_m)
             promoted = decision.promote and config.promote
