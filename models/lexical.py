@@ -98,8 +98,13 @@ class LexicalIndex:
         out = np.zeros((len(items), len(FIELDS)), dtype=np.float32)
         if len(term_ids) == 0 or len(items) == 0:
             return out
+        # walk the terms' postings (CSC columns) directly: scipy's fancy indexing cost ~5 ms per query
         for j, f in enumerate(FIELDS):
-            out[:, j] = np.asarray(self.fields[f][:, term_ids][items].sum(axis=1)).ravel() / len(term_ids)
+            m = self.fields[f]
+            hits = np.zeros(self.n_items, dtype=np.float32)
+            for t in term_ids:
+                hits[m.indices[m.indptr[t]:m.indptr[t + 1]]] += 1.0
+            out[:, j] = hits[items] / len(term_ids)
         return out
 
     # ---- persistence --------------------------------------------------------------------
