@@ -79,7 +79,7 @@ def run(seed: int, k: int = 10) -> dict:
         t = time.perf_counter()
         per[name] = evaluate_search(fn, data, test, k)
         timing[name] = (time.perf_counter() - t) / max(len(per[name]["mrr"]), 1) * 1000
-    a, d = per["a_bm25"][f"ndcg_at_{k}"], per["d_learned"][f"ndcg_at_{k}"]
+    a, b, d = (per[v][f"ndcg_at_{k}"] for v in ("a_bm25", "b_blend", "d_learned"))
     low, high = paired_bootstrap_ci(d - a, 0.95, 2000, 0)
     out = {
         "data": {"seed": seed, "events": len(events), "searches_train": int(len(sessions.between(split.train_end,
@@ -93,6 +93,8 @@ def run(seed: int, k: int = 10) -> dict:
         "learned_vs_bm25": {"ratio": float(d.mean() / a.mean()), "diff": float((d - a).mean()),
                             "ci95": [low, high], "target_ratio": TARGET,
                             "met": bool(d.mean() >= TARGET * a.mean() and low > 0)},
+        "learned_vs_blend": {"ratio": float(d.mean() / b.mean()), "diff": float((d - b).mean()),
+                             "ci95": list(paired_bootstrap_ci(d - b, 0.95, 2000, 0))},
         "ranker_best_iteration": result.best_iteration if result else None,
         "seconds": {"recommender": round(t_rec, 1), "search_model": round(t_search, 1),
                     "total": round(time.perf_counter() - t0, 1)},
@@ -162,6 +164,9 @@ def table(out: dict, k: int = 10) -> str:
     v = out["learned_vs_bm25"]
     lines.append(f"\n(d)/(a) NDCG@{k} = {v['ratio']:.3f} (target >= {v['target_ratio']}), diff {v['diff']:+.4f}, "
                  f"paired 95% CI [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] -> {'MET' if v['met'] else 'NOT MET'}")
+    b = out["learned_vs_blend"]
+    lines.append(f"(d)/(b) NDCG@{k} = {b['ratio']:.3f}, diff {b['diff']:+.4f}, paired 95% CI "
+                 f"[{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}]")
     dd = out["data"]
     lines.append(f"{dd['searches_scored']} held-out searches ({dd['test_window']}), ranker learnt from "
                  f"{dd['searches_train']} searches of {dd['train_window']}; {dd['events']} events, seed {dd['seed']}")

@@ -110,7 +110,8 @@ def search_quality(rec: TwoStageRecommender, sessions: SearchSessions, k: int = 
 def search_metrics(quality: dict[str, np.ndarray]) -> dict[str, float]:
     """`search.*` means for MLflow (0 searches: only the count)."""
     n = len(next(iter(quality.values()))) if quality else 0
-    return {"search.n_searches": float(n), **({f"search.{m}": float(v.mean()) for m, v in quality.items()} if n else {})}
+    means = {f"search.{m}": float(v.mean()) for m, v in quality.items()} if n else {}
+    return {"search.n_searches": float(n), **means}
 
 
 def blend_search(rec: TwoStageRecommender, index: ServingIndex, query: str, user: int, k: int,

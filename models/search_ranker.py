@@ -193,7 +193,8 @@ class SearchModel:
         return self.embeddings is not None and self.encoder is not None
 
     def describe(self) -> dict:
-        return {"retrieval": "hybrid (bm25 + embeddings, reciprocal rank fusion)" if self.semantic else "lexical (bm25)",
+        hybrid = "hybrid (bm25 + embeddings, reciprocal rank fusion)"
+        return {"retrieval": hybrid if self.semantic else "lexical (bm25)",
                 "ranker": "lambdarank" if self.booster is not None else "none",
                 "semantic": "on" if self.semantic else f"off: {self.semantic_note}"}
 

@@ -1,17 +1,12 @@
 """Learned search end to end: trained by the real training flow, logged (search.*) and registered in MLflow
 with the recommender (one pyfunc, one alias), and served by /search of the service over loopback."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import httpx
 import pytest
 from mlflow import MlflowClient
 
 from tasks.paths import tracking_uri
-from tests.integration.conftest import free_port, start_logged, wait_ready
+from tests.integration.conftest import wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -32,24 +27,6 @@ def test_training_logs_search_metrics_and_registers_the_search_model(first_run):
     assert rec.search_model is not None and rec.search_model.booster is not None
 
 
-@pytest.fixture(scope="module")
-def search_service(first_run, recsys_home, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("search-serve") / "serve.log"
-    proc = start_logged([str(Path(sys.executable).parent / "recsys"), "serve", "--port", str(port),
-                         "--log-level", "warning", "--poll-interval", "0"], log, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{url}/ready", proc)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def ids(url: str, q: str, user: str | None = None, k: int = 10) -> list[str]:
     params = {"q": q, "k": k, **({"user_id": user} if user else {})}
     r = httpx.get(f"{url}/search", params=params)
@@ -57,8 +34,9 @@ def ids(url: str, q: str, user: str | None = None, k: int = 10) -> list[str]:
     return [i["item_id"] for i in r.json()["items"]]
 
 
-def test_search_serves_the_learned_ranker_with_stems_and_typos(search_service):
-    service = search_service
+def test_search_serves_the_learned_ranker_with_stems_and_typos(first_run, service):
+    service, proc = service("--poll-interval", "0")
+    wait_ready(f"{service}/ready", proc)
     version = httpx.get(f"{service}/version").json()
     assert version["search"]["retrieval"].startswith("lexical (bm25)")
     assert version["search"]["ranker"] == "lambdarank"

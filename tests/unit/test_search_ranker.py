@@ -12,8 +12,8 @@ from features.split import SplitParams, temporal_split
 from features.synthetic import SyntheticParams, SyntheticWorld
 from models.gate import GateParams, GuardrailMeasures, check_guardrails
 from models.lexical import LexicalIndex
-from models.search_ranker import (SearchRankerParams, evaluate_search, ranked_metrics, search_sessions,
-                                  train_search_model)
+from models.search_ranker import (SearchModel, SearchRankerParams, build_search_model, evaluate_search,
+                                  ranked_metrics, search_sessions, train_search_model)
 from models.semantic import load_encoder, why_not
 
 TITLES = ["classic leather bag", "red canvas backpack", "grey fabric couch", "modern desk lamp",
@@ -137,8 +137,6 @@ def test_the_same_query_ranks_differently_for_different_shoppers(world):
 def test_search_model_travels_with_the_recommender(world, tmp_path):
     _, _, _, _, data, model, _, test = world
     model.save(tmp_path / "search")
-    from models.search_ranker import SearchModel
-
     back = SearchModel.load(tmp_path / "search")
     for q in test.searches[S.QUERY].head(20):
         np.testing.assert_array_equal(back.rank(data, 3, q)[0], model.rank(data, 3, q)[0])
@@ -158,7 +156,6 @@ def test_no_searches_to_learn_from_keeps_the_unlearned_order(world):
 # ---- semantic ---------------------------------------------------------------------------------
 @pytest.mark.skipif(why_not() is not None, reason=f"semantic extra: {why_not()}")
 def test_a_word_absent_from_every_title_but_close_in_meaning_finds_the_item():
-    from models.search_ranker import SearchModel, build_search_model  # noqa: F401
     titles = ["grey fabric couch", "oak dining table", "steel desk lamp", "leather office chair"]
     cats = ["furniture", "furniture", "lighting", "furniture"]
     data = _TinyData(titles, cats)
