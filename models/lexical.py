@@ -37,6 +37,12 @@ class Analyzer:
     def __init__(self) -> None:
         self._stemmer = Stemmer.Stemmer("english")
 
+    def __getstate__(self) -> dict:  # the Snowball stemmer is a C object: pickled as "make a new one"
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
     def words(self, text: str) -> list[str]:
         return [w for w in _TOKEN.findall(str(text).lower()) if w not in _STOPWORDS]
 

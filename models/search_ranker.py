@@ -188,6 +188,15 @@ class SearchModel:
         self.encoder = encoder  # models.semantic.Encoder, or None (lexical only)
         self.semantic_note = f"no item embeddings: {why_not() or 'trained without the [semantic] extra'}"
 
+    def __getstate__(self) -> dict:  # pickled (Prefect's result cache) without the torch model: reloaded
+        return {**self.__dict__, "encoder": None, "_reload_encoder": self.encoder is not None}
+
+    def __setstate__(self, state: dict) -> None:
+        reload = state.pop("_reload_encoder", False)
+        self.__dict__.update(state)
+        if reload:
+            self.encoder = load_encoder()
+
     @property
     def semantic(self) -> bool:
         return self.embeddings is not None and self.encoder is not None
@@ -206,7 +215,7 @@ class SearchModel:
         emb_all = None
         sem = np.zeros(0, np.int64)
         if semantic and self.semantic:
-            emb_all = self.embeddings @ self.encoder.encode([query])[0]
+            emb_all = self.embeddings @ self.encoder.encode_query(query)
             sem = _top(np.maximum(emb_all, 1e-9), p.semantic_candidates)
         items = np.concatenate([lex, np.setdiff1d(sem, lex)]).astype(np.int64)
         lex_rank = np.full(len(items), np.nan, np.float32)

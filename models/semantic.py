@@ -9,6 +9,7 @@ only the query.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -24,9 +25,16 @@ THREADS_ENV = "RECSYS_SEMANTIC_THREADS"
 class Encoder:
     """Unit-length float32 sentence embeddings, one row per text."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, query_cache: int = 10_000) -> None:
         self.model = model
         self.name = MODEL_NAME
+        # shop queries repeat (a head of popular queries): an LRU of query vectors skips the forward pass
+        self.encode_query = functools.lru_cache(maxsize=query_cache)(self._encode_query)
+
+    def _encode_query(self, query: str) -> np.ndarray:
+        vec = self.encode([query])[0]
+        vec.flags.writeable = False  # shared by every request that hits the cache
+        return vec
 
     def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         out = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,

@@ -164,6 +164,10 @@ def test_a_word_absent_from_every_title_but_close_in_meaning_finds_the_item():
     assert len(model.lexical.term_ids("sofa")) == 0  # no lexical match at all
     assert model.describe()["semantic"] == "on"
     assert model.rank(data, -1, "sofa")[0][0] == 0
+    import pickle
+
+    back = pickle.loads(pickle.dumps(model))  # the torch model is not pickled, but reloaded
+    assert back.describe()["semantic"] == "on" and back.rank(data, -1, "sofa")[0][0] == 0
 
 
 def _no_events() -> pd.DataFrame:
@@ -196,3 +200,14 @@ def test_gate_vetoes_a_drop_in_search_quality():
     none = GuardrailMeasures(0.5, None, 10.0)  # no searches in the window: not checked
     assert "search_ndcg" not in {r.name for r in check_guardrails(none, champ, p)}
     assert "search_ndcg" not in {r.name for r in check_guardrails(worse, champ, GateParams(max_search_ndcg_drop=None))}
+
+
+def test_search_model_pickles_for_the_result_cache(world):
+    """Prefect persists the trained recommender (with its search model) by pickle."""
+    import pickle
+
+    _, _, _, _, data, model, _, test = world
+    back = pickle.loads(pickle.dumps(model))
+    for q in test.searches[S.QUERY].head(10):
+        np.testing.assert_array_equal(back.rank(data, 5, q)[0], model.rank(data, 5, q)[0])
+    assert back.lexical.term_ids("bakpack").tolist() == model.lexical.term_ids("bakpack").tolist()
