@@ -28,6 +28,7 @@ class GateParams:
     # data identity: a challenger whose catalogue shares less than this (estimated Jaccard of item ids) with
     # the champion's, or whose event store has another name, is of another data set and never compared
     min_catalog_overlap: float = 0.5
+    max_search_ndcg_drop: float | None = 0.02  # search.ndcg_at_10 on the window's searches, absolute
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class GuardrailMeasures:
     coverage: float
     new_user_ndcg: float | None  # None when the window has no new users
     p95_latency_ms: float
+    search_ndcg: float | None = None  # search.ndcg_at_10 on the window's searches; None without searches
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,20 @@ def check_guardrails(challenger: GuardrailMeasures, champion: GuardrailMeasures 
                                        f"new-user ndcg {challenger.new_user_ndcg:.4f} vs "
                                        f"{champion.new_user_ndcg:.4f} (drop {drop:+.4f}, limit "
                                        f"{params.max_new_user_ndcg_drop:.4f})"))
+    out.extend(_search_guardrail(challenger, champion, params))
     return tuple(out)
+
+
+def _search_guardrail(challenger: GuardrailMeasures, champion: GuardrailMeasures,
+                      params: GateParams) -> list[GuardrailResult]:
+    """Search quality may not drop more than `max_search_ndcg_drop` (the same searches for both models)."""
+    if params.max_search_ndcg_drop is None or challenger.search_ndcg is None or champion.search_ndcg is None:
+        return []  # switched off, or no search with a click in the window (nothing to compare)
+    drop = champion.search_ndcg - challenger.search_ndcg
+    return [GuardrailResult("search_ndcg", drop <= params.max_search_ndcg_drop, challenger.search_ndcg,
+                            champion.search_ndcg, params.max_search_ndcg_drop,
+                            f"search ndcg@10 {challenger.search_ndcg:.4f} vs {champion.search_ndcg:.4f} "
+                            f"(drop {drop:+.4f}, limit {params.max_search_ndcg_drop:.4f})")]
 
 
 def decide_with_guardrails(challenger: np.ndarray, champion: np.ndarray | None, params: GateParams,

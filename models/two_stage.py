@@ -15,6 +15,7 @@ from features.covisitation import CovisitationParams
 from features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data
 from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
 from models.ranker import RankerParams, RankerResult, train_ranker
+from models.search_ranker import SearchModel
 from models.recall import (ALSParams, ALSSource, Candidates, CovisitationSource, PopularityParams,
                            PopularitySource, RepeatSource, TextSource, TrendingParams, TrendingSource)
 
@@ -152,6 +153,9 @@ class RankingSet:
 
 class TwoStageRecommender:
     """Everything needed to answer `recommend` for a user: feature state, sources, ranker."""
+
+    # the learned search model (models.search_ranker.SearchModel) trained with it, saved in "search/"
+    search_model = None
 
     def __init__(self, data: InteractionData, sources: dict[str, object], params: TwoStageParams,
                  booster: lgb.Booster | None = None, best_iteration: int | None = None):
@@ -349,6 +353,8 @@ class TwoStageRecommender:
         meta = {"params": asdict(self.params), "best_iteration": self.best_iteration,
                 "feature_names": FEATURE_NAMES, "ref_time": self.data.ref_time.isoformat()}
         (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        if self.search_model is not None:
+            self.search_model.save(directory / "search")
 
     @classmethod
     def load(cls, directory: Path) -> "TwoStageRecommender":
@@ -359,7 +365,10 @@ class TwoStageRecommender:
         sources = {"als": ALSSource.load(directory / "als", data, params.als),
                    **non_als_sources(data, params)}
         booster = lgb.Booster(model_file=str(directory / "ranker.txt"))
-        return cls(data, sources, params, booster, None)
+        rec = cls(data, sources, params, booster, None)
+        if (directory / "search").is_dir():
+            rec.search_model = SearchModel.load(directory / "search")
+        return rec
 
 
 def params_from_dict(d: dict) -> TwoStageParams:

@@ -242,7 +242,7 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
                challenger_alias: str = "challenger", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                load_retry_s: float = 60.0, collector_dir: str | None = None,
                state_store: str | None = None, pseudonymise: bool = False) -> FastAPI:
-    from models.search import search, similar_items
+    from models.search import search, search_status, similar_items
     from models.session import POPULAR, recommend_session, recommend_user, session_vector
     from serving.events import attach_events, batch_error_message
     from serving.impressions import ImpressionLogger
@@ -372,7 +372,8 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         return {"model_name": h.name, "alias": h.alias, "version": cur and cur.version,
                 "run_id": cur and cur.run_id,
                 "loaded_at": cur and time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cur.loaded_at)),
-                "last_error": h.last_error, "failed_version": h.failed_version, "retry_in_s": h.retry_in_s()}
+                "last_error": h.last_error, "failed_version": h.failed_version, "retry_in_s": h.retry_in_s(),
+                "search": cur and search_status(cur.recommender)}
 
     @app.get("/version", response_model=VersionInfo, response_model_exclude_unset=True)
     async def version() -> dict:

@@ -56,6 +56,8 @@ class ModelState(BaseModel):
     last_error: str | None = Field(..., description="why the alias's version is not served, if it is not")
     failed_version: str | None = Field(..., description="version that failed to load (retried with backoff)")
     retry_in_s: float | None = Field(None, description="seconds until the failed version is tried again")
+    search: dict[str, str] | None = Field(None, description="how /search answers for this version: retrieval "
+                                                            "(lexical or hybrid), ranker, semantic (on, or why off)")
 
 
 class VersionInfo(ModelState):

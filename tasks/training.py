@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from features import schema as S
 from features.lineage import Lineage
+from features.interactions import build_interaction_data
 from features.split import Split, SplitParams, temporal_split, window
 from models.config import TrainConfig
 from models.evaluation import Evaluation, EvaluationParams, data_profile, evaluate, evaluation_truth, score_users
@@ -24,6 +25,9 @@ from models.gate import (NO_FAIR_WINDOW, GateDecision, GateParams, GuardrailMeas
                          no_fair_window)
 from models.metrics import catalog_coverage, per_user_metrics
 from models.ranker import RankerResult
+from models.search import search_metrics, search_quality
+from models.search_ranker import SearchRankerParams, search_sessions, train_search_model
+from models.semantic import load_encoder
 from models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
 from tasks import caching, plots, tracking
 from tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
@@ -108,7 +112,17 @@ def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
 def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[TwoStageRecommender, RankerResult]:
     rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model)
     _logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
+    rec.search_model, search = train_search(data, split, config, rec)
+    _logger().info("search: %s; ranker %s", rec.search_model.describe()["retrieval"],
+                   f"best iteration {search.best_iteration}" if search else "not trained (no search with a click)")
     return rec, result
+
+
+def train_search(data: LoadedData, split: Split, config: TrainConfig, rec: TwoStageRecommender):
+    """The search model of `rec`: learned on the label window's searches with the state at `train_end`."""
+    data_train = build_interaction_data(data.events, data.catalog, split.train_end, config.model.interactions)
+    return train_search_model(data.events, data.catalog, data_train, rec.data, split.train_end, split.label_end,
+                              SearchRankerParams(), encoder=load_encoder())
 
 
 @task(name="evaluate", cache_key_fn=caching.evaluate_key, persist_result=True, result_storage=caching.RESULTS)
@@ -116,6 +130,7 @@ def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: 
                    params: EvaluationParams = EvaluationParams()) -> Evaluation:
     test = window(data.events, split.label_end, split.test_end)
     result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params)
+    result.metrics.update(search_metrics(search_quality(rec, search_sessions(test), k)))
     _logger().info("test.ndcg_at_%d = %.4f over %d of the window's %d users", k,
                    result.metrics.get(f"test.ndcg_at_{k}", 0.0), len(result.user_ids),
                    int(result.metrics["test.n_users_in_window"]))
@@ -279,6 +294,12 @@ def _score(rec: TwoStageRecommender, user_ids: list[str], relevant: list[set], n
                    float(ndcg[new_mask].mean()) if new_mask.any() else None)
 
 
+def _search_ndcg(rec: TwoStageRecommender, searches) -> float | None:
+    """Mean search NDCG@10 of a model as served on the window's searches (None: no search to score)."""
+    ndcg = search_quality(rec, searches, 10)["ndcg_at_10"]
+    return float(ndcg.mean()) if len(ndcg) else None
+
+
 def _latencies(models: list[TwoStageRecommender], user_ids: list[str], k: int) -> list[np.ndarray]:
     """Seconds per one-user `recommend_ids` call on a fixed sample, models interleaved so load hits both alike."""
     for m in models:  # warm caches / lazy state once
@@ -329,16 +350,19 @@ class _GateWindow:
     new_mask: np.ndarray
     n_window: int
     latency_users: list[str]
+    searches: object  # the window's search sessions (models.search_ranker.SearchSessions)
     challenger: _Scored | None = None
+    challenger_search: float | None = None
 
 
 def _gate_window(data: LoadedData, start: pd.Timestamp, end: pd.Timestamp, config: TrainConfig) -> _GateWindow:
-    truth, n_window = evaluation_truth(window(data.events, start, end), config.evaluation)
+    events = window(data.events, start, end)
+    truth, n_window = evaluation_truth(events, config.evaluation)
     user_ids, relevant = truth.index.astype(str).tolist(), truth.tolist()
     seen_before = pd.Index(data.events.loc[data.events[S.TS] < start, S.USER_ID].unique()).astype(str)
     new_mask = ~pd.Index(user_ids).isin(seen_before)
     latency_users = user_ids[:config.gate.latency_users] or [str(u) for u in data.events[S.USER_ID].head(5)]
-    return _GateWindow(start, end, user_ids, relevant, new_mask, n_window, latency_users)
+    return _GateWindow(start, end, user_ids, relevant, new_mask, n_window, latency_users, search_sessions(events))
 
 
 def _ts(value: pd.Timestamp | None) -> str | None:
@@ -368,6 +392,7 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
             if start not in windows:
                 w = _gate_window(data, start, split.test_end, config)
                 w.challenger = _score(challenger_rec, w.user_ids, w.relevant, w.new_mask, config.k, n_items)
+                w.challenger_search = _search_ndcg(challenger_rec, w.searches)
                 if metric not in w.challenger.per_user:
                     raise ValueError(f"gate metric '{metric}' is not one of {sorted(w.challenger.per_user)}")
                 windows[start] = w
@@ -392,14 +417,16 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
                 return False, decision.reason, decision
             w = scored_window(span[0] if span else split.label_end)
             seen["window"] = w
-            chal, champ, champ_rec = w.challenger, None, None
+            chal, chal_search, champ, champ_rec, champ_search = w.challenger, w.challenger_search, None, None, None
             if champ_lineage is not None:
                 champ_rec = tracking.load_recommender(name, champion)
                 champ = _score(champ_rec, w.user_ids, w.relevant, w.new_mask, config.k, n_items)
+                champ_search = _search_ndcg(champ_rec, w.searches)
             lat = _latencies([challenger_rec] + ([champ_rec] if champ_rec is not None else []), w.latency_users,
                              config.k)
-            chal_m = GuardrailMeasures(chal.coverage, chal.new_user_ndcg, latency_p95_ms(lat[0]))
-            champ_m = GuardrailMeasures(champ.coverage, champ.new_user_ndcg, latency_p95_ms(lat[1])) if champ else None
+            chal_m = GuardrailMeasures(chal.coverage, chal.new_user_ndcg, latency_p95_ms(lat[0]), chal_search)
+            champ_m = GuardrailMeasures(champ.coverage, champ.new_user_ndcg, latency_p95_ms(lat[1]),
+                                        champ_search) if champ else None
             decision = decide_with_guardrails(chal.per_user[metric], champ.per_user[metric] if champ else None,
                                               params, chal_m, champ_m)
             promoted = decision.promote and config.promote
