@@ -37,6 +37,7 @@ from features.synthetic import SyntheticParams
 from features.validation import (REJECT_RULE, RULES, SOURCE_ROW, SchemaError, event_keys, merge_keys, sorted_unique,
                                  split_valid_rows)
 from tasks import tracking
+from tasks.retry import retry_transient
 from tasks.data import write_catalog, write_day_partition, write_synthetic_dataset
 from tasks.paths import catalog_path, data_dir, events_dir, quarantine_dir
 
@@ -595,7 +596,7 @@ def discard_staged(staged: StagedIngest) -> None:
     _cleanup_staging_root(Path(staged.data_dir))
 
 
-@task(name="log-ingest", retries=2, retry_delay_seconds=[2, 10])
+@task(name="log-ingest", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def log_ingest(params: IngestParams, staged: StagedIngest, store: dict | None, error: str | None = None) -> str:
     """One MLflow run per ingest: parameters, counts per rule, the data profile as an artifact."""
     run_id = tracking.start_run(params.experiment, f"ingest {staged.source} {Path(staged.input).name}",

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from tasks import tracking
+from tasks.retry import retry_transient
 from tasks.paths import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def summary_markdown(title: str, run_id: str | None, metrics: dict[str, float] |
     return "\n".join(lines) + "\n"
 
 
-@task(name="publish-summary", retries=1, retry_delay_seconds=[2])
+@task(name="publish-summary", retries=1, retry_delay_seconds=[2], retry_condition_fn=retry_transient)
 def publish_summary(title: str, run_id: str | None, metrics: dict[str, float] | None, k: int, model_name: str,
                     version: str | None, gate: dict | None, key: str = "train-summary") -> str:
     """A markdown artifact on the flow run; a `recsys.champion.promoted` event when the alias moved."""

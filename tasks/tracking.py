@@ -89,10 +89,31 @@ def child_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None
     try:
         yield run_id
     except BaseException as exc:
-        log_tags(run_id, {"failure": f"{type(exc).__name__}: {exc}"[:4000]})
-        end_run(run_id, "FAILED")
+        close_failed(run_id, exc)
         raise
     end_run(run_id, "FINISHED")
+
+
+def close_failed(run_id: str, error: BaseException, attempts: int = 3) -> bool:
+    """Mark a run FAILED with the reason, without raising over `error` (a full disk or a store outage can
+    make these writes fail too): the status first, the tag when it fits. False if the run stays open."""
+    ended = False
+    for attempt in range(attempts):
+        try:
+            end_run(run_id, "FAILED")
+            ended = True
+            break
+        except Exception as exc:  # noqa: BLE001 - report below, never mask `error`
+            last = exc
+            time.sleep(0.5 * (attempt + 1))
+    if not ended:
+        log.error("could not mark MLflow run %s FAILED (%s); it shows RUNNING until it is closed", run_id, last)
+        return False
+    try:
+        log_tags(run_id, {"failure": f"{type(error).__name__}: {error}"[:4000]})
+    except Exception as exc:  # noqa: BLE001
+        log.warning("run %s: could not record the failure reason: %s", run_id, exc)
+    return True
 
 
 def log_dataset_inputs(run_id: str, datasets: list[dict]) -> None:
@@ -217,6 +238,12 @@ def _pip_requirements() -> list[str]:
 def register(model_uri: str, name: str, run_id: str, tags: dict[str, str]) -> str:
     mv = mlflow.register_model(model_uri, name, tags={**tags, "run_id": run_id})
     return str(mv.version)
+
+
+def version_numbers(name: str) -> list[str]:
+    """Every version of a registered model, oldest first ([] when the model does not exist)."""
+    versions = client().search_model_versions(f"name = '{name}'")
+    return sorted((str(v.version) for v in versions), key=int)
 
 
 def alias_version(name: str, alias: str = CHAMPION) -> str | None:

@@ -24,6 +24,7 @@ from models.metrics import catalog_coverage, per_user_metrics
 from models.ranker import RankerResult
 from models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
 from tasks import caching, plots, tracking
+from tasks.retry import retry_transient
 from tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
 from tasks.paths import data_dir
 
@@ -47,7 +48,7 @@ def _logger():
         return log
 
 
-@task(name="load-data", retries=2, retry_delay_seconds=[2, 10])
+@task(name="load-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def load_data(config: TrainConfig) -> LoadedData:
     base = Path(config.data_dir) if config.data_dir else data_dir()
     end = None
@@ -129,7 +130,8 @@ def _markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
     return "\n".join(lines) + "\n"
 
 
-@task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient)
 def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: str | None,
               flow_run_url: str | None) -> str:
     """The parent run of this flow run (params, lineage tags, dataset inputs) and its `data` child run."""
@@ -169,7 +171,8 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
 
 
 
-@task(name="log-results", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="log-results", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient)
 def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, evaluation: Evaluation, k: int,
                 data: LoadedData | None = None, split: Split | None = None) -> None:
     """Comparable metrics + plots on the parent; the recall, rank and evaluate stages as child runs."""
@@ -219,7 +222,8 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
             tracking.log_series(eval_run, series)
 
 
-@task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient)
 def register_model(run_id: str, rec: TwoStageRecommender, evaluation: Evaluation, config: TrainConfig,
                    split: Split) -> str:
     model_uri = tracking.log_model(run_id, rec, evaluation.user_ids or rec.data.users.ids[:3].tolist(), config.k)
@@ -379,7 +383,10 @@ __all__ = ["load_data", "split_data", "train_model", "evaluate_model", "start_ru
 
 
 def finish_run(run_id: str, error: BaseException | None = None) -> None:
-    """Close the MLflow run; a failed run records why (the champion alias was not touched)."""
-    if error is not None:
-        tracking.log_tags(run_id, {"failure": f"{type(error).__name__}: {error}"[:4000]})
-    tracking.end_run(run_id, "FAILED" if error is not None else "FINISHED")
+    """Close the MLflow run; a failed run records why (the champion alias was not touched). On failure this
+    never raises over the original error, and it tries a few times: after a full disk, the failed write's
+    temporary files are gone a moment later and the store can take the status again."""
+    if error is None:
+        tracking.end_run(run_id, "FINISHED")
+        return
+    tracking.close_failed(run_id, error)
