@@ -89,6 +89,8 @@ class IngestParams(BaseModel):
     data_dir: str | None = Field(None, description="event store; default $RECSYS_HOME/data")
     mapping: ColumnMapping = Field(default_factory=ColumnMapping)
     catalog: str | None = Field(None, description="optional catalog file (CSV/Parquet with item_id, title, category)")
+    skip_missing_input: bool = Field(False, description="a scheduled run whose input file is absent ends "
+                                                        "Completed with a log line instead of failing")
     max_rejected_share: float = Field(0.05, ge=0.0, le=1.0,
                                       description="fail when more than this share of rows breaks a contract rule")
     future_tolerance_hours: float = Field(1.0, ge=0.0)
