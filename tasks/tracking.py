@@ -246,6 +246,21 @@ def version_numbers(name: str) -> list[str]:
     return sorted((str(v.version) for v in versions), key=int)
 
 
+MODEL_DESCRIPTION = (
+    "Two-stage e-commerce recommender: recall by implicit ALS, co-visitation, popularity, trending, repeat and "
+    "TF-IDF text candidates, ranked by LightGBM LambdaRank. Alias `champion` is what `recsys serve` serves; "
+    "the promotion gate moves it only when a challenger wins on the same fresh data (`previous` keeps the "
+    "old one for `recsys rollback`). Each version's description gives its metrics and the gate's verdict.")
+
+
+def describe_version(name: str, version: str, description: str) -> None:
+    """Descriptions the registry UI shows: the version's own, and the model's (set once if empty)."""
+    c = client()
+    c.update_model_version(name, version, description=description[:5000])
+    if not (c.get_registered_model(name).description or "").strip():
+        c.update_registered_model(name, description=MODEL_DESCRIPTION)
+
+
 def alias_version(name: str, alias: str = CHAMPION) -> str | None:
     try:
         return str(client().get_model_version_by_alias(name, alias).version)

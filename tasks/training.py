@@ -95,12 +95,35 @@ def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: 
     return result
 
 
-def git_commit() -> str:
+def git_commit(short: bool = True) -> str:
+    args = ["git", "rev-parse", "--short", "HEAD"] if short else ["git", "rev-parse", "HEAD"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+        return subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parent,
+                              timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def best_baseline(metrics: dict[str, float], k: int) -> str | None:
+    """The baseline with the highest NDCG@k on the test window."""
+    key = f".ndcg_at_{k}"
+    names = {m.split(".")[1]: v for m, v in metrics.items() if m.startswith("baseline.") and m.endswith(key)
+             and m.count(".") == 2}
+    return max(names, key=names.get) if names else None
+
+
+def summary_metrics(metrics: dict[str, float], k: int) -> dict[str, float]:
+    """`0_summary.*`: the numbers that decide, sorted first in MLflow's metric lists and charts (the UI
+    sorts keys; digits come before `baseline.*`): the model and the best baseline on NDCG@k, their ratio."""
+    key = f"ndcg_at_{k}"
+    model, best = metrics.get(f"test.{key}"), best_baseline(metrics, k)
+    out: dict[str, float] = {} if model is None else {f"0_summary.model.{key}": model}
+    if best:
+        base = metrics[f"baseline.{best}.{key}"]
+        out[f"0_summary.best_baseline.{key}"] = base
+        if model is not None and base > 0:
+            out["0_summary.model_vs_best_baseline"] = model / base
+    return out
 
 
 def _windows(split: Split) -> dict[str, tuple]:
@@ -136,20 +159,22 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
               flow_run_url: str | None) -> str:
     """The parent run of this flow run (params, lineage tags, dataset inputs) and its `data` child run."""
     commit = git_commit()
+    full_commit = git_commit(short=False)
     tags = {"flow": "train", "data_window": f"..{split.test_end:%Y-%m-%d}", "dataset_digest": data.digest,
             "code_version": commit, "config_hash": config.config_hash(), "als_device.requested": config.model.als.device,
             "split.train_end": f"{split.train_end:%Y-%m-%d}", "split.label_end": f"{split.label_end:%Y-%m-%d}",
             "split.test_end": f"{split.test_end:%Y-%m-%d}", "registered_model": config.registered_model}
-    if commit != "unknown":
-        tags["mlflow.source.git.commit"] = commit
+    if full_commit != "unknown":
+        tags["mlflow.source.git.commit"] = full_commit  # the UI links and compares full SHAs
     # what the UI shows as Source / Created by
     tags.update({"mlflow.source.type": "JOB", "mlflow.source.name": "prefect flow train (flows/train.py)",
                  "mlflow.user": getpass.getuser()})
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
-    if flow_run_url:
+    if flow_run_url and flow_run_url.startswith(("http://", "https://")):  # no UI (temporary API): "None/..."
         tags["prefect.flow_run_url"] = flow_run_url
-    name = f"train cutoff={split.test_end:%Y-%m-%d} at {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M:%S}"
+    # the verdict goes first once the gate decided (see run_title): the runs table cuts long names
+    name = run_title("training", split)
     run_id = tracking.start_run(config.experiment, name, tags)
     tracking.log_params(run_id, config.flat_params())
     data_metrics = {"data.events": len(data.events), "data.users": data.events[S.USER_ID].nunique(),
@@ -177,7 +202,11 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
                 data: LoadedData | None = None, split: Split | None = None) -> None:
     """Comparable metrics + plots on the parent; the recall, rank and evaluate stages as child runs."""
     tracking.log_tags(run_id, {"als_device": rec.sources["als"].device})
-    tracking.log_metrics(run_id, {**evaluation.metrics, "rank.best_iteration": result.best_iteration})
+    tracking.log_metrics(run_id, {**evaluation.metrics, **summary_metrics(evaluation.metrics, k),
+                                  "rank.best_iteration": result.best_iteration})
+    best = best_baseline(evaluation.metrics, k)
+    if best:
+        tracking.log_tags(run_id, {"summary.best_baseline": best})
     tracking.log_history(run_id, result.history, prefix="rank")
     gains = rec.booster.feature_importance(importance_type="gain")
     recall = {key.removeprefix("recall."): v for key, v in evaluation.metrics.items() if key.startswith("recall.")}
@@ -230,8 +259,31 @@ def register_model(run_id: str, rec: TwoStageRecommender, evaluation: Evaluation
     version = tracking.register(model_uri, config.registered_model, run_id,
                                 {"train_cutoff": f"{split.label_end:%Y-%m-%d}",
                                  "test_end": f"{split.test_end:%Y-%m-%d}"})
+    tracking.describe_version(config.registered_model, version, version_description(evaluation.metrics, config.k,
+                                                                                    split, run_id))
     _logger().info("registered %s version %s", config.registered_model, version)
     return version
+
+
+def run_title(verdict: str, split: Split) -> str:
+    """Short enough for the runs table: verdict first, then the cutoff (the start time has its own column)."""
+    return f"{verdict} (cutoff {split.test_end:%Y-%m-%d})"
+
+
+def version_description(metrics: dict[str, float], k: int, split: Split, run_id: str, verdict: str = "") -> str:
+    key = f"ndcg_at_{k}"
+    best = best_baseline(metrics, k)
+    lines = [f"Two-stage recommender (implicit ALS + candidate sources, LightGBM LambdaRank) trained on events "
+             f"before {split.label_end:%Y-%m-%d}, evaluated on {split.label_end:%Y-%m-%d}..{split.test_end:%Y-%m-%d}."]
+    if f"test.{key}" in metrics:
+        line = f"NDCG@{k} {metrics[f'test.{key}']:.4f}"
+        if best:
+            line += f" vs best baseline {best} {metrics[f'baseline.{best}.{key}']:.4f}"
+        lines.append(line + ".")
+    if verdict:
+        lines.append(f"Gate: {verdict}")
+    lines.append(f"MLflow run {run_id}.")
+    return "\n\n".join(lines)
 
 
 @dataclass
@@ -351,10 +403,18 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
             tracking.log_figure(target, fig, "plots/gate.png")
         plots.close(fig)
         tracking.set_note(run_id, md)
-        # the outcome in the name, so the runs table reads "... -> v3 champion" / "... -> v4 kept v3"
-        base = tracking.run_name(run_id).split(" -> ")[0]
-        tracking.rename_run(run_id, f"{base} -> v{version} " + (
-            "champion" if promoted else f"rejected (champion v{champion})" if champion else "not promoted"))
+        summary = {"0_summary.gate.promoted": float(promoted)}
+        for field in ("diff", "ci_low", "ci_high"):
+            if getattr(decision, field) is not None:
+                summary[f"0_summary.gate.{field}"] = getattr(decision, field)
+        tracking.log_metrics(run_id, summary)
+        # the outcome first in the name: the runs table reads "v3 champion (cutoff ...)" / "v4 rejected, v3 kept"
+        verdict = (f"v{version} champion" if promoted else f"v{version} rejected, v{champion} kept" if champion
+                   else f"v{version} not promoted")
+        tracking.rename_run(run_id, run_title(verdict, split))
+        evaluated = tracking.client().get_run(run_id).data.metrics
+        tracking.describe_version(name, version, version_description(evaluated, config.k, split, run_id,
+                                                                     decision.reason))
         tracking.set_version_tags(name, version, {"gate.decision": gate_tags["gate.decision"],
                                                   "gate.reason": decision.reason[:5000], "gate.run_id": gate_run,
                                                   "gate.vs_champion": champion or "none"})
@@ -389,4 +449,9 @@ def finish_run(run_id: str, error: BaseException | None = None) -> None:
     if error is None:
         tracking.end_run(run_id, "FINISHED")
         return
-    tracking.close_failed(run_id, error)
+    if tracking.close_failed(run_id, error):
+        try:
+            name = tracking.run_name(run_id)
+            tracking.rename_run(run_id, "FAILED " + name.removeprefix("training "))
+        except Exception:  # noqa: BLE001 - the status is what matters
+            pass

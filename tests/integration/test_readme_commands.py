@@ -121,6 +121,9 @@ def _throwaway_repo(tmp_path: Path) -> Path:
             shutil.copy2(src, cwd / name)
     # the venv running this test is the README's .venv (make's stamp says it is installed: no reinstall)
     (cwd / ".venv").symlink_to(Path(sys.prefix))
+    stamp = (Path(sys.prefix) / ".installed").stat().st_mtime
+    for name in ("requirements.lock", "pyproject.toml"):  # installed from these: older than make's stamp
+        os.utime(cwd / name, (stamp - 1, stamp - 1))
     shared = Path(os.environ.get("RECSYS_SHARED") or REPO.parent / "shared")
     if shared.is_dir():
         (tmp_path / "shared").symlink_to(shared)  # the README's ../shared
