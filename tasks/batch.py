@@ -19,6 +19,7 @@ import pyarrow.dataset as ds
 from prefect import task
 
 from features import schema as S
+from models import progress
 from tasks import tracking
 from tasks.retry import retry_transient
 from tasks.data import EVENT_ARROW_SCHEMA
@@ -59,6 +60,8 @@ def recommend_frame(rec, user_ids: list[str], k: int, batch_size: int, version: 
                     scored_at: pd.Timestamp) -> pd.DataFrame:
     frames = []
     for i in range(0, len(user_ids), batch_size):
+        progress.step(f"batch scoring ({len(user_ids):,} users)", min(i + batch_size, len(user_ids)),
+                      len(user_ids), "users", rows=min(i + batch_size, len(user_ids)))
         for row in rec.recommend_ids(user_ids[i:i + batch_size], k):
             n = len(row["items"])
             frames.append(pd.DataFrame({"user_id": row["user_id"], "rank": range(1, n + 1), "item_id": row["items"],
@@ -74,7 +77,8 @@ def score_partition(name: str, version: str, user_ids: list[str], k: int, batch_
                     staging: str, scored_at: str) -> str:
     """Score one user partition with the given model version; writes and returns a Parquet part."""
     rec = _recommender(name, str(version))
-    frame = recommend_frame(rec, user_ids, k, batch_size, version, pd.Timestamp(scored_at))
+    with progress.reporting(_logger().info):
+        frame = recommend_frame(rec, user_ids, k, batch_size, version, pd.Timestamp(scored_at))
     path = Path(staging) / f"part-{part:05d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)

@@ -429,7 +429,8 @@ def stage_input(params: IngestParams) -> StagedIngest:
             staged.accepted += len(valid)
             profile.add(valid)
             _stage_events(valid, staging, info.digest, c, days)
-            _logger().info("chunk %d: %d rows, %d accepted", c, len(events), len(valid))
+            _logger().info("chunk %d: %d rows, %d accepted; %d rows so far, %.0f rows/s", c, len(events), len(valid),
+                           staged.rows_validated, staged.rows_validated / max(time.perf_counter() - t0, 1e-9))
     except BaseException:
         quarantine.close()
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,6 +20,7 @@ from models.config import TrainConfig
 from models.evaluation import Evaluation, EvaluationParams, data_profile, evaluate, evaluation_truth, score_users
 from models.gate import (GateDecision, GuardrailMeasures, decide_promotion, decide_with_guardrails,  # noqa: F401
                          latency_p95_ms)
+from models import progress
 from models.metrics import catalog_coverage, per_user_metrics
 from models.ranker import RankerResult
 from models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
@@ -79,7 +80,8 @@ def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
 
 @task(name="train-two-stage", cache_key_fn=caching.train_key, persist_result=True, result_storage=caching.RESULTS)
 def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[TwoStageRecommender, RankerResult]:
-    rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model)
+    with progress.reporting(_logger().info):  # ALS iterations, candidate blocks, ranker iterations
+        rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model)
     _logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
     return rec, result
 
@@ -88,7 +90,8 @@ def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[Tw
 def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: int,
                    params: EvaluationParams = EvaluationParams()) -> Evaluation:
     test = window(data.events, split.label_end, split.test_end)
-    result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params)
+    with progress.reporting(_logger().info):
+        result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params)
     _logger().info("test.ndcg_at_%d = %.4f over %d of the window's %d users", k,
                    result.metrics.get(f"test.ndcg_at_{k}", 0.0), len(result.user_ids),
                    int(result.metrics["test.n_users_in_window"]))
