@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import json
 import logging
@@ -310,23 +309,18 @@ def move_champion(name: str, version: str, reason: str, actor: str | None = None
 
 @contextlib.contextmanager
 def gate_lock(name: str, timeout_s: float = 600.0):
-    """Serialise promotion decisions for one registered model across processes."""
+    """Serialise promotion decisions for one registered model across processes (`filelock`: an OS lock
+    released when the holder dies, so a killed gate never leaves a stale lock)."""
+    from filelock import FileLock, Timeout
+
     path = lock_path(f"gate-{name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"another run holds the promotion lock {path}") from None
-                time.sleep(0.5)
-        try:
+    try:
+        with FileLock(str(path), timeout=timeout_s, poll_interval=0.2):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except Timeout:
+        raise TimeoutError(f"another run has held the promotion lock {path} for {timeout_s:g} s; wait for it "
+                           "to finish (or find it: fuser on that file) and rerun") from None
 
 
 def gate_and_promote(name: str, version: str, decide: Callable[[str | None], tuple[bool, str, Any]],

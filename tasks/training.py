@@ -26,6 +26,7 @@ from models.ranker import RankerResult
 from models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
 from tasks import caching, plots, tracking
 from tasks.retry import retry_transient
+from tasks.reporting import markdown_table, metric_rows, text_table
 from tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
 from tasks.paths import data_dir
 
@@ -148,14 +149,6 @@ def _dataset_inputs(config: TrainConfig, split: Split, data: LoadedData) -> list
     return out
 
 
-def _markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(floatfmt.format(v) if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
 @task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
       retry_condition_fn=retry_transient)
 def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: str | None,
@@ -190,7 +183,7 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
         tracking.log_dataset_inputs(child, inputs)
         profile = data_profile(data.events, data.catalog, _windows(split))
         tracking.log_text(child, profile.to_csv(index=False), "data_profile.csv")
-        md = ("# Data profile\n\n" + _markdown_table(profile) +
+        md = ("# Data profile\n\n" + markdown_table(profile.to_dict("records")) +
               f"\nRejected rows by rule: {data.rejected or 'none'}\n")
         tracking.log_text(child, md, "data_profile.md")
         tracking.log_text(run_id, md, "data_profile.md")
@@ -232,7 +225,7 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
         tracking.log_dict(run_id, evaluation.metrics, "metrics.json")
         # recall: per-source candidate recall
         tracking.log_metrics(recall_run, {f"recall.{n}": v for n, v in recall.items()})
-        md = "# Candidate recall by source\n\n" + _markdown_table(recall_table) if recall else "no purchases\n"
+        md = "# Candidate recall by source\n\n" + markdown_table(recall_table.to_dict("records")) if recall else "no purchases\n"
         for target in (run_id, recall_run):
             tracking.log_text(target, recall_table.to_csv(index=False), "tables/recall_by_source.csv")
             tracking.log_text(target, md, "tables/recall_by_source.md")
@@ -429,16 +422,8 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
 
 
 def metric_table(metrics: dict[str, float], k: int) -> str:
-    """A plain-text table: two-stage vs baselines on the same window."""
-    names = ["ndcg", "map", "recall", "hitrate"]
-    rows = [("two-stage", "test.")] + [(b, f"baseline.{b}.") for b in
-                                       sorted({key.split(".")[1] for key in metrics if key.startswith("baseline.")})]
-    header = f"{'model':<12}" + "".join(f"{n + '@' + str(k):>12}" for n in names)
-    lines = [header, "-" * len(header)]
-    for label, prefix in rows:
-        lines.append(f"{label:<12}" + "".join(f"{metrics.get(f'{prefix}{n}_at_{k}', float('nan')):>12.4f}"
-                                             for n in names))
-    return "\n".join(lines)
+    """A plain-text table (`rich`): two-stage vs baselines on the same window."""
+    return text_table(metric_rows(metrics, k))
 
 
 __all__ = ["load_data", "split_data", "train_model", "evaluate_model", "start_run", "log_results",
