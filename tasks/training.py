@@ -267,18 +267,18 @@ def run_title(verdict: str, split: Split) -> str:
 
 
 def version_description(metrics: dict[str, float], k: int, split: Split, run_id: str, verdict: str = "") -> str:
+    """Verdict and numbers first: the registry's versions table shows only the description's start."""
     key = f"ndcg_at_{k}"
     best = best_baseline(metrics, k)
-    lines = [f"Two-stage recommender (implicit ALS + candidate sources, LightGBM LambdaRank) trained on events "
-             f"before {split.label_end:%Y-%m-%d}, evaluated on {split.label_end:%Y-%m-%d}..{split.test_end:%Y-%m-%d}."]
+    lines = [f"Gate: {verdict}"] if verdict else []
     if f"test.{key}" in metrics:
         line = f"NDCG@{k} {metrics[f'test.{key}']:.4f}"
         if best:
             line += f" vs best baseline {best} {metrics[f'baseline.{best}.{key}']:.4f}"
         lines.append(line + ".")
-    if verdict:
-        lines.append(f"Gate: {verdict}")
-    lines.append(f"MLflow run {run_id}.")
+    lines.append(f"Two-stage recommender (implicit ALS + candidate sources, LightGBM LambdaRank) trained on events "
+                 f"before {split.label_end:%Y-%m-%d}, evaluated on {split.label_end:%Y-%m-%d}..{split.test_end:%Y-%m-%d}; "
+                 f"MLflow run {run_id}.")
     return "\n\n".join(lines)
 
 
