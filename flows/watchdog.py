@@ -39,21 +39,21 @@ def main() -> None:
         except OSError:
             break
     needle = f"RECSYS_CLI_RUN_TOKEN={token}".encode()
-    pids = _marked(needle)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass
+    pids = _signal(_marked(needle), signal.SIGTERM)
     deadline = time.monotonic() + 5
     while pids and time.monotonic() < deadline:
         time.sleep(0.2)
         pids = _marked(needle)
+    _signal(pids, signal.SIGKILL)
+
+
+def _signal(pids: list[int], sig: int) -> list[int]:
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         except OSError:
             pass
+    return pids
 
 
 if __name__ == "__main__":
