@@ -81,7 +81,7 @@ def _first_line(text: str, limit: int = 1000) -> str:
 
 def describe(exc: BaseException) -> str:
     """The cause and what to do, in one line."""
-    from tasks.retry import is_disk_full
+    from tasks.retry import is_disk_full, mlflow_error_message
 
     if is_disk_full(exc):
         where = getattr(exc, "filename", None) or os.environ.get("RECSYS_HOME", ".recsys")
@@ -95,12 +95,9 @@ def describe(exc: BaseException) -> str:
         errors = exc.errors()
         parts = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors[:3]]
         return "invalid parameters: " + "; ".join(parts)
-    try:
-        from mlflow.exceptions import MlflowException
-    except ImportError:  # pragma: no cover
-        MlflowException = ()  # type: ignore[assignment]
-    if isinstance(exc, MlflowException):
-        return (f"MLflow: {_first_line(exc.message)} (tracking URI {os.environ.get('MLFLOW_TRACKING_URI', '?')}; "
+    message = mlflow_error_message(exc)
+    if message is not None:
+        return (f"MLflow: {_first_line(message)} (tracking URI {os.environ.get('MLFLOW_TRACKING_URI', '?')}; "
                 "check that it is reachable and the names are right)")
     if isinstance(exc, (FileNotFoundError, ValueError, RuntimeError, TimeoutError, PermissionError)):
         return _first_line(exc)

@@ -49,3 +49,12 @@ def retry_transient(task, task_run, state) -> bool:
     except Exception:  # the result could not be read back: let Prefect's retries decide
         return True
     return not isinstance(exc, BaseException) or is_transient(exc)
+
+
+def mlflow_error_message(exc: BaseException) -> str | None:
+    """The message of an MLflow error (None for other errors): flows/ stays free of mlflow imports."""
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover
+        return None
+    return exc.message if isinstance(exc, MlflowException) else None
