@@ -131,6 +131,7 @@ def _throwaway_repo(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # make run + a 3-cutoff backfill + Online Retail: 35 min on a loaded 2-core machine
 def test_every_readme_command_runs_as_written(tmp_path):
     if not (Path(sys.prefix) / ".installed").exists():
         pytest.skip("the venv running the tests was not made by `make setup` (no .venv/.installed)")
