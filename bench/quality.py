@@ -33,7 +33,9 @@ from models.evaluation import BASELINES, evaluate, list_metrics, relevant_items 
 from models.recall import ALSParams, PopularityParams  # noqa: E402
 from models.two_stage import RecallParams, TwoStageParams, train_two_stage  # noqa: E402
 
-RETAIL_CSV = Path(os.environ.get("RECSYS_SHARED", "/work/shared")) / "data/online_retail/online_retail.csv.gz"
+# the shared data next to the repository (../shared, as the README says) unless RECSYS_SHARED points elsewhere
+SHARED = Path(os.environ.get("RECSYS_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+RETAIL_CSV = SHARED / "data/online_retail/online_retail.csv.gz"
 TARGETS = {"synthetic": 1.20, "online_retail": 1.10}
 METRICS = ("ndcg", "map", "recall", "hitrate", "coverage", "novelty", "diversity")
 
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             split_params, params = synthetic_setup()
         elif name == "online_retail":
             if not RETAIL_CSV.exists():
-                msg = f"skipping online_retail: {RETAIL_CSV} is absent"
+                msg = f"skipping online_retail: {RETAIL_CSV} is absent (set RECSYS_SHARED to the folder holding data/)"
                 out[name] = {"skipped": msg}
                 print(msg, file=sys.stderr)
                 continue

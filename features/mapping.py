@@ -27,6 +27,7 @@ A mapping file (TOML) looks like
 from __future__ import annotations
 
 import hashlib
+import hmac
 from enum import Enum
 from typing import Literal
 
@@ -101,6 +102,8 @@ class IngestParams(BaseModel):
     data_dir: str | None = Field(None, description="event store; default $RECSYS_HOME/data")
     mapping: ColumnMapping = Field(default_factory=ColumnMapping)
     catalog: str | None = Field(None, description="optional catalog file (CSV/Parquet with item_id, title, category)")
+    skip_missing_input: bool = Field(False, description="a scheduled run whose input file is absent ends "
+                                                        "Completed with a log line instead of failing")
     max_rejected_share: float = Field(0.05, ge=0.0, le=1.0,
                                       description="fail when more than this share of rows breaks a contract rule")
     future_tolerance_hours: float = Field(1.0, ge=0.0)
@@ -178,13 +181,17 @@ def to_utc(values: pd.Series, unit: str | None, timezone: str) -> pd.Series:
 
 
 def pseudonymise(ids: pd.Series, salt: str) -> pd.Series:
-    """Salted SHA-256 of each id (first 16 hex chars); the salt is never stored with the data."""
+    """HMAC-SHA256 of each id keyed by the salt (first 16 hex chars); the salt is never stored with the data.
+
+    HMAC (`hmac` module) is the keyed hash made for this; the former sha256(salt + id) was open to
+    length-extension and to ambiguity between salt and id bytes. Pseudonyms written by that scheme (before
+    this change) differ: re-ingest the raw files with the same salt so old and new events share user ids."""
     if not salt:
         raise ValueError("pseudonymisation needs a non-empty salt")
     values = ids.astype("string")
     uniq, inverse = np.unique(values.fillna("").to_numpy(dtype=object), return_inverse=True)
     salt_b = salt.encode()
-    hashed = np.array([hashlib.sha256(salt_b + str(u).encode()).hexdigest()[:16] if u != "" else ""
+    hashed = np.array([hmac.new(salt_b, str(u).encode(), hashlib.sha256).hexdigest()[:16] if u != "" else ""
                        for u in uniq], dtype=object)
     out = pd.Series(hashed[inverse], index=ids.index, dtype="string")
     return out.mask(values.isna() | (values.str.strip() == ""))

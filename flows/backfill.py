@@ -34,10 +34,15 @@ def _ndcg(result: dict, k: int) -> float | None:
     return round(float(value), 4) if value is not None else None
 
 
-@flow(name="backfill-fan-out")
+@flow(name="backfill-fan-out", log_prints=True)
 def fan_out(configs: list[TrainConfig]) -> list[dict]:
     futures = [train_at_cutoff.submit(c) for c in configs]
-    return [f.result() for f in futures]
+    results = []
+    for i, (config, future) in enumerate(zip(configs, futures), 1):
+        results.append(future.result())
+        print(f"backfill: cutoff {config.split.cutoff} done ({i}/{len(configs)}), "
+              f"ndcg {results[-1].get('ndcg')}, v{results[-1].get('version')}")
+    return results
 
 
 @flow(name="backfill", log_prints=True)

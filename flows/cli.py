@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -59,26 +58,46 @@ def generate(
                f"into {target} in {time.time() - t0:.1f}s")
 
 
-class _DropTraceback(logging.Filter):
-    """Prefect logs a failed task/flow run with its traceback; for errors that carry a clear message
-    (bad input, threshold) the one line is enough."""
-
-    def __init__(self, types: tuple[type[BaseException], ...]):
-        super().__init__()
-        self.types = types
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], self.types):
-            record.exc_info, record.exc_text = None, None
-        return True
+_LOG: list[Path] = []  # this command's log file, once opened by _guard
+_AS_PROCESS: list[bool] = []  # set by main(): the `recsys` process, not an in-process CliRunner
 
 
-def _quiet_tracebacks(*types: type[BaseException]) -> None:
-    for name in ("prefect.task_runs", "prefect.flow_runs"):
-        logging.getLogger(name).addFilter(_DropTraceback(types))
+def _one_line_errors(fn):
+    """Any exception of the command: one `error:` line (cause, what to do, log file), exit 1."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            from click import ClickException
+
+            if isinstance(exc, ClickException):
+                raise
+            from flows.cli_errors import fail, open_run_log
+
+            fail(exc, _LOG[-1] if _LOG else open_run_log(fn.__name__))
+
+    return wrapper
+
+
+def _guard(command: str) -> None:
+    """For commands that run flows: a log file (full tracebacks, Prefect run logs), no tracebacks on the
+    terminal, and a watchdog that stops the temporary Prefect server if this process is killed."""
+    from flows.cli_errors import defer_error_line, open_run_log, quiet_console_tracebacks, start_orphan_watchdog
+
+    _LOG.append(open_run_log(command))
+    if _AS_PROCESS:
+        defer_error_line()
+    quiet_console_tracebacks()
+    start_orphan_watchdog()
 
 
 @app.command()
+@_one_line_errors
 def ingest(
     source: str = typer.Option("events", help="events (a CSV/Parquet event log + column mapping), "
                                               "online-retail (UCI Online Retail CSV) or synthetic (the generator)"),
@@ -148,16 +167,14 @@ def ingest(
     from flows.ingest import ingest as ingest_flow
     from tasks.ingest import format_summary, preflight
 
-    _quiet_tracebacks(ValueError, OSError)
-    try:
-        preflight(params)
-        summary = ingest_flow(params=params)
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
-        _fail(" ".join(str(exc).split()))
+    _guard("ingest")
+    preflight(params)
+    summary = ingest_flow(params=params)
     typer.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
 
 
 @app.command()
+@_one_line_errors
 def collect(
     collector_dir: Optional[Path] = typer.Option(None, help="the service's collected events; default "
                                                             "$RECSYS_HOME/collector"),
@@ -169,12 +186,9 @@ def collect(
     _env()
     from flows.collect import CollectParams, collect as collect_flow
 
-    _quiet_tracebacks(ValueError, OSError)
-    try:
-        summary = collect_flow(params=CollectParams(collector_dir=str(collector_dir) if collector_dir else None,
-                                                    data_dir=str(out) if out else None))
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
-        _fail(" ".join(str(exc).split()))
+    _guard("collect")
+    summary = collect_flow(params=CollectParams(collector_dir=str(collector_dir) if collector_dir else None,
+                                                data_dir=str(out) if out else None))
     if as_json:
         typer.echo(json.dumps(summary, default=str))
         return
@@ -187,6 +201,7 @@ def collect(
 
 
 @app.command()
+@_one_line_errors
 def train(
     data_dir: Optional[Path] = typer.Option(None, help="event store; default $RECSYS_HOME/data"),
     cutoff: Optional[str] = typer.Option(None, help="end of the data this run sees (UTC date, exclusive); "
@@ -196,7 +211,8 @@ def train(
     device: str = typer.Option("auto", help="ALS device: auto (GPU when implicit has CUDA), cpu or gpu"),
     factors: int = typer.Option(64, min=1, help="ALS latent factors"),
     iterations: int = typer.Option(15, min=1, help="ALS iterations"),
-    gate_metric: str = typer.Option("ndcg_at_10", help="metric the promotion gate compares"),
+    gate_metric: Optional[str] = typer.Option(None, help="per-user metric the promotion gate compares: "
+                                                         "ndcg/map/recall/hitrate/mrr _at_<k> (default ndcg_at_<k>)"),
     gate_margin: float = typer.Option(0.0, help="the lower CI bound of challenger-champion must exceed this"),
     promote: bool = typer.Option(True, help="move the champion alias if the gate passes"),
     experiment: str = typer.Option("recsys", help="MLflow experiment"),
@@ -208,8 +224,19 @@ def train(
                                                           "most this many test-window users (0: all)"),
 ) -> None:
     """Run the training flow (Prefect) end to end: data -> recall -> ranker -> evaluation -> MLflow -> gate."""
+    # argument errors fail here, before Prefect, MLflow or the data are touched
     if device not in ("auto", "cpu", "gpu"):
         _fail(f"--device must be auto, cpu or gpu, not '{device}'")
+    if cutoff is not None:
+        _check_date("--cutoff", cutoff)
+    from models.metrics import gate_metric_problem
+
+    gate_metric = gate_metric or f"ndcg_at_{k}"
+    problem = gate_metric_problem(gate_metric, k)
+    if problem:
+        _fail(f"--gate-metric {problem}")
+    if data_dir is not None and not data_dir.is_dir():
+        _fail(f"--data-dir {data_dir}: no such directory (create it with `recsys generate --out` or `recsys ingest`)")
     _env()
     from features.split import SplitParams
     from flows.train import train as train_flow
@@ -219,16 +246,14 @@ def train(
     from models.recall import ALSParams
     from models.two_stage import TwoStageParams
 
-    try:
-        config = TrainConfig(
-            data_dir=str(data_dir) if data_dir else None, experiment=experiment, registered_model=model_name, k=k,
-            split=SplitParams(label_days=label_days, test_days=test_days, cutoff=cutoff),
-            model=TwoStageParams(als=ALSParams(factors=factors, iterations=iterations, device=device)),
-            evaluation=EvaluationParams(max_users=eval_max_users or None),
-            gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote)
-        result = train_flow(config=config)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        _fail(str(exc))
+    config = TrainConfig(
+        data_dir=str(data_dir) if data_dir else None, experiment=experiment, registered_model=model_name, k=k,
+        split=SplitParams(label_days=label_days, test_days=test_days, cutoff=cutoff),
+        model=TwoStageParams(als=ALSParams(factors=factors, iterations=iterations, device=device)),
+        evaluation=EvaluationParams(max_users=eval_max_users or None),
+        gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote)
+    _guard("train")
+    result = train_flow(config=config)
     typer.echo(json.dumps({k_: v for k_, v in result.items() if k_ != "metrics"}))
 
 
@@ -295,6 +320,7 @@ def serve(
 
 
 @app.command()
+@_one_line_errors
 def promote(
     version: str = typer.Option(..., help="model version to make champion"),
     reason: str = typer.Option(..., help="why (recorded on the version)"),
@@ -302,10 +328,16 @@ def promote(
     who: Optional[str] = typer.Option(None, help="operator name; default the OS user"),
 ) -> None:
     """Manually point `champion` at a version (the old one keeps `previous`)."""
+    if not version.isdigit() or int(version) < 1:
+        _fail(f"--version must be a model version number such as 3, not '{version}'")
     _env()
     from tasks import tracking
     from tasks.reporting import announce_champion_move
 
+    versions = tracking.version_numbers(model_name)
+    if version not in versions:
+        have = f"its versions are {_ranges(versions)}" if versions else "it has no versions (train one first)"
+        _fail(f"model '{model_name}' has no version {version}: {have}")
     with tracking.gate_lock(model_name):
         old = tracking.move_champion(model_name, version, f"manual: {reason}", actor=who)
     typer.echo(f"{model_name}: champion {old} -> {version}")
@@ -313,6 +345,7 @@ def promote(
 
 
 @app.command()
+@_one_line_errors
 def rollback(model_name: str = typer.Option("recsys"),
              reason: str = typer.Option("rollback", help="why (recorded on the version)")) -> None:
     """Restore the `previous` champion in one step."""
@@ -329,11 +362,36 @@ def rollback(model_name: str = typer.Option("recsys"),
     typer.echo(announce_champion_move(model_name, prev, f"rollback: {reason}", "recsys rollback"))
 
 
+def _check_date(flag: str, value: str) -> None:
+    import datetime as dt
+
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        _fail(f"{flag} '{value}' is not a date: use YYYY-MM-DD, e.g. 2026-03-01")
+
+
+def _ranges(versions: list[str]) -> str:
+    nums = sorted(int(v) for v in versions)
+    if nums == list(range(nums[0], nums[-1] + 1)):
+        return f"{nums[0]}..{nums[-1]}" if len(nums) > 1 else str(nums[0])
+    return ", ".join(map(str, nums[:20])) + (", ..." if len(nums) > 20 else "")
+
+
 def main() -> None:
+    _AS_PROCESS.append(True)
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # one line on the terminal, the traceback in the log file
+        from flows.cli_errors import fail, open_run_log
+
+        try:
+            fail(exc, _LOG[-1] if _LOG else open_run_log(Path(sys.argv[0]).name if len(sys.argv) < 2
+                                                         else sys.argv[1]))
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

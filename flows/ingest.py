@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from pathlib import Path
 
-from features.mapping import IngestParams
+from prefect import flow, get_run_logger
+
+from features.mapping import IngestParams, SourceKind
 from tasks.ingest import check_rejected_share, commit_staged, discard_staged, log_ingest, stage_input
 
 
@@ -12,7 +14,12 @@ from tasks.ingest import check_rejected_share, commit_staged, discard_staged, lo
 def ingest(params: IngestParams) -> dict:
     """Stage the input (read in chunks, transform, validate, quarantine rejected rows), fail without
     committing when the rejected share passes the threshold, else commit the day partitions
-    idempotently and log counts + profile to MLflow. Returns the run summary."""
+    idempotently and log counts + profile to MLflow. Returns the run summary. With `skip_missing_input`
+    (the daily deployment) an absent input file is a day without an export: logged, nothing done."""
+    if params.skip_missing_input and params.source != SourceKind.synthetic and not Path(params.input).exists():
+        get_run_logger().warning("no input file at %s: nothing to ingest this time (skip_missing_input)",
+                                 params.input)
+        return {"skipped": True, "input": params.input, "reason": "input file absent"}
     staged = stage_input(params)
     try:
         check_rejected_share(staged, params.max_rejected_share)

@@ -17,7 +17,12 @@ port="${MLFLOW_PORT:-5000}"
 mkdir -p "$home/mlartifacts"
 
 # Artifacts are proxied by the server (mlflow-artifacts:/ URIs): clients never need the local path.
-exec mlflow server \
+# `python -m mlflow` from this repo's venv: a bare `mlflow` is not on PATH without an activated venv, and
+# with `.` on PATH bash finds this folder (mlflow/) first ("cannot execute: Is a directory")
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${RECSYS_PYTHON:-$repo/.venv/bin/python}"
+[ -x "$python" ] || python="$(command -v python3)"
+exec "$python" -m mlflow server \
     --backend-store-uri "sqlite:///$home/mlflow.db" \
     --artifacts-destination "$home/mlartifacts" \
     --serve-artifacts \

@@ -37,7 +37,12 @@ if [[ "$MLFLOW_ARTIFACTS_DESTINATION" == s3://* && -z "${AWS_ACCESS_KEY_ID:-}" ]
   echo "warning: AWS_ACCESS_KEY_ID is not set; boto3 will try its other credential sources" >&2
 fi
 
-exec mlflow server \
+# `python -m mlflow` from this repo's venv: a bare `mlflow` is not on PATH without an activated venv, and
+# with `.` on PATH bash finds this folder (mlflow/) first ("cannot execute: Is a directory")
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${RECSYS_PYTHON:-$repo/.venv/bin/python}"
+[ -x "$python" ] || python="$(command -v python3)"
+exec "$python" -m mlflow server \
     --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
     --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \
     --serve-artifacts \

@@ -6,11 +6,12 @@ import hashlib
 import json
 from dataclasses import asdict
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from features.split import SplitParams
 from models.evaluation import EvaluationParams
 from models.gate import GateParams
+from models.metrics import gate_metric_problem
 from models.two_stage import TwoStageParams
 
 
@@ -28,6 +29,14 @@ class TrainConfig(BaseModel):
     gate: GateParams = Field(default_factory=GateParams)
     promote: bool = Field(True, description="move the champion alias when the gate passes")
     max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _gate_metric_exists(self) -> "TrainConfig":
+        # checked with the parameters, before any work (not after a version was registered)
+        problem = gate_metric_problem(self.gate.metric, self.k)
+        if problem:
+            raise ValueError(f"gate.metric {problem}")
+        return self
 
     def config_hash(self) -> str:
         payload = {"k": self.k, "split": asdict(self.split), "model": asdict(self.model), "gate": asdict(self.gate),

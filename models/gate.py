@@ -111,15 +111,26 @@ def _day(ts: pd.Timestamp | None) -> str:
     return "unknown" if ts is None else f"{pd.Timestamp(ts):%Y-%m-%d %H:%M}".removesuffix(" 00:00")
 
 
+BCA_MAX_USERS = 2_000  # BCa's jackknife costs O(users^2): 39 s at 20,000 users on 2 cores
+
+
 def paired_bootstrap_ci(diff: np.ndarray, confidence: float, n_bootstrap: int, seed: int) -> tuple[float, float]:
-    """Percentile interval of the mean of per-user differences, resampling users."""
-    rng = np.random.default_rng(seed)
-    n = len(diff)
-    means = np.empty(n_bootstrap)
-    for b in range(n_bootstrap):
-        means[b] = diff[rng.integers(0, n, n)].mean()
-    tail = (1 - confidence) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+    """Interval of the mean of per-user differences (challenger - champion on the same users), users
+    resampled, by `scipy.stats.bootstrap` (vectorised in bounded batches). Up to BCA_MAX_USERS users: BCa,
+    which corrects the bias and skew of small samples of these differences (most users score 0 under both
+    models); above, the percentile interval (the mean of that many users is close to normal, and BCa's
+    jackknife would dominate the gate's time). All differences equal: the interval is that value."""
+    from scipy.stats import bootstrap
+
+    diff = np.asarray(diff, float)
+    if len(diff) < 2 or np.ptp(diff) == 0:
+        m = float(diff.mean()) if len(diff) else 0.0
+        return m, m
+    res = bootstrap((diff,), np.mean, confidence_level=confidence, n_resamples=n_bootstrap,
+                    method="BCa" if len(diff) <= BCA_MAX_USERS else "percentile", vectorized=True,
+                    batch=max(1, min(n_bootstrap, 1_000_000 // len(diff))), random_state=np.random.default_rng(seed))
+    low, high = res.confidence_interval
+    return float(low), float(high)
 
 
 def decide_promotion(challenger: np.ndarray, champion: np.ndarray | None, params: GateParams) -> GateDecision:

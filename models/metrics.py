@@ -95,3 +95,11 @@ def intra_list_diversity(recommended: Sequence[Sequence[int]], item_category: np
 
 def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(np.mean(values)) if len(values) else 0.0 for name, values in per_user.items()}
+
+
+def gate_metric_problem(metric: str, k: int) -> str | None:
+    """Why `metric` cannot be the gate's metric at list length k (None when it can)."""
+    allowed = [f"{name}_at_{k}" for name in METRICS]
+    if metric in allowed:
+        return None
+    return f"'{metric}' is not a per-user metric at k={k}: use one of {', '.join(allowed)}"

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import lightgbm as lgb
 import numpy as np
 
+from models import progress
+
 # LightGBM refuses query groups larger than this
 MAX_GROUP_SIZE = 10_000
 DEFAULT_LABEL_GAIN = (0.0, 1.0, 3.0, 7.0)
@@ -49,6 +51,18 @@ def check_groups(labels: np.ndarray, groups: np.ndarray, label_gain: tuple[float
                          f"got [{labels.min()}, {labels.max()}]")
 
 
+def _progress_callback(n_rows: int, evals: dict):
+    """LightGBM callback: iteration i/n, rows/s (rows x iterations), ETA, the latest validation score."""
+    def report(env) -> None:
+        done = env.iteration + 1
+        latest = ", ".join(f"{name} {value:.4f}" for _, name, value, *_ in env.evaluation_result_list or [])
+        progress.step(f"ranker ({n_rows:,} rows)", done, env.end_iteration, "iterations",
+                      rows=done * n_rows, extra=latest)
+
+    report.order = 30  # after record_evaluation
+    return report
+
+
 def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                  groups_val: np.ndarray, feature_names: list[str], params: RankerParams) -> RankerResult:
     """Fit an `LGBMRanker` with early stopping on the validation groups."""
@@ -68,7 +82,7 @@ def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_val: np.nda
         eval_group=[groups_val] if has_val else None,
         eval_names=["valid"] if has_val else None, eval_at=[params.eval_at],
         callbacks=([lgb.early_stopping(params.early_stopping_rounds, verbose=False)] if has_val else [])
-        + [lgb.record_evaluation(evals)])
+        + [lgb.record_evaluation(evals), _progress_callback(len(y), evals)])
     history = {f"{split}.{name.replace('@', '_at_')}": list(values)
                for split, metrics in evals.items() for name, values in metrics.items()}
     best = model.best_iteration_ or params.n_estimators

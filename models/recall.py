@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from features.interactions import DENSE_BLOCK_CELLS, InteractionData, csr_row, row_blocks, rows_dot, weighted_rows_sum
+from models import progress
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,10 @@ class ALSSource:
                 iterations=p.iterations, use_gpu=self.device == "gpu", use_cg=p.use_cg,
                 random_state=p.random_state, calculate_training_loss=False,
                 **({} if self.device == "gpu" else {"num_threads": p.num_threads}))
-            model.fit(data.weighted, show_progress=False)
+            model.fit(data.weighted, show_progress=False,
+                      callback=lambda it, _elapsed, _loss: progress.step(
+                          f"ALS ({data.n_users:,} users x {data.n_items:,} items)", it + 1, p.iterations,
+                          "iterations", rows=(it + 1) * data.weighted.nnz))
         self.model = model.to_cpu() if self.device == "gpu" else model
         self._user_items = data.weighted
         return self
@@ -257,10 +261,12 @@ def _topk_in_user_blocks(users: np.ndarray, n: int, n_items: int, block_cells: i
     bounded block of users at a time (`row_blocks`) so memory stays flat however many users are asked for;
     one vectorised argpartition per block beats a sort per sparse row once rows are mostly full."""
     parts = []
+    stage = f"candidate blocks ({len(users):,} users x {n_items:,} items)"
     for lo, hi in row_blocks(len(users), n_items, block_cells):
         block = users[lo:hi]
         items, vals = _topk_dense(dense_scores(block), n)
         parts.append(Candidates.from_topk(block, items, vals))
+        progress.step(stage, hi, len(users), "users", rows=hi)
     return Candidates(*(np.concatenate([getattr(c, f) for c in parts])
                         for f in ("users", "items", "scores", "ranks")))
 

@@ -14,6 +14,7 @@ from features import schema as S
 from features.covisitation import CovisitationParams
 from features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data
 from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
+from models import progress
 from models.ranker import RankerParams, RankerResult, train_ranker
 from models.search_ranker import SearchModel
 from models.recall import (ALSParams, ALSSource, Candidates, CovisitationSource, PopularityParams,
@@ -432,10 +433,16 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
         labels_w = events.loc[(events[S.TS] >= start) & (events[S.TS] < start + span)]
         extra.append(learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
     data_train = build_interaction_data(events, catalog, train_end, params.interactions)
+    progress.note(f"stage 1/3: recall sources on events before {pd.Timestamp(train_end):%Y-%m-%d} "
+                  f"({data_train.n_users:,} users, {data_train.n_items:,} items)")
     learner = TwoStageRecommender(data_train, fit_sources(data_train, params), params)
     label_events = events.loc[(events[S.TS] >= train_end) & (events[S.TS] < label_end)]
+    progress.note(f"stage 2/3: ranking sets (candidates + features) and the ranker on {len(label_events):,} "
+                  "label-window events")
     result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra=tuple(extra))
     data_final = build_interaction_data(events, catalog, label_end, params.interactions)
+    progress.note(f"stage 3/3: recall sources refit on events before {pd.Timestamp(label_end):%Y-%m-%d} "
+                  f"(ranker: best iteration {result.best_iteration})")
     final = TwoStageRecommender(data_final, fit_sources(data_final, params), params,
                                 result.booster, result.best_iteration)
     return final, result

@@ -19,7 +19,9 @@ import pyarrow.dataset as ds
 from prefect import task
 
 from features import schema as S
+from models import progress
 from tasks import tracking
+from tasks.retry import retry_transient
 from tasks.data import EVENT_ARROW_SCHEMA
 from tasks.paths import data_dir, events_dir, recsys_home
 from tasks.training import _logger
@@ -32,7 +34,7 @@ def batch_dir(output_dir: str | None = None) -> Path:
     return Path(output_dir) if output_dir else recsys_home() / "batch"
 
 
-@task(name="active-users", retries=2, retry_delay_seconds=[2, 10])
+@task(name="active-users", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def active_users(active_days: int, data_dir_: str | None = None) -> list[str]:
     """Users with at least one event in the last `active_days` days of the store, sorted."""
     base = Path(data_dir_) if data_dir_ else data_dir()
@@ -58,6 +60,8 @@ def recommend_frame(rec, user_ids: list[str], k: int, batch_size: int, version: 
                     scored_at: pd.Timestamp) -> pd.DataFrame:
     frames = []
     for i in range(0, len(user_ids), batch_size):
+        progress.step(f"batch scoring ({len(user_ids):,} users)", min(i + batch_size, len(user_ids)),
+                      len(user_ids), "users", rows=min(i + batch_size, len(user_ids)))
         for row in rec.recommend_ids(user_ids[i:i + batch_size], k):
             n = len(row["items"])
             frames.append(pd.DataFrame({"user_id": row["user_id"], "rank": range(1, n + 1), "item_id": row["items"],
@@ -68,12 +72,13 @@ def recommend_frame(rec, user_ids: list[str], k: int, batch_size: int, version: 
          "rank": "int64", "score": "float64"})
 
 
-@task(name="score-partition", retries=1, retry_delay_seconds=[5])
+@task(name="score-partition", retries=1, retry_delay_seconds=[5], retry_condition_fn=retry_transient)
 def score_partition(name: str, version: str, user_ids: list[str], k: int, batch_size: int, part: int,
                     staging: str, scored_at: str) -> str:
     """Score one user partition with the given model version; writes and returns a Parquet part."""
     rec = _recommender(name, str(version))
-    frame = recommend_frame(rec, user_ids, k, batch_size, version, pd.Timestamp(scored_at))
+    with progress.reporting(_logger().info):
+        frame = recommend_frame(rec, user_ids, k, batch_size, version, pd.Timestamp(scored_at))
     path = Path(staging) / f"part-{part:05d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
@@ -91,7 +96,7 @@ def staging_dir(output_dir: str | None, flow_run_id: str | None) -> dict:
     return {"path": str(path), "scored_at": now.isoformat()}
 
 
-@task(name="publish-batch-tables", retries=2, retry_delay_seconds=[2, 10])
+@task(name="publish-batch-tables", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def publish_tables(parts: list[str], output_dir: str | None, name: str, version: str, k: int) -> dict:
     """Merge the parts and atomically replace the Parquet table and the SQLite table."""
     out = batch_dir(output_dir)

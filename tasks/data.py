@@ -68,7 +68,14 @@ def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] 
         raise FileNotFoundError(f"no event store at {path}: run `recsys generate` or `recsys ingest` first")
     dataset = ds.dataset(path, format="parquet", partitioning="hive", schema=EVENT_ARROW_SCHEMA)
     flt = ds.field(S.TS) < pa.scalar(end.to_pydatetime(), pa.timestamp("us", tz="UTC")) if end is not None else None
-    table = dataset.to_table(columns=columns or list(S.EVENT_COLUMNS), filter=flt)
+    try:
+        table = dataset.to_table(columns=columns or list(S.EVENT_COLUMNS), filter=flt)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException):
+            raise
+        # a truncated or foreign file in a partition: name it, say what to do (retrying cannot help)
+        raise ValueError(f"unreadable file in the event store {path} (move it out of the store, or re-ingest "
+                         f"its source, and rerun): {' '.join(str(exc).split())[:400]}") from exc
     if table.num_rows == 0:
         raise ValueError(f"the event store at {path} has no events" + (f" before {end}" if end is not None else ""))
     return table.to_pandas()

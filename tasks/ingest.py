@@ -42,6 +42,7 @@ from features.validation import (DUPLICATE_KEY, REJECT_RULE, RULES, SOURCE_ROW, 
                                  id_rule_violations, is_known, merge_keys, normalise_ids, sorted_unique,
                                  split_valid_rows)
 from tasks import tracking
+from tasks.retry import retry_transient
 from tasks.data import write_catalog, write_day_partition, write_synthetic_dataset
 from tasks.paths import catalog_path, data_dir, events_dir, quarantine_dir
 
@@ -473,7 +474,9 @@ def stage_input(params: IngestParams) -> StagedIngest:
             staged.accepted += len(valid)
             profile.add(valid)
             _stage_events(valid, staging, part, c, days)
-            _logger().info("chunk %d: %d rows, %d new, %d already stored", c, len(events), len(valid), n_stored)
+            _logger().info("chunk %d: %d rows, %d new, %d already stored; %d rows so far, %.0f rows/s", c, len(events),
+                           len(valid), n_stored, staged.rows_validated,
+                           staged.rows_validated / max(time.perf_counter() - t0, 1e-9))
     except BaseException:
         quarantine.close()
         shutil.rmtree(staging, ignore_errors=True)
@@ -648,7 +651,7 @@ def discard_staged(staged: StagedIngest) -> None:
     _cleanup_staging_root(Path(staged.data_dir))
 
 
-@task(name="log-ingest", retries=2, retry_delay_seconds=[2, 10])
+@task(name="log-ingest", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def log_ingest(params: IngestParams, staged: StagedIngest, store: dict | None, error: str | None = None) -> str:
     """One MLflow run per ingest: parameters, counts per rule, the data profile as an artifact."""
     run_id = tracking.start_run(params.experiment, f"ingest {staged.source} {Path(staged.input).name}",

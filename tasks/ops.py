@@ -6,6 +6,7 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 
 from tasks import tracking
+from tasks.retry import retry_transient
 from tasks.training import _logger
 
 
@@ -25,14 +26,14 @@ def runs_for_cutoff(experiment: str, test_end: str, config_hash: str, status: st
     return [{"run_id": r.info.run_id, "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
 
 
-@task(name="find-backfill-run", retries=2, retry_delay_seconds=[2, 10])
+@task(name="find-backfill-run", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def find_finished_run(experiment: str, test_end: str, config_hash: str) -> dict | None:
     """The newest FINISHED run already done for this cutoff with this config, if any."""
     runs = runs_for_cutoff(experiment, test_end, config_hash)
     return runs[0] if runs else None
 
 
-@task(name="retire-backfill-runs", retries=2, retry_delay_seconds=[2, 10])
+@task(name="retire-backfill-runs", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def retire_runs(experiment: str, registered_model: str, test_end: str, config_hash: str,
                 keep_run_id: str | None = None) -> list[str]:
     """Delete (MLflow soft delete) the FINISHED runs of this cutoff+config other than `keep_run_id`, and
@@ -62,7 +63,7 @@ def retire_runs(experiment: str, registered_model: str, test_end: str, config_ha
     return retired
 
 
-@task(name="resolve-challenger", retries=2, retry_delay_seconds=[2, 10])
+@task(name="resolve-challenger", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def resolve_challenger(registered_model: str, version: str | None) -> dict:
     """The version to re-gate (default: the newest registered) and the MLflow run that produced it."""
     c = tracking.client()
@@ -78,7 +79,7 @@ def resolve_challenger(registered_model: str, version: str | None) -> dict:
     return {"version": str(mv.version), "run_id": mv.run_id}
 
 
-@task(name="resolve-version", retries=2, retry_delay_seconds=[2, 10])
+@task(name="resolve-version", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def resolve_version(registered_model: str, alias: str, version: str | None) -> str:
     """A pinned version, or the one `alias` points at (fails clearly if the alias is unset)."""
     if version is not None:

@@ -22,7 +22,7 @@ def feature_importance_figure(names: list[str], gains: np.ndarray):
 def model_vs_baselines_figure(metrics: dict[str, float], k: int):
     names = ["ndcg", "map", "recall", "hitrate"]
     models = ["two-stage"] + sorted({key.split(".")[1] for key in metrics if key.startswith("baseline.")})
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
     width = 0.8 / len(models)
     for j, model in enumerate(models):
         prefix = "test." if model == "two-stage" else f"baseline.{model}."
@@ -30,26 +30,25 @@ def model_vs_baselines_figure(metrics: dict[str, float], k: int):
         ax.bar(np.arange(len(names)) + j * width, vals, width, label=model)
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, [f"{n}@{k}" for n in names])
     ax.set_title("Two-stage model vs baselines (same test window)")
-    ax.legend()
-    fig.tight_layout()
+    fig.legend(loc="outside right upper", fontsize=8)  # beside the bars, never over them
     return fig
 
 
 def history_figure(history: dict[str, list[float]]):
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
     for name, values in history.items():
         ax.plot(np.arange(1, len(values) + 1), values, label=name)
     ax.set_xlabel("boosting iteration")
     ax.set_title("Ranker validation curve")
-    ax.legend()
-    fig.tight_layout()
+    fig.legend(loc="outside right upper", fontsize=8)
     return fig
 
 
 def metric_at_k_figure(curves):
     """One panel per metric, one line per model, k = 1..max on the x axis (a long frame: model, metric, k, value)."""
     names = list(dict.fromkeys(curves["metric"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names) + 1.5, 3.6), squeeze=False,
+                             layout="constrained")
     for ax, name in zip(axes[0], names):
         part = curves[curves["metric"] == name]
         for model, g in part.groupby("model", sort=False):
@@ -58,9 +57,9 @@ def metric_at_k_figure(curves):
         ax.set_title(f"{name}@k")
         ax.set_xlabel("k")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)  # one legend, outside the panels
     fig.suptitle("Metric@k: two-stage model vs baselines (same test window)")
-    fig.tight_layout()
     return fig
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
 from tasks import tracking
+from tasks.retry import retry_transient
 from tasks.paths import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,47 @@ def mlflow_run_link(run_id: str) -> str:
     return f"`{run_id}` (experiment {exp}; `mlflow ui --backend-store-uri {uri}`)"
 
 
-def _metric_table_md(metrics: dict[str, float], k: int) -> str:
+def metric_rows(metrics: dict[str, float], k: int) -> list[dict]:
+    """The model vs baselines table, one row per model: the one source of every rendering of it (the
+    terminal's `rich` table, the Prefect table artifact, the markdown summary, the MLflow text artifact)."""
     names = ["ndcg", "map", "recall", "hitrate"]
-    rows = [("two-stage", "test.")] + [(b, f"baseline.{b}.") for b in
-                                       sorted({key.split(".")[1] for key in metrics if key.startswith("baseline.")})]
-    out = ["| model | " + " | ".join(f"{n}@{k}" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
-    for label, prefix in rows:
-        out.append(f"| {label} | " + " | ".join(f"{metrics.get(f'{prefix}{n}_at_{k}', float('nan')):.4f}"
-                                               for n in names) + " |")
-    return "\n".join(out)
+    models = [("two-stage", "test.")] + [(b, f"baseline.{b}.") for b in
+                                         sorted({key.split(".")[1] for key in metrics if key.startswith("baseline.")})]
+    def value(key: str) -> float | None:  # None, not NaN: the table artifact is JSON
+        v = metrics.get(key)
+        return None if v is None or v != v else round(float(v), 4)
+
+    return [{"model": label, **{f"{n}@{k}": value(f"{prefix}{n}_at_{k}") for n in names}}
+            for label, prefix in models]
+
+
+def _cell(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def text_table(rows: list[dict], title: str | None = None) -> str:
+    """A `rich` table rendered to plain text (for terminals, Prefect logs and text artifacts)."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    table = Table(title=title, box=None, pad_edge=False)
+    for i, c in enumerate(cols):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*(_cell(r.get(c, "")) for c in cols))
+    out = io.StringIO()
+    Console(file=out, width=160, no_color=True, highlight=False).print(table)
+    return out.getvalue().rstrip("\n")
 
 
 def summary_markdown(title: str, run_id: str | None, metrics: dict[str, float] | None, k: int,
@@ -93,16 +126,19 @@ def summary_markdown(title: str, run_id: str | None, metrics: dict[str, float] |
                          f"{lin.get('test_end')}; trained until: challenger {lin.get('challenger_train_end')}, "
                          f"champion {lin.get('champion_train_end') or 'n/a'}  ")
     if metrics:
-        lines += ["", "## Metrics (same test window)", "", _metric_table_md(metrics, k)]
+        lines += ["", "## Metrics (same test window)", "", markdown_table(metric_rows(metrics, k))]
     return "\n".join(lines) + "\n"
 
 
-@task(name="publish-summary", retries=1, retry_delay_seconds=[2])
+@task(name="publish-summary", retries=1, retry_delay_seconds=[2], retry_condition_fn=retry_transient)
 def publish_summary(title: str, run_id: str | None, metrics: dict[str, float] | None, k: int, model_name: str,
                     version: str | None, gate: dict | None, key: str = "train-summary") -> str:
     """A markdown artifact on the flow run; a `recsys.champion.promoted` event when the alias moved."""
     md = summary_markdown(title, run_id, metrics, k, model_name, version, gate)
     create_markdown_artifact(markdown=md, key=key, description=title)
+    if metrics:  # the same rows as a table artifact: sortable in the UI, readable through the API
+        create_table_artifact(table=metric_rows(metrics, k), key=f"{key}-metrics",
+                              description=f"{title}: model vs baselines on the same test window")
     if gate is not None and gate.get("promote") and version:
         emit_promoted(model_name, str(version), run_id, gate.get("reason", ""))
     return md
@@ -111,10 +147,6 @@ def publish_summary(title: str, run_id: str | None, metrics: dict[str, float] | 
 @task(name="publish-table")
 def publish_table(title: str, rows: list[dict], key: str) -> str:
     """A markdown table artifact (e.g. one row per backfill cutoff)."""
-    cols = list(dict.fromkeys(c for r in rows for c in r))
-    lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
-    md = "\n".join(lines) + "\n"
+    md = f"# {title}\n\n" + markdown_table(rows)
     create_markdown_artifact(markdown=md, key=key, description=title)
     return md

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import json
 import logging
@@ -89,10 +88,31 @@ def child_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None
     try:
         yield run_id
     except BaseException as exc:
-        log_tags(run_id, {"failure": f"{type(exc).__name__}: {exc}"[:4000]})
-        end_run(run_id, "FAILED")
+        close_failed(run_id, exc)
         raise
     end_run(run_id, "FINISHED")
+
+
+def close_failed(run_id: str, error: BaseException, attempts: int = 3) -> bool:
+    """Mark a run FAILED with the reason, without raising over `error` (a full disk or a store outage can
+    make these writes fail too): the status first, the tag when it fits. False if the run stays open."""
+    ended = False
+    for attempt in range(attempts):
+        try:
+            end_run(run_id, "FAILED")
+            ended = True
+            break
+        except Exception as exc:  # noqa: BLE001 - report below, never mask `error`
+            last = exc
+            time.sleep(0.5 * (attempt + 1))
+    if not ended:
+        log.error("could not mark MLflow run %s FAILED (%s); it shows RUNNING until it is closed", run_id, last)
+        return False
+    try:
+        log_tags(run_id, {"failure": f"{type(error).__name__}: {error}"[:4000]})
+    except Exception as exc:  # noqa: BLE001
+        log.warning("run %s: could not record the failure reason: %s", run_id, exc)
+    return True
 
 
 def log_dataset_inputs(run_id: str, datasets: list[dict]) -> None:
@@ -219,6 +239,27 @@ def register(model_uri: str, name: str, run_id: str, tags: dict[str, str]) -> st
     return str(mv.version)
 
 
+def version_numbers(name: str) -> list[str]:
+    """Every version of a registered model, oldest first ([] when the model does not exist)."""
+    versions = client().search_model_versions(f"name = '{name}'")
+    return sorted((str(v.version) for v in versions), key=int)
+
+
+MODEL_DESCRIPTION = (
+    "Two-stage e-commerce recommender: recall by implicit ALS, co-visitation, popularity, trending, repeat and "
+    "TF-IDF text candidates, ranked by LightGBM LambdaRank. Alias `champion` is what `recsys serve` serves; "
+    "the promotion gate moves it only when a challenger wins on the same fresh data (`previous` keeps the "
+    "old one for `recsys rollback`). Each version's description gives its metrics and the gate's verdict.")
+
+
+def describe_version(name: str, version: str, description: str) -> None:
+    """Descriptions the registry UI shows: the version's own, and the model's (set once if empty)."""
+    c = client()
+    c.update_model_version(name, version, description=description[:5000])
+    if not (c.get_registered_model(name).description or "").strip():
+        c.update_registered_model(name, description=MODEL_DESCRIPTION)
+
+
 def alias_version(name: str, alias: str = CHAMPION) -> str | None:
     try:
         return str(client().get_model_version_by_alias(name, alias).version)
@@ -272,23 +313,18 @@ def move_champion(name: str, version: str, reason: str, actor: str | None = None
 
 @contextlib.contextmanager
 def gate_lock(name: str, timeout_s: float = 600.0):
-    """Serialise promotion decisions for one registered model across processes."""
+    """Serialise promotion decisions for one registered model across processes (`filelock`: an OS lock
+    released when the holder dies, so a killed gate never leaves a stale lock)."""
+    from filelock import FileLock, Timeout
+
     path = lock_path(f"gate-{name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"another run holds the promotion lock {path}") from None
-                time.sleep(0.5)
-        try:
+    try:
+        with FileLock(str(path), timeout=timeout_s, poll_interval=0.2):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except Timeout:
+        raise TimeoutError(f"another run has held the promotion lock {path} for {timeout_s:g} s; wait for it "
+                           "to finish (or find it: fuser on that file) and rerun") from None
 
 
 def gate_and_promote(name: str, version: str, decide: Callable[[str | None], tuple[bool, str, Any]],

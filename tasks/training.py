@@ -23,6 +23,7 @@ from models.evaluation import Evaluation, EvaluationParams, data_profile, evalua
 from models.gate import (NO_FAIR_WINDOW, GateDecision, GateParams, GuardrailMeasures, data_identity_mismatch,
                          decide_promotion, decide_with_guardrails, fair_window, latency_p95_ms,  # noqa: F401
                          no_fair_window)
+from models import progress
 from models.metrics import catalog_coverage, per_user_metrics
 from models.ranker import RankerResult
 from models.search import search_metrics, search_quality
@@ -30,6 +31,8 @@ from models.search_ranker import SearchRankerParams, search_sessions, train_sear
 from models.semantic import load_encoder
 from models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
 from tasks import caching, plots, tracking
+from tasks.retry import retry_transient
+from tasks.reporting import markdown_table, metric_rows, text_table
 from tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
 from tasks.paths import data_dir
 
@@ -54,7 +57,7 @@ def _logger():
         return log
 
 
-@task(name="load-data", retries=2, retry_delay_seconds=[2, 10])
+@task(name="load-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def load_data(config: TrainConfig) -> LoadedData:
     base = Path(config.data_dir) if config.data_dir else data_dir()
     end = None
@@ -110,7 +113,8 @@ def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
 
 @task(name="train-two-stage", cache_key_fn=caching.train_key, persist_result=True, result_storage=caching.RESULTS)
 def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[TwoStageRecommender, RankerResult]:
-    rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model)
+    with progress.reporting(_logger().info):  # ALS iterations, candidate blocks, ranker iterations
+        rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model)
     _logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
     rec.search_model, search = train_search(data, split, config, rec)
     _logger().info("search: %s; ranker %s", rec.search_model.describe()["retrieval"],
@@ -129,7 +133,8 @@ def train_search(data: LoadedData, split: Split, config: TrainConfig, rec: TwoSt
 def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: int,
                    params: EvaluationParams = EvaluationParams()) -> Evaluation:
     test = window(data.events, split.label_end, split.test_end)
-    result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params)
+    with progress.reporting(_logger().info):
+        result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params)
     result.metrics.update(search_metrics(search_quality(rec, search_sessions(test), k)))
     _logger().info("test.ndcg_at_%d = %.4f over %d of the window's %d users", k,
                    result.metrics.get(f"test.ndcg_at_{k}", 0.0), len(result.user_ids),
@@ -137,12 +142,35 @@ def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: 
     return result
 
 
-def git_commit() -> str:
+def git_commit(short: bool = True) -> str:
+    args = ["git", "rev-parse", "--short", "HEAD"] if short else ["git", "rev-parse", "HEAD"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+        return subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parent,
+                              timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def best_baseline(metrics: dict[str, float], k: int) -> str | None:
+    """The baseline with the highest NDCG@k on the test window."""
+    key = f".ndcg_at_{k}"
+    names = {m.split(".")[1]: v for m, v in metrics.items() if m.startswith("baseline.") and m.endswith(key)
+             and m.count(".") == 2}
+    return max(names, key=names.get) if names else None
+
+
+def summary_metrics(metrics: dict[str, float], k: int) -> dict[str, float]:
+    """`0_summary.*`: the numbers that decide, sorted first in MLflow's metric lists and charts (the UI
+    sorts keys; digits come before `baseline.*`): the model and the best baseline on NDCG@k, their ratio."""
+    key = f"ndcg_at_{k}"
+    model, best = metrics.get(f"test.{key}"), best_baseline(metrics, k)
+    out: dict[str, float] = {} if model is None else {f"0_summary.model.{key}": model}
+    if best:
+        base = metrics[f"baseline.{best}.{key}"]
+        out[f"0_summary.best_baseline.{key}"] = base
+        if model is not None and base > 0:
+            out["0_summary.model_vs_best_baseline"] = model / base
+    return out
 
 
 def _windows(split: Split) -> dict[str, tuple]:
@@ -164,33 +192,28 @@ def _dataset_inputs(config: TrainConfig, split: Split, data: LoadedData) -> list
     return out
 
 
-def _markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(floatfmt.format(v) if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-@task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient)
 def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: str | None,
               flow_run_url: str | None) -> str:
     """The parent run of this flow run (params, lineage tags, dataset inputs) and its `data` child run."""
     commit = git_commit()
+    full_commit = git_commit(short=False)
     tags = {"flow": "train", "data_window": f"..{split.test_end:%Y-%m-%d}", "dataset_digest": data.digest,
             "code_version": commit, "config_hash": config.config_hash(), "als_device.requested": config.model.als.device,
             "split.train_end": f"{split.train_end:%Y-%m-%d}", "split.label_end": f"{split.label_end:%Y-%m-%d}",
             "split.test_end": f"{split.test_end:%Y-%m-%d}", "registered_model": config.registered_model}
-    if commit != "unknown":
-        tags["mlflow.source.git.commit"] = commit
+    if full_commit != "unknown":
+        tags["mlflow.source.git.commit"] = full_commit  # the UI links and compares full SHAs
     # what the UI shows as Source / Created by
     tags.update({"mlflow.source.type": "JOB", "mlflow.source.name": "prefect flow train (flows/train.py)",
                  "mlflow.user": getpass.getuser()})
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
-    if flow_run_url:
+    if flow_run_url and flow_run_url.startswith(("http://", "https://")):  # no UI (temporary API): "None/..."
         tags["prefect.flow_run_url"] = flow_run_url
-    name = f"train cutoff={split.test_end:%Y-%m-%d} at {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M:%S}"
+    # the verdict goes first once the gate decided (see run_title): the runs table cuts long names
+    name = run_title("training", split)
     run_id = tracking.start_run(config.experiment, name, tags)
     tracking.log_params(run_id, config.flat_params())
     data_metrics = {"data.events": len(data.events), "data.users": data.events[S.USER_ID].nunique(),
@@ -203,7 +226,7 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
         tracking.log_dataset_inputs(child, inputs)
         profile = data_profile(data.events, data.catalog, _windows(split))
         tracking.log_text(child, profile.to_csv(index=False), "data_profile.csv")
-        md = ("# Data profile\n\n" + _markdown_table(profile) +
+        md = ("# Data profile\n\n" + markdown_table(profile.to_dict("records")) +
               f"\nRejected rows by rule: {data.rejected or 'none'}\n")
         tracking.log_text(child, md, "data_profile.md")
         tracking.log_text(run_id, md, "data_profile.md")
@@ -212,12 +235,17 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
 
 
 
-@task(name="log-results", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="log-results", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient)
 def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, evaluation: Evaluation, k: int,
                 data: LoadedData | None = None, split: Split | None = None) -> None:
     """Comparable metrics + plots on the parent; the recall, rank and evaluate stages as child runs."""
     tracking.log_tags(run_id, {"als_device": rec.sources["als"].device})
-    tracking.log_metrics(run_id, {**evaluation.metrics, "rank.best_iteration": result.best_iteration})
+    tracking.log_metrics(run_id, {**evaluation.metrics, **summary_metrics(evaluation.metrics, k),
+                                  "rank.best_iteration": result.best_iteration})
+    best = best_baseline(evaluation.metrics, k)
+    if best:
+        tracking.log_tags(run_id, {"summary.best_baseline": best})
     tracking.log_history(run_id, result.history, prefix="rank")
     gains = rec.booster.feature_importance(importance_type="gain")
     recall = {key.removeprefix("recall."): v for key, v in evaluation.metrics.items() if key.startswith("recall.")}
@@ -240,7 +268,7 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
         tracking.log_dict(run_id, evaluation.metrics, "metrics.json")
         # recall: per-source candidate recall
         tracking.log_metrics(recall_run, {f"recall.{n}": v for n, v in recall.items()})
-        md = "# Candidate recall by source\n\n" + _markdown_table(recall_table) if recall else "no purchases\n"
+        md = "# Candidate recall by source\n\n" + markdown_table(recall_table.to_dict("records")) if recall else "no purchases\n"
         for target in (run_id, recall_run):
             tracking.log_text(target, recall_table.to_csv(index=False), "tables/recall_by_source.csv")
             tracking.log_text(target, md, "tables/recall_by_source.md")
@@ -262,7 +290,8 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
             tracking.log_series(eval_run, series)
 
 
-@task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient)
 def register_model(run_id: str, rec: TwoStageRecommender, evaluation: Evaluation, config: TrainConfig,
                    split: Split, lineage: Lineage | None = None) -> str:
     """Log and register the model; the version records its lineage (data identity, training end)."""
@@ -273,8 +302,31 @@ def register_model(run_id: str, rec: TwoStageRecommender, evaluation: Evaluation
     version = tracking.register(model_uri, config.registered_model, run_id,
                                 {"train_cutoff": f"{split.label_end:%Y-%m-%d}",
                                  "test_end": f"{split.test_end:%Y-%m-%d}", **lineage_tags})
+    tracking.describe_version(config.registered_model, version, version_description(evaluation.metrics, config.k,
+                                                                                    split, run_id))
     _logger().info("registered %s version %s", config.registered_model, version)
     return version
+
+
+def run_title(verdict: str, split: Split) -> str:
+    """Short enough for the runs table: verdict first, then the cutoff (the start time has its own column)."""
+    return f"{verdict} (cutoff {split.test_end:%Y-%m-%d})"
+
+
+def version_description(metrics: dict[str, float], k: int, split: Split, run_id: str, verdict: str = "") -> str:
+    """Verdict and numbers first: the registry's versions table shows only the description's start."""
+    key = f"ndcg_at_{k}"
+    best = best_baseline(metrics, k)
+    lines = [f"Gate: {verdict}"] if verdict else []
+    if f"test.{key}" in metrics:
+        line = f"NDCG@{k} {metrics[f'test.{key}']:.4f}"
+        if best:
+            line += f" vs best baseline {best} {metrics[f'baseline.{best}.{key}']:.4f}"
+        lines.append(line + ".")
+    lines.append(f"Two-stage recommender (implicit ALS + candidate sources, LightGBM LambdaRank) trained on events "
+                 f"before {split.label_end:%Y-%m-%d}, evaluated on {split.label_end:%Y-%m-%d}..{split.test_end:%Y-%m-%d}; "
+                 f"MLflow run {run_id}.")
+    return "\n\n".join(lines)
 
 
 @dataclass
@@ -478,11 +530,20 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
             tracking.log_figure(target, fig, "plots/gate.png")
         plots.close(fig)
         tracking.set_note(run_id, md)
-        # the outcome in the name, so the runs table reads "... -> v3 champion" / "... -> v4 kept v3"
-        base = tracking.run_name(run_id).split(" -> ")[0]
-        tracking.rename_run(run_id, f"{base} -> v{version} " + (
-            "champion" if promoted else f"{seen['comparison']} (champion v{champion})" if not compared
-            else f"rejected (champion v{champion})" if champion else "not promoted"))
+        summary = {"0_summary.gate.promoted": float(promoted)}
+        for field in ("diff", "ci_low", "ci_high"):
+            if getattr(decision, field) is not None:
+                summary[f"0_summary.gate.{field}"] = getattr(decision, field)
+        tracking.log_metrics(run_id, summary)
+        # the outcome first in the name: the runs table reads "v3 champion (cutoff ...)" / "v4 rejected, v3 kept" /
+        # "v5 no fair window, v3 kept"
+        verdict = (f"v{version} champion" if promoted
+                   else f"v{version} {seen['comparison']}, v{champion} kept" if champion and not compared
+                   else f"v{version} rejected, v{champion} kept" if champion else f"v{version} not promoted")
+        tracking.rename_run(run_id, run_title(verdict, split))
+        evaluated = tracking.client().get_run(run_id).data.metrics
+        tracking.describe_version(name, version, version_description(evaluated, config.k, split, run_id,
+                                                                     decision.reason))
         tracking.set_version_tags(name, version, {"gate.decision": gate_tags["gate.decision"],
                                                   "gate.reason": decision.reason[:5000], "gate.run_id": gate_run,
                                                   "gate.window": gate_tags["gate.window"],
@@ -496,16 +557,8 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
 
 
 def metric_table(metrics: dict[str, float], k: int) -> str:
-    """A plain-text table: two-stage vs baselines on the same window."""
-    names = ["ndcg", "map", "recall", "hitrate"]
-    rows = [("two-stage", "test.")] + [(b, f"baseline.{b}.") for b in
-                                       sorted({key.split(".")[1] for key in metrics if key.startswith("baseline.")})]
-    header = f"{'model':<12}" + "".join(f"{n + '@' + str(k):>12}" for n in names)
-    lines = [header, "-" * len(header)]
-    for label, prefix in rows:
-        lines.append(f"{label:<12}" + "".join(f"{metrics.get(f'{prefix}{n}_at_{k}', float('nan')):>12.4f}"
-                                             for n in names))
-    return "\n".join(lines)
+    """A plain-text table (`rich`): two-stage vs baselines on the same window."""
+    return text_table(metric_rows(metrics, k))
 
 
 __all__ = ["load_data", "split_data", "check_data_identity", "train_model", "evaluate_model", "start_run",
@@ -513,7 +566,15 @@ __all__ = ["load_data", "split_data", "check_data_identity", "train_model", "eva
 
 
 def finish_run(run_id: str, error: BaseException | None = None) -> None:
-    """Close the MLflow run; a failed run records why (the champion alias was not touched)."""
-    if error is not None:
-        tracking.log_tags(run_id, {"failure": f"{type(error).__name__}: {error}"[:4000]})
-    tracking.end_run(run_id, "FAILED" if error is not None else "FINISHED")
+    """Close the MLflow run; a failed run records why (the champion alias was not touched). On failure this
+    never raises over the original error, and it tries a few times: after a full disk, the failed write's
+    temporary files are gone a moment later and the store can take the status again."""
+    if error is None:
+        tracking.end_run(run_id, "FINISHED")
+        return
+    if tracking.close_failed(run_id, error):
+        try:
+            name = tracking.run_name(run_id)
+            tracking.rename_run(run_id, "FAILED " + name.removeprefix("training "))
+        except Exception:  # noqa: BLE001 - the status is what matters
+            pass

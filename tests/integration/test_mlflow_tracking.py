@@ -23,7 +23,21 @@ def _children(client, run):
 def test_parent_run_has_lineage_tags_datasets_and_stable_metric_keys(first_run, client):
     run = client.get_run(first_run["run_id"])
     tags = run.data.tags
-    assert run.info.run_name.startswith("train cutoff=") and run.info.run_name.endswith("-> v1 champion")
+    # the verdict first, short enough for the runs table
+    assert run.info.run_name.startswith("v1 champion (cutoff ") and len(run.info.run_name) <= 40
+    assert len(tags["mlflow.source.git.commit"]) == 40
+    assert tags.get("prefect.flow_run_url", "http").startswith("http")  # absent without a Prefect UI, never "None/"
+    # the numbers that decide sort first: model vs best baseline, the gate
+    m = run.data.metrics
+    first = sorted(m)[:8]
+    assert "0_summary.model.ndcg_at_10" in first and "0_summary.best_baseline.ndcg_at_10" in first
+    assert "0_summary.gate.promoted" in first and m["0_summary.gate.promoted"] == 1.0
+    best = tags["summary.best_baseline"]
+    assert m["0_summary.best_baseline.ndcg_at_10"] == max(v for k, v in m.items() if k.startswith("baseline.")
+                                                          and k.endswith(".ndcg_at_10") and k.count(".") == 2) == m[f"baseline.{best}.ndcg_at_10"]
+    version = client.get_model_version("recsys", first_run["version"])
+    assert f"vs best baseline {best}" in version.description and "Gate: no champion yet" in version.description
+    assert "champion" in client.get_registered_model("recsys").description
     for key in ("flow", "data_window", "dataset_digest", "code_version", "config_hash", "als_device",
                 "prefect.flow_run_id", "split.train_end", "gate.decision", "gate.reason"):
         assert tags.get(key), key
@@ -85,7 +99,7 @@ def test_a_guardrail_vetoes_in_a_real_flow_and_says_so_everywhere(first_run, cli
     run = client.get_run(result["run_id"])
     assert run.data.tags["gate.decision"] == "rejected" and run.data.tags["gate.vetoed_by"] == "latency_p95"
     assert run.data.metrics["gate.guardrail.latency_p95.passed"] == 0.0
-    assert run.info.run_name.endswith(f"-> v{result['version']} not promoted")
+    assert run.info.run_name.startswith(f"v{result['version']} not promoted (cutoff ")
     version = client.get_model_version("recsys-veto", result["version"])
     assert version.tags["gate.decision"] == "rejected" and "latency_p95" in version.tags["gate.reason"]
     assert "champion" not in client.get_registered_model("recsys-veto").aliases

@@ -48,17 +48,32 @@ def test_gate_promotes_a_winner_and_keeps_the_champion_against_a_loser(first_run
     assert "gate.ci_low" in run.data.metrics
 
 
-def test_failed_run_leaves_champion_and_says_why(first_run):
+def test_failed_run_leaves_champion_and_says_why(first_run, monkeypatch):
+    from pydantic import ValidationError
+
     from flows.train import train
+    from tasks import tracking
 
     client = MlflowClient(tracking_uri())
     before = str(client.get_model_version_by_alias("recsys", "champion").version)
-    with pytest.raises(ValueError, match="gate metric"):
-        train(config=small_config(gate=GateParams(metric="no_such_metric", margin=-1.0)))
+    n_versions = len(tracking.version_numbers("recsys"))
+    # a bad gate metric fails with the parameters, before any work: no run, no version
+    with pytest.raises(ValidationError, match="gate.metric 'no_such_metric' is not a per-user metric"):
+        small_config(gate=GateParams(metric="no_such_metric", margin=-1.0))
+    assert len(tracking.version_numbers("recsys")) == n_versions
+    # a failure after registration (the gate cannot load the challenger): run FAILED with the reason
+    def broken(name, version):
+        raise ValueError(f"gate could not load {name} v{version}")
+
+    monkeypatch.setattr(tracking, "load_recommender", broken)
+    with pytest.raises(ValueError, match="gate could not load"):
+        train(config=small_config(gate=GateParams(margin=-1.0)))
     assert str(client.get_model_version_by_alias("recsys", "champion").version) == before
     failed = client.search_runs([client.get_experiment_by_name("recsys").experiment_id],
-                                filter_string="attributes.status = 'FAILED'")
-    assert failed and "gate metric" in failed[0].data.tags["failure"]
+                                filter_string="attributes.status = 'FAILED' and tags.flow = 'train'",
+                                order_by=["attributes.start_time DESC"])
+    parent = [r for r in failed if "mlflow.parentRunId" not in r.data.tags][0]
+    assert "gate could not load" in parent.data.tags["failure"] and parent.info.run_name.startswith("FAILED (cutoff ")
 
 
 def test_registered_model_loads_in_a_fresh_process(first_run, recsys_home):

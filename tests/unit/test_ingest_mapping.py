@@ -73,5 +73,9 @@ def test_pseudonymise_is_salted_stable_and_keeps_missing_ids_missing():
     assert a[0] == a[2] and a[0] != a[1] and len(a[0]) == 16 and "17850" not in a[0]
     assert a[3:].isna().all()
     assert pseudonymise(ids, "salt-2")[0] != a[0]
+    import hashlib
+    import hmac
+
+    assert a[0] == hmac.new(b"salt-1", b"17850", hashlib.sha256).hexdigest()[:16]  # HMAC-SHA256, salt as key
     with pytest.raises(ValueError):
         pseudonymise(ids, "")
