@@ -1,0 +1,210 @@
+"""Strong item-item baselines: EASE (Steck 2019, closed form) and RP3beta (Paudel et al. 2017).
+
+Both follow the recall-source contract of models/recall.py (fit on an `InteractionData`, then up to
+`n` candidates per user index) and both work on the binary user x item matrix restricted to the most
+active `max_items` items: EASE inverts a dense [items x items] Gram matrix, so its cost is cubic in
+that number; RP3beta's item graph is sparse but its two-step walk fills it quickly.
+`tune_on_window` picks their hyper-parameters on a label window (never the test window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from features import schema as S
+from features.interactions import DENSE_BLOCK_CELLS, InteractionData, row_blocks
+from models.metrics import ndcg_at_k
+from models.recall import Candidates, _empty, _topk_dense
+
+
+def active_items(matrix: sp.csr_matrix, max_items: int) -> np.ndarray:
+    """Sorted column indices of the (at most) `max_items` columns with the most users, touched ones only."""
+    counts = np.diff(matrix.tocsc().indptr)
+    touched = np.flatnonzero(counts > 0)
+    if len(touched) > max_items:
+        order = np.argsort(-counts[touched], kind="stable")[:max_items]
+        touched = touched[order]
+    return np.sort(touched).astype(np.int64)
+
+
+def binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    out = matrix.copy().astype(np.float32)
+    out.eliminate_zeros()
+    out.data[:] = 1.0
+    return out
+
+
+class _ItemItemSource:
+    """Scores = the user's binary history (active items) @ an item x item weight matrix `_weights`."""
+
+    name: ClassVar[str] = "item_item"
+
+    def __init__(self, block_cells: int = DENSE_BLOCK_CELLS) -> None:
+        self.block_cells = block_cells
+        self._history: sp.csr_matrix | None = None  # users x active items, binary
+        self._active = np.zeros(0, dtype=np.int64)  # active column -> item index
+        self._weights = None  # [active x active], dense ndarray or CSR
+
+    def _prepare(self, data: InteractionData, max_items: int) -> sp.csr_matrix:
+        x = binary(data.weighted)
+        self._active = active_items(x, max_items)
+        self._history = x[:, self._active].tocsr()
+        return self._history
+
+    def _scores(self, block: np.ndarray) -> np.ndarray:
+        s = self._history[block] @ self._weights
+        return np.asarray(s.toarray() if sp.issparse(s) else s, dtype=np.float32)
+
+    def candidates(self, users: np.ndarray, n: int) -> Candidates:
+        users = np.asarray(users, dtype=np.int64)
+        known = users[users >= 0]
+        if len(known) == 0 or n <= 0 or len(self._active) == 0:
+            return _empty()
+        parts = []
+        for lo, hi in row_blocks(len(known), len(self._active), self.block_cells):
+            block = known[lo:hi]
+            cols, vals = _topk_dense(self._scores(block), n)
+            items = np.where(cols >= 0, self._active[np.maximum(cols, 0)], -1)
+            parts.append(Candidates.from_topk(block, items, vals))
+        return Candidates(*(np.concatenate([getattr(c, f) for c in parts])
+                            for f in ("users", "items", "scores", "ranks")))
+
+
+@dataclass(frozen=True)
+class EASEParams:
+    l2: float = 200.0  # ridge penalty on the item-item weights
+    max_items: int = 3000  # the Gram matrix is dense: cost grows with the cube of this
+
+
+class EASESource(_ItemItemSource):
+    """EASE: B = I - P diag(1/diag(P)), P = (X'X + l2 I)^-1, diagonal forced to zero; score = x_u B."""
+
+    name: ClassVar[str] = "ease"
+
+    def __init__(self, params: EASEParams = EASEParams(), block_cells: int = DENSE_BLOCK_CELLS):
+        super().__init__(block_cells)
+        self.params = params
+
+    def fit(self, data: InteractionData) -> "EASESource":
+        x = self._prepare(data, self.params.max_items)
+        if x.shape[1] == 0:
+            self._weights = np.zeros((0, 0), np.float32)
+            return self
+        gram = (x.T @ x).toarray().astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.params.l2
+        with threadpool_limits(2, "blas"):
+            p = np.linalg.inv(gram)
+        b = p / -np.diag(p)[None, :]
+        b[np.diag_indices_from(b)] = 0.0
+        self._weights = b.astype(np.float32)
+        return self
+
+
+@dataclass(frozen=True)
+class RP3betaParams:
+    alpha: float = 1.0  # power on the two-step transition probability
+    beta: float = 0.5  # popularity penalty: weights divided by item degree ** beta
+    neighbours: int = 200  # weights kept per item (the largest)
+    max_items: int = 20_000
+
+
+class RP3betaSource(_ItemItemSource):
+    """RP3beta: W[i, j] = (P(i -> user -> j)) ** alpha / degree(j) ** beta, top `neighbours` per row."""
+
+    name: ClassVar[str] = "rp3beta"
+
+    def __init__(self, params: RP3betaParams = RP3betaParams(), block_cells: int = DENSE_BLOCK_CELLS):
+        super().__init__(block_cells)
+        self.params = params
+
+    def fit(self, data: InteractionData) -> "RP3betaSource":
+        p = self.params
+        x = self._prepare(data, p.max_items)
+        n = x.shape[1]
+        user_deg = np.asarray(x.sum(axis=1)).ravel()
+        item_deg = np.asarray(x.sum(axis=0)).ravel()
+        p_ui = (sp.diags(1.0 / np.maximum(user_deg, 1.0)) @ x).tocsr()
+        p_iu = (sp.diags(1.0 / np.maximum(item_deg, 1.0)) @ x.T).tocsr()
+        penalty = np.power(np.maximum(item_deg, 1.0), -p.beta).astype(np.float32)
+        keep = min(p.neighbours, n)
+        rows, cols, vals = [], [], []
+        for lo, hi in row_blocks(n, n, self.block_cells):
+            w = (p_iu[lo:hi] @ p_ui).toarray().astype(np.float32)
+            np.power(w, p.alpha, out=w)
+            w *= penalty[None, :]
+            w[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
+            top, top_vals = _topk_dense(w, keep)
+            ok = top >= 0
+            rows.append(np.repeat(np.arange(lo, hi), keep).reshape(hi - lo, keep)[ok])
+            cols.append(top[ok])
+            vals.append(top_vals[ok])
+        self._weights = sp.csr_matrix((np.concatenate(vals) if vals else np.zeros(0, np.float32),
+                                       (np.concatenate(rows) if rows else np.zeros(0, np.int64),
+                                        np.concatenate(cols) if cols else np.zeros(0, np.int64))),
+                                      shape=(n, n), dtype=np.float32)
+        return self
+
+
+ITEM_ITEM = {"ease": (EASESource, EASEParams), "rp3beta": (RP3betaSource, RP3betaParams)}
+# the validation grids (small: each EASE point is one dense inversion, each RP3beta point one item walk)
+DEFAULT_GRIDS: dict[str, tuple[dict, ...]] = {
+    "ease": tuple({"l2": v} for v in (20.0, 100.0, 500.0, 2000.0)),
+    "rp3beta": tuple({"alpha": a, "beta": b} for a in (0.6, 1.0) for b in (0.0, 0.3, 0.6)),
+}
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    params: object  # the winning EASEParams / RP3betaParams
+    scores: tuple[tuple[dict, float], ...]  # (grid point, validation NDCG@k) in grid order
+
+
+def window_truth(data: InteractionData, label_events: pd.DataFrame, max_users: int | None,
+                 seed: int = 0) -> tuple[np.ndarray, list[set]]:
+    """(user indices, purchased item indices) of the label window's buyers known at the cutoff."""
+    buys = label_events.loc[(label_events[S.EVENT_TYPE] == S.PURCHASE) & label_events[S.ITEM_ID].notna(),
+                            [S.USER_ID, S.ITEM_ID]]
+    u = data.users.index_of(buys[S.USER_ID].to_numpy(dtype=object))
+    i = data.items.index_of(buys[S.ITEM_ID].to_numpy(dtype=object))
+    ok = (u >= 0) & (i >= 0)
+    truth = pd.Series(i[ok]).groupby(u[ok]).agg(lambda s: set(s.tolist()))
+    users = truth.index.to_numpy(dtype=np.int64)
+    if max_users is not None and len(users) > max_users:
+        keep = np.sort(np.random.default_rng(seed).choice(len(users), max_users, replace=False))
+        return users[keep], [truth.iloc[j] for j in keep]
+    return users, truth.tolist()
+
+
+def ndcg_of(source, users: np.ndarray, relevant: list[set], k: int) -> float:
+    """Mean NDCG@k of a fitted source's own top-k lists for `users` (sorted, unique)."""
+    if len(users) == 0:
+        return 0.0
+    c = source.candidates(users, k)
+    hits = np.zeros((len(users), k), dtype=bool)
+    row = np.searchsorted(users, c.users)
+    for r, item, rank in zip(row.tolist(), c.items.tolist(), c.ranks.tolist()):
+        hits[r, rank - 1] = item in relevant[r]
+    n_rel = np.array([len(s) for s in relevant])
+    return float(ndcg_at_k(hits, n_rel).mean())
+
+
+def tune_on_window(kind: str, data: InteractionData, label_events: pd.DataFrame, base=None,
+                   grid: tuple[dict, ...] | None = None, k: int = 10, max_users: int | None = 5000,
+                   seed: int = 0) -> TuningResult:
+    """Fit `kind` ("ease" / "rp3beta") on `data` at each grid point; keep the best NDCG@k on the label
+    window's buyers. Ties keep the earlier grid point."""
+    source_cls, params_cls = ITEM_ITEM[kind]
+    base = base if base is not None else params_cls()
+    users, relevant = window_truth(data, label_events, max_users, seed)
+    scores = []
+    for point in (grid if grid is not None else DEFAULT_GRIDS[kind]):
+        params = replace(base, **point)
+        scores.append((point, ndcg_of(source_cls(params).fit(data), users, relevant, k)))
+    best = max(range(len(scores)), key=lambda j: (scores[j][1], -j))
+    return TuningResult(replace(base, **scores[best][0]), tuple(scores))
