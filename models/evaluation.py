@@ -11,9 +11,10 @@ from features import schema as S
 from models.metrics import catalog_coverage, intra_list_diversity, novelty, per_user_metrics, summarize
 from models.two_stage import SOURCE_NAMES, TwoStageRecommender
 
-# baseline name -> the recommender's source it uses alone ("itemknn" is fitted at evaluation time)
+# baseline name -> the recommender's source it uses alone (item-kNN, EASE and RP3beta are fitted at
+# evaluation time, the last two with the settings tuned on the label window)
 BASELINES = {"popularity": "popular", "als": "als", "repeat": "repeat", "covis": "covis",
-             "trending": "trending", "text": "text", "itemknn": "itemknn"}
+             "trending": "trending", "text": "text", "itemknn": "itemknn", "ease": "ease", "rp3beta": "rp3beta"}
 SEGMENTS = ("returning", "new")
 
 

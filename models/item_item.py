@@ -9,7 +9,7 @@ that number; RP3beta's item graph is sparse but its two-step walk fills it quick
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -17,10 +17,9 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from features import schema as S
 from features.interactions import DENSE_BLOCK_CELLS, InteractionData, row_blocks
-from models.metrics import ndcg_at_k
 from models.recall import Candidates, _empty, _topk_dense
+from models.tuning import TuningResult, grid_search, window_truth
 
 
 def active_items(matrix: sp.csr_matrix, max_items: int) -> np.ndarray:
@@ -159,52 +158,12 @@ DEFAULT_GRIDS: dict[str, tuple[dict, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class TuningResult:
-    params: object  # the winning EASEParams / RP3betaParams
-    scores: tuple[tuple[dict, float], ...]  # (grid point, validation NDCG@k) in grid order
-
-
-def window_truth(data: InteractionData, label_events: pd.DataFrame, max_users: int | None,
-                 seed: int = 0) -> tuple[np.ndarray, list[set]]:
-    """(user indices, purchased item indices) of the label window's buyers known at the cutoff."""
-    buys = label_events.loc[(label_events[S.EVENT_TYPE] == S.PURCHASE) & label_events[S.ITEM_ID].notna(),
-                            [S.USER_ID, S.ITEM_ID]]
-    u = data.users.index_of(buys[S.USER_ID].to_numpy(dtype=object))
-    i = data.items.index_of(buys[S.ITEM_ID].to_numpy(dtype=object))
-    ok = (u >= 0) & (i >= 0)
-    truth = pd.Series(i[ok]).groupby(u[ok]).agg(lambda s: set(s.tolist()))
-    users = truth.index.to_numpy(dtype=np.int64)
-    if max_users is not None and len(users) > max_users:
-        keep = np.sort(np.random.default_rng(seed).choice(len(users), max_users, replace=False))
-        return users[keep], [truth.iloc[j] for j in keep]
-    return users, truth.tolist()
-
-
-def ndcg_of(source, users: np.ndarray, relevant: list[set], k: int) -> float:
-    """Mean NDCG@k of a fitted source's own top-k lists for `users` (sorted, unique)."""
-    if len(users) == 0:
-        return 0.0
-    c = source.candidates(users, k)
-    hits = np.zeros((len(users), k), dtype=bool)
-    row = np.searchsorted(users, c.users)
-    for r, item, rank in zip(row.tolist(), c.items.tolist(), c.ranks.tolist()):
-        hits[r, rank - 1] = item in relevant[r]
-    n_rel = np.array([len(s) for s in relevant])
-    return float(ndcg_at_k(hits, n_rel).mean())
-
-
 def tune_on_window(kind: str, data: InteractionData, label_events: pd.DataFrame, base=None,
                    grid: tuple[dict, ...] | None = None, k: int = 10, max_users: int | None = 5000,
                    seed: int = 0) -> TuningResult:
     """Fit `kind` ("ease" / "rp3beta") on `data` at each grid point; keep the best NDCG@k on the label
-    window's buyers. Ties keep the earlier grid point."""
+    window's buyers known at the cutoff. Ties keep the earlier grid point."""
     source_cls, params_cls = ITEM_ITEM[kind]
-    base = base if base is not None else params_cls()
     users, relevant = window_truth(data, label_events, max_users, seed)
-    scores = []
-    for point in (grid if grid is not None else DEFAULT_GRIDS[kind]):
-        params = replace(base, **point)
-        scores.append((point, ndcg_of(source_cls(params).fit(data), users, relevant, k)))
-    best = max(range(len(scores)), key=lambda j: (scores[j][1], -j))
-    return TuningResult(replace(base, **scores[best][0]), tuple(scores))
+    return grid_search(source_cls, base if base is not None else params_cls(),
+                       grid if grid is not None else DEFAULT_GRIDS[kind], data, users, relevant, k)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightgbm as lgb
@@ -14,8 +14,10 @@ from features import schema as S
 from features.covisitation import CovisitationParams
 from features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data
 from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
+from models.item_item import ITEM_ITEM, EASEParams, RP3betaParams, tune_on_window
 from models.ranker import RankerParams, RankerResult, train_ranker
-from models.recall import (ALSParams, ALSSource, Candidates, CovisitationSource, PopularityParams,
+from models.tuning import TuningResult, grid_search, window_truth
+from models.recall import (POPULARITY_WINDOWS, ALSParams, ALSSource, Candidates, CovisitationSource, PopularityParams,
                            PopularitySource, RepeatSource, TextSource, TrendingParams, TrendingSource)
 
 SOURCE_NAMES = ("als", "popular", "repeat", "covis", "trending", "text")
@@ -62,6 +64,14 @@ class TwoStageParams:
     # MMR re-ranking over categories: 0 = off (pure ranker order), 1 = diversity only
     diversity: float = 0.0
     diversity_pool: int = 50
+    # strong item-item baselines (evaluation only): their starting settings, and whether a small grid on
+    # the label window (before the test window) picks their hyper-parameters
+    ease: EASEParams = field(default_factory=EASEParams)
+    rp3beta: RP3betaParams = field(default_factory=RP3betaParams)
+    tune_baselines: bool = True
+    # pick the popularity list (new users' fallback and a candidate source) on the label window:
+    # window 7 or 28 days, all events or purchases only, scored on the window's new buyers
+    tune_popularity: bool = True
 
 
 def source_feature_names() -> list[str]:
@@ -160,6 +170,9 @@ class TwoStageRecommender:
         self.params = params
         self.booster = booster
         self.best_iteration = best_iteration
+        # item-item baselines: settings chosen on the label window ("ease" -> TuningResult), fitted sources
+        self.baseline_tuning: dict[str, TuningResult] = {}
+        self._baselines: dict[str, object] = {}
 
     # ---- candidates and features -----------------------------------------------------
     def candidate_table(self, users: np.ndarray) -> CandidateTable:
@@ -312,18 +325,28 @@ class TwoStageRecommender:
                         "strategy": STRATEGY_MODEL if u >= 0 else STRATEGY_POPULAR})
         return out
 
+    def baseline_params(self, name: str):
+        """An item-item baseline's settings: those tuned on the label window, else the configured ones."""
+        tuned = getattr(self, "baseline_tuning", {}).get(name)
+        return tuned.params if tuned is not None else getattr(self.params, name)
+
     def baseline_source(self, name: str):
-        """A recall source by name; baseline-only ones (item-kNN) are fitted on first use and kept
-        outside `sources`, so they never join the candidates or the saved model."""
+        """A recall source by name; baseline-only ones (item-kNN, EASE, RP3beta) are fitted on first use
+        and kept outside `sources`, so they never join the candidates or the saved model."""
         if name in self.sources:
             return self.sources[name]
-        if name != "itemknn":
+        if name != "itemknn" and name not in ITEM_ITEM:
             raise KeyError(name)
-        if getattr(self, "_itemknn", None) is None:
-            from models.recall import ItemKNNSource
+        if not hasattr(self, "_baselines"):  # a recommender pickled before baselines were kept here
+            self._baselines = {}
+        if name not in self._baselines:
+            if name == "itemknn":
+                from models.recall import ItemKNNSource
 
-            self._itemknn = ItemKNNSource().fit(self.data)
-        return self._itemknn
+                self._baselines[name] = ItemKNNSource().fit(self.data)
+            else:
+                self._baselines[name] = ITEM_ITEM[name][0](self.baseline_params(name)).fit(self.data)
+        return self._baselines[name]
 
     def source_top_k(self, name: str, users: np.ndarray, k: int) -> np.ndarray:
         """A single source's own top-k as [n_users, k] item indices (a baseline).
@@ -370,7 +393,9 @@ def params_from_dict(d: dict) -> TwoStageParams:
     scalars = {name: d[name] for name in ("max_train_users", "train_windows", "train_window_stride_days", "train_users", "diversity",
                                           "diversity_pool")
                if name in d}
+    scalars.update({name: d[name] for name in ("tune_baselines", "tune_popularity") if name in d})
     return TwoStageParams(interactions=InteractionParams(**inter), als=ALSParams(**d["als"]),
+                          ease=EASEParams(**d.get("ease", {})), rp3beta=RP3betaParams(**d.get("rp3beta", {})),
                           popularity=PopularityParams(**d["popularity"]),
                           trending=TrendingParams(**d.get("trending", {})), recall=RecallParams(**d["recall"]),
                           ranker=RankerParams(**ranker), **scalars)
@@ -413,6 +438,12 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
     its users for validation (early stopping on all windows' held-out users)."""
     span = pd.Timestamp(label_end) - pd.Timestamp(train_end)
     stride = pd.Timedelta(days=params.train_window_stride_days) if params.train_window_stride_days > 0 else span
+    data_train = build_interaction_data(events, catalog, train_end, params.interactions)
+    label_events = events.loc[(events[S.TS] >= train_end) & (events[S.TS] < label_end)]
+    tuning: dict[str, TuningResult] = {}
+    if params.tune_popularity:
+        tuning["popularity"] = tune_popularity(data_train, label_events, params)
+        params = replace(params, popularity=tuning["popularity"].params)
     extra = []
     for w in range(1, max(params.train_windows, 1)):
         start = pd.Timestamp(train_end) - w * stride
@@ -422,14 +453,37 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
         learner_w = TwoStageRecommender(data_w, fit_sources(data_w, params), params)
         labels_w = events.loc[(events[S.TS] >= start) & (events[S.TS] < start + span)]
         extra.append(learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
-    data_train = build_interaction_data(events, catalog, train_end, params.interactions)
     learner = TwoStageRecommender(data_train, fit_sources(data_train, params), params)
-    label_events = events.loc[(events[S.TS] >= train_end) & (events[S.TS] < label_end)]
     result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra=tuple(extra))
     data_final = build_interaction_data(events, catalog, label_end, params.interactions)
     final = TwoStageRecommender(data_final, fit_sources(data_final, params), params,
                                 result.booster, result.best_iteration)
+    if params.tune_baselines:
+        tuning.update(tune_item_item_baselines(data_train, label_events, params))
+    final.baseline_tuning = tuning
     return final, result
+
+
+POPULARITY_GRID = tuple({"window_days": w, "purchases_only": p} for w in POPULARITY_WINDOWS for p in (False, True))
+MIN_NEW_BUYERS = 30  # fewer new buyers in the label window than this: score the lists on every buyer
+
+
+def tune_popularity(data: InteractionData, label_events: pd.DataFrame, params: TwoStageParams) -> TuningResult:
+    """The popularity list (window, purchases only or not) that best predicts what the label window's new
+    buyers purchase; a tie keeps the configured setting (listed first)."""
+    users, relevant = window_truth(data, label_events, 5000, params.ranker.seed, new_users=True)
+    if len(users) < MIN_NEW_BUYERS:
+        users, relevant = window_truth(data, label_events, 5000, params.ranker.seed)
+    configured = {"window_days": params.popularity.window_days, "purchases_only": params.popularity.purchases_only}
+    grid = (configured, *(g for g in POPULARITY_GRID if g != configured))
+    return grid_search(PopularitySource, params.popularity, grid, data, users, relevant)
+
+
+def tune_item_item_baselines(data: InteractionData, label_events: pd.DataFrame,
+                             params: TwoStageParams) -> dict[str, TuningResult]:
+    """EASE and RP3beta settings picked on the label window (fit before it, scored on its buyers)."""
+    return {name: tune_on_window(name, data, label_events, base=getattr(params, name), seed=params.ranker.seed)
+            for name in ITEM_ITEM}
 
 
 __all__ = ["TwoStageRecommender", "TwoStageParams", "RecallParams", "train_two_stage", "IdIndex"]

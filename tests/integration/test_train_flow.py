@@ -13,8 +13,12 @@ def test_first_run_logs_metrics_registers_and_becomes_champion(first_run):
     run = client.get_run(first_run["run_id"])
     m = run.data.metrics
     for key in ("test.ndcg_at_10", "test.map_at_10", "test.recall_at_10", "test.hitrate_at_10",
-                "baseline.popularity.ndcg_at_10", "baseline.als.ndcg_at_10", "recall.als_recall_at_100"):
+                "baseline.popularity.ndcg_at_10", "baseline.als.ndcg_at_10", "recall.als_recall_at_100",
+                "baseline.ease.ndcg_at_10", "baseline.rp3beta.ndcg_at_10"):
         assert key in m, key
+    # the item-item baselines' settings were chosen on the label window, one of the grid's points
+    assert float(run.data.params["tuned.ease.l2"]) in (20.0, 100.0, 500.0, 2000.0)
+    assert float(run.data.params["tuned.rp3beta.beta"]) in (0.0, 0.3, 0.6)
     assert 0 < m["test.ndcg_at_10"] <= 1
     assert m["test.ndcg_at_10"] > m["baseline.popularity.ndcg_at_10"]
     assert run.info.status == "FINISHED"
