@@ -50,6 +50,7 @@ class Evaluation:
     metrics: dict[str, float]  # flat, keyed as logged: test.ndcg_at_10, baseline.als.ndcg_at_10, ...
     user_ids: list[str]
     per_user: dict[str, np.ndarray] = field(default_factory=dict)  # two-stage, per test user
+    baseline_per_user: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # baseline -> per_user
     # long frame (model, metric, k, value) for k = 1..curve_max_k, from the same lists as `metrics`
     curves: pd.DataFrame | None = None
 
@@ -100,12 +101,16 @@ def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
     lists = {"two-stage": rec.recommend(idx, depth)[0]}
     m, per_user = list_metrics(lists["two-stage"][:, :k], prefix="test.", **common)
     metrics.update(m)
+    baseline_per_user = {}
     for baseline in baselines:
         lists[baseline] = rec.source_top_k(BASELINES[baseline], idx, depth)
-        metrics.update(list_metrics(lists[baseline][:, :k], prefix=f"baseline.{baseline}.", **common)[0])
+        m, baseline_per_user[baseline] = list_metrics(lists[baseline][:, :k], prefix=f"baseline.{baseline}.",
+                                                      **common)
+        metrics.update(m)
     metrics.update(candidate_recall(rec, idx, relevant))
     curves = curves_from_lists(lists, relevant, ids, curve_max_k) if curve_max_k > 0 else None
-    return Evaluation(metrics=metrics, user_ids=user_ids, per_user=per_user, curves=curves)
+    return Evaluation(metrics=metrics, user_ids=user_ids, per_user=per_user, curves=curves,
+                      baseline_per_user=baseline_per_user)
 
 
 def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[set]) -> dict[str, float]:

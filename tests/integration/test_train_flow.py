@@ -77,3 +77,14 @@ def test_registered_model_loads_in_a_fresh_process(first_run, recsys_home):
                           cwd=recsys_home)  # not the repo: the model must carry its own code
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"nobody": 5, "u000001": 5}
+
+
+def test_train_rejects_an_unknown_tuning_mode_in_one_line():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    for args in (["--tune", "always"], ["--popularity-days", "14"]):
+        out = CliRunner().invoke(app, ["train", *args])
+        assert out.exit_code != 0 and "Traceback" not in out.output
+        assert "--tune must be off or quick" in out.output and len(out.output.strip().splitlines()) == 1
