@@ -177,12 +177,15 @@ def train(
     popularity_days: int = typer.Option(7, help="new users' popularity list: last 7 or 28 days (tuning may change it)"),
     popularity_purchases_only: bool = typer.Option(False, help="popularity counts purchases only"),
     half_life_days: float = typer.Option(30.0, min=0.1, help="recency half-life of the interaction confidence"),
+    seen_items: str = typer.Option("auto", help="items a user already touched: keep, drop, or auto (drop when "
+                                                "the label window shows almost no re-purchases)"),
 ) -> None:
     """Run the training flow (Prefect) end to end: data -> recall -> ranker -> evaluation -> MLflow -> gate."""
     if device not in ("auto", "cpu", "gpu"):
         _fail(f"--device must be auto, cpu or gpu, not '{device}'")
-    if tune not in ("off", "quick") or popularity_days not in (7, 28):
-        _fail(f"--tune must be off or quick (not '{tune}'), --popularity-days 7 or 28 (not {popularity_days})")
+    if tune not in ("off", "quick") or popularity_days not in (7, 28) or seen_items not in ("auto", "keep", "drop"):
+        _fail(f"--tune must be off or quick (not '{tune}'), --popularity-days 7 or 28 (not {popularity_days}), "
+              f"--seen-items auto, keep or drop (not '{seen_items}')")
     _env()
     from features.split import SplitParams
     from flows.train import train as train_flow
@@ -200,7 +203,8 @@ def train(
             model=TwoStageParams(als=ALSParams(factors=factors, iterations=iterations, device=device),
                                  popularity=PopularityParams(popularity_days, popularity_purchases_only),
                                  interactions=InteractionParams(half_life_days=half_life_days),
-                                 tune_popularity=tune != "off", tune_baselines=tune != "off"),
+                                 tune_popularity=tune != "off", tune_baselines=tune != "off",
+                                 seen_items=seen_items),
             evaluation=EvaluationParams(max_users=eval_max_users or None),
             gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote)
         result = train_flow(config=config)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from features import schema as S
 from features.covisitation import CovisitationParams
-from features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data
+from features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data, csr_lookup
 from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
 from models.item_item import ITEM_ITEM, EASEParams, RP3betaParams, tune_on_window
 from models.ranker import RankerParams, RankerResult, train_ranker
@@ -72,6 +72,14 @@ class TwoStageParams:
     # pick the popularity list (new users' fallback and a candidate source) on the label window:
     # window 7 or 28 days, all events or purchases only, scored on the window's new buyers
     tune_popularity: bool = True
+    # items the user already touched: "keep" them among the candidates (re-buying shops), "drop" them
+    # (catalogues people consume once), or "auto": drop when fewer than SEEN_DROP_BELOW of the label
+    # window's purchases by known users were of items they had touched before
+    seen_items: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.seen_items not in ("auto", "keep", "drop"):
+            raise ValueError(f"seen_items must be auto, keep or drop, not '{self.seen_items}'")
 
 
 def source_feature_names() -> list[str]:
@@ -110,6 +118,30 @@ def merge_candidates(per_source: dict[str, Candidates], n_items: int) -> Candida
         offset += len(c)
     feats[:, -1] = (~np.isnan(feats[:, 1:-1:2])).sum(axis=1)
     return CandidateTable(uniq // n_items - 1, uniq % n_items, feats)
+
+
+def without_seen(table: CandidateTable, data: InteractionData) -> CandidateTable:
+    """The candidate rows whose item the user has not touched before the cutoff."""
+    known = table.users >= 0
+    seen = np.zeros(len(table.users), dtype=bool)
+    if known.any():
+        seen[known] = csr_lookup(data.weighted, table.users[known], table.items[known]) > 0
+    keep = ~seen
+    return CandidateTable(table.users[keep], table.items[keep], table.source_features[keep])
+
+
+SEEN_DROP_BELOW = 0.05
+
+
+def repeat_purchase_share(data: InteractionData, label_events: pd.DataFrame) -> float | None:
+    """Share of the window's purchases by users known at the cutoff that were of items they had touched."""
+    buys = label_events.loc[label_events[S.EVENT_TYPE] == S.PURCHASE]
+    u = data.users.index_of(buys[S.USER_ID].to_numpy(dtype=object))
+    i = data.items.index_of(buys[S.ITEM_ID].to_numpy(dtype=object))
+    ok = (u >= 0) & (i >= 0)
+    if not ok.any():
+        return None
+    return float((csr_lookup(data.weighted, u[ok], i[ok]) > 0).mean())
 
 
 def fit_sources(data: InteractionData, params: TwoStageParams) -> dict[str, object]:
@@ -179,7 +211,8 @@ class TwoStageRecommender:
         users = np.asarray(users, dtype=np.int64)
         per_source = {name: self.sources[name].candidates(users, self.params.recall.budget(name))
                       for name in SOURCE_NAMES if name in self.sources}
-        return merge_candidates(per_source, self.data.n_items)
+        table = merge_candidates(per_source, self.data.n_items)
+        return without_seen(table, self.data) if self.params.seen_items == "drop" else table
 
     def features(self, table: CandidateTable) -> np.ndarray:
         model = np.column_stack([self.sources[_MODEL_FEATURE_SOURCE[f]].score_pairs(table.users, table.items)
@@ -393,7 +426,7 @@ def params_from_dict(d: dict) -> TwoStageParams:
     scalars = {name: d[name] for name in ("max_train_users", "train_windows", "train_window_stride_days", "train_users", "diversity",
                                           "diversity_pool")
                if name in d}
-    scalars.update({name: d[name] for name in ("tune_baselines", "tune_popularity") if name in d})
+    scalars.update({name: d[name] for name in ("tune_baselines", "tune_popularity", "seen_items") if name in d})
     return TwoStageParams(interactions=InteractionParams(**inter), als=ALSParams(**d["als"]),
                           ease=EASEParams(**d.get("ease", {})), rp3beta=RP3betaParams(**d.get("rp3beta", {})),
                           popularity=PopularityParams(**d["popularity"]),
@@ -444,6 +477,9 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
     if params.tune_popularity:
         tuning["popularity"] = tune_popularity(data_train, label_events, params)
         params = replace(params, popularity=tuning["popularity"].params)
+    if params.seen_items == "auto":
+        share = repeat_purchase_share(data_train, label_events)
+        params = replace(params, seen_items="drop" if share is not None and share < SEEN_DROP_BELOW else "keep")
     extra = []
     for w in range(1, max(params.train_windows, 1)):
         start = pd.Timestamp(train_end) - w * stride

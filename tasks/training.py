@@ -221,13 +221,14 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
 
 
 def log_baseline_tuning(run_id: str, eval_run: str, rec: TwoStageRecommender) -> None:
-    """The item-item baselines' settings chosen on the label window: params `tuned.<model>.<name>` on the
-    parent, every grid point's validation NDCG@10 as a table on the evaluate run."""
+    """The settings chosen on the label window (popularity list, EASE, RP3beta, whether seen items are
+    dropped): params `tuned.<model>.<name>` / `tuned.seen_items` on the parent, every grid point's validation NDCG@10 as a table on the evaluate run."""
     tuning = getattr(rec, "baseline_tuning", {})
+    tracking.log_params(run_id, {"tuned.seen_items": rec.params.seen_items,
+                                 **{f"tuned.{name}.{key}": v for name, t in tuning.items()
+                                    for key, v in asdict(t.params).items()}})
     if not tuning:
         return
-    tracking.log_params(run_id, {f"tuned.{name}.{key}": v for name, t in tuning.items()
-                                 for key, v in asdict(t.params).items()})
     rows = [{"model": name, **point, "validation_ndcg_at_10": score}
             for name, t in tuning.items() for point, score in t.scores]
     tracking.log_text(eval_run, pd.DataFrame(rows).to_csv(index=False), "tables/baseline_tuning.csv")

@@ -19,6 +19,8 @@ def test_first_run_logs_metrics_registers_and_becomes_champion(first_run):
     # the item-item baselines' settings were chosen on the label window, one of the grid's points
     assert float(run.data.params["tuned.ease.l2"]) in (20.0, 100.0, 500.0, 2000.0)
     assert float(run.data.params["tuned.rp3beta.beta"]) in (0.0, 0.3, 0.6)
+    assert run.data.params["tuned.seen_items"] in ("keep", "drop")
+    assert run.data.params["tuned.popularity.window_days"] in ("7", "28")
     assert 0 < m["test.ndcg_at_10"] <= 1
     assert m["test.ndcg_at_10"] > m["baseline.popularity.ndcg_at_10"]
     assert run.info.status == "FINISHED"
@@ -84,7 +86,7 @@ def test_train_rejects_an_unknown_tuning_mode_in_one_line():
 
     from flows.cli import app
 
-    for args in (["--tune", "always"], ["--popularity-days", "14"]):
+    for args in (["--tune", "always"], ["--popularity-days", "14"], ["--seen-items", "sometimes"]):
         out = CliRunner().invoke(app, ["train", *args])
         assert out.exit_code != 0 and "Traceback" not in out.output
         assert "--tune must be off or quick" in out.output and len(out.output.strip().splitlines()) == 1

@@ -117,7 +117,7 @@ def test_params_round_trip_through_json_dict():
                 interactions=InteractionParams(covisitation=CovisitationParams(max_lag=3)),
                 trending=TrendingParams(per_category=True), popularity=PopularityParams(28, purchases_only=True),
                 ease=EASEParams(l2=7.0, max_items=50), rp3beta=RP3betaParams(alpha=0.5), tune_baselines=False,
-                tune_popularity=False)
+                tune_popularity=False, seen_items="drop")
     assert params_from_dict(json.loads(json.dumps(dataclasses.asdict(p)))) == p
 
 
@@ -178,3 +178,38 @@ def test_popularity_tuning_follows_what_new_buyers_buy():
     assert res.params == PopularityParams(window_days=28, purchases_only=True)
     assert res.scores[0][0] == {"window_days": 7, "purchases_only": False}  # the configured one, tried first
     assert res.scores[0][1] < 0.7 < dict((tuple(p.values()), sc) for p, sc in res.scores)[(28, True)]
+
+
+def test_seen_items_auto_drops_them_only_where_nobody_rebuys(small_world):
+    from dataclasses import replace
+
+    from features.interactions import build_interaction_data
+    from models.two_stage import repeat_purchase_share, without_seen
+
+    events, catalog = small_world
+    split = temporal_split(events[S.TS].max(), SplitParams(label_days=5, test_days=5))
+    data = build_interaction_data(events, catalog, split.train_end)
+    labels = window(events, split.train_end, split.label_end)
+    share = repeat_purchase_share(data, labels)
+    assert 0 < share <= 1
+    # the same window with every re-purchase removed: nobody re-buys, so auto drops seen items
+    buys = labels[labels[S.EVENT_TYPE] == S.PURCHASE]
+    u, i = data.users.index_of(buys[S.USER_ID].to_numpy(object)), data.items.index_of(buys[S.ITEM_ID].to_numpy(object))
+    from features.interactions import csr_lookup
+
+    rebuy = np.zeros(len(buys), bool)
+    ok = (u >= 0) & (i >= 0)
+    rebuy[ok] = csr_lookup(data.weighted, u[ok], i[ok]) > 0
+    assert rebuy[ok].mean() == pytest.approx(share)
+    fresh = labels.drop(buys.index[rebuy])
+    assert repeat_purchase_share(data, fresh) == 0.0
+    rec, _ = train_two_stage(pd.concat([events[events[S.TS] < split.train_end], fresh]), catalog,
+                             split.train_end, split.label_end, _params(tune_baselines=False))
+    assert rec.params.seen_items == "drop"
+    users = np.arange(min(rec.data.n_users, 40))
+    table = rec.candidate_table(users)
+    assert len(table.users) and not (csr_lookup(rec.data.weighted, table.users, table.items) > 0).any()
+    kept = TwoStageRecommender(rec.data, rec.sources, replace(rec.params, seen_items="keep"))
+    full = kept.candidate_table(users)
+    assert len(full.users) > len(table.users)
+    assert len(without_seen(full, rec.data).users) == len(table.users)
