@@ -10,7 +10,7 @@ that number; RP3beta's item graph is sparse but its two-step walk fills it quick
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -40,21 +40,28 @@ def binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
 
 
 class _ItemItemSource:
-    """Scores = the user's binary history (active items) @ an item x item weight matrix `_weights`."""
+    """Scores = the user's history row (active items) @ an item x item weight matrix `_weights`."""
 
     name: ClassVar[str] = "item_item"
 
     def __init__(self, block_cells: int = DENSE_BLOCK_CELLS) -> None:
         self.block_cells = block_cells
-        self._history: sp.csr_matrix | None = None  # users x active items, binary
+        self._history: sp.csr_matrix | None = None  # users x active items: binary or log(1 + confidence)
         self._active = np.zeros(0, dtype=np.int64)  # active column -> item index
         self._weights = None  # [active x active], dense ndarray or CSR
 
-    def _prepare(self, data: InteractionData, max_items: int) -> sp.csr_matrix:
+    def _prepare(self, data: InteractionData, max_items: int, history: str) -> sp.csr_matrix:
+        """The binary users x active-items matrix the weights are learnt from; the user rows they are
+        applied to are binary too, or log(1 + confidence) (recent and bought items count more)."""
         x = binary(data.weighted)
         self._active = active_items(x, max_items)
-        self._history = x[:, self._active].tocsr()
-        return self._history
+        x = x[:, self._active].tocsr()
+        if history == "binary":
+            self._history = x
+        else:
+            self._history = data.weighted[:, self._active].tocsr().astype(np.float32)
+            self._history.data = np.log1p(self._history.data)
+        return x
 
     def _scores(self, block: np.ndarray) -> np.ndarray:
         s = self._history[block] @ self._weights
@@ -79,6 +86,7 @@ class _ItemItemSource:
 class EASEParams:
     l2: float = 200.0  # ridge penalty on the item-item weights
     max_items: int = 3000  # the Gram matrix is dense: cost grows with the cube of this
+    history: Literal["binary", "log_confidence"] = "log_confidence"  # the user row the weights apply to
 
 
 class EASESource(_ItemItemSource):
@@ -91,7 +99,7 @@ class EASESource(_ItemItemSource):
         self.params = params
 
     def fit(self, data: InteractionData) -> "EASESource":
-        x = self._prepare(data, self.params.max_items)
+        x = self._prepare(data, self.params.max_items, self.params.history)
         if x.shape[1] == 0:
             self._weights = np.zeros((0, 0), np.float32)
             return self
@@ -111,6 +119,7 @@ class RP3betaParams:
     beta: float = 0.5  # popularity penalty: weights divided by item degree ** beta
     neighbours: int = 200  # weights kept per item (the largest)
     max_items: int = 20_000
+    history: Literal["binary", "log_confidence"] = "log_confidence"
 
 
 class RP3betaSource(_ItemItemSource):
@@ -124,7 +133,7 @@ class RP3betaSource(_ItemItemSource):
 
     def fit(self, data: InteractionData) -> "RP3betaSource":
         p = self.params
-        x = self._prepare(data, p.max_items)
+        x = self._prepare(data, p.max_items, p.history)
         n = x.shape[1]
         user_deg = np.asarray(x.sum(axis=1)).ravel()
         item_deg = np.asarray(x.sum(axis=0)).ravel()
