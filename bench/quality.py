@@ -79,7 +79,8 @@ def run_dataset(name: str, events: pd.DataFrame, catalog: pd.DataFrame, split_pa
     rows = {"two-stage": {x: m.get(f"test.{x}_at_{k}") for x in METRICS}}
     for b in BASELINES:
         rows[b] = {x: m.get(f"baseline.{b}.{x}_at_{k}") for x in METRICS}
-    best = max(BASELINES, key=lambda b: rows[b]["ndcg"])
+    rows = {name: row for name, row in rows.items() if row["ndcg"] is not None}  # absent sources
+    best = max((b for b in BASELINES if b in rows), key=lambda b: rows[b]["ndcg"])
     key = f"ndcg_at_{k}"
     diff = ev.per_user[key] - ev.baseline_per_user[best][key]
     low, high = paired_bootstrap_ci(diff, 0.95, 1000, 0)
@@ -88,10 +89,11 @@ def run_dataset(name: str, events: pd.DataFrame, catalog: pd.DataFrame, split_pa
     for seg in ("returning", "new"):
         vals = {"two-stage": m.get(f"test.{seg}.{key}")}
         for b in BASELINES:
-            vals[b] = m.get(f"baseline.{b}.{seg}.{key}")
+            if m.get(f"baseline.{b}.{seg}.{key}") is not None:
+                vals[b] = m[f"baseline.{b}.{seg}.{key}"]
         segments[seg] = vals
     new = segments["new"]
-    best_pop_new = max((new[b] for b in POPULARITY_STYLE if new[b] is not None), default=None)
+    best_pop_new = max((new[b] for b in POPULARITY_STYLE if new.get(b) is not None), default=None)
     return {"dataset": name, "k": k, "n_test_users": int(m["test.n_users"]),
             "new_user_share": m["test.new_user_share"], "split": split.as_dict(),
             "cli": f"recsys train {CLI_SPLIT_OPTIONS[name.split('@')[0]]}".strip(),

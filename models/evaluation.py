@@ -103,6 +103,8 @@ def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
     metrics.update(m)
     baseline_per_user = {}
     for baseline in baselines:
+        if not rec.has_source(BASELINES[baseline]):  # e.g. `text` without a real catalogue
+            continue
         lists[baseline] = rec.source_top_k(BASELINES[baseline], idx, depth)
         m, baseline_per_user[baseline] = list_metrics(lists[baseline][:, :k], prefix=f"baseline.{baseline}.",
                                                       **common)
@@ -121,7 +123,8 @@ def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[s
     total = sum(len(r) for r in relevant)
     if total == 0:
         return {}
-    found = {name: 0 for name in SOURCE_NAMES}
+    names = [name for name in SOURCE_NAMES if name in rec.sources]  # `text` is absent without a catalogue
+    found = {name: 0 for name in names}
     found["union"] = 0
     order = np.argsort(table.users, kind="stable")
     u_sorted = table.users[order]
@@ -130,11 +133,12 @@ def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[s
         rows = order[lo:hi]
         cand_items = ids[table.items[rows]]
         found["union"] += len(rel & set(cand_items))
-        for j, name in enumerate(SOURCE_NAMES):
+        for name in names:
+            j = SOURCE_NAMES.index(name)
             proposed = ~np.isnan(table.source_features[rows, 2 * j])
             found[name] += len(rel & set(cand_items[proposed]))
-    budget_total = sum(rec.params.recall.budget(n) for n in SOURCE_NAMES)
-    out = {f"recall.{name}_recall_at_{rec.params.recall.budget(name)}": found[name] / total for name in SOURCE_NAMES}
+    budget_total = sum(rec.params.recall.budget(n) for n in names)
+    out = {f"recall.{name}_recall_at_{rec.params.recall.budget(name)}": found[name] / total for name in names}
     out[f"recall.union_recall_at_{budget_total}"] = found["union"] / total
     return out
 

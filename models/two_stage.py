@@ -153,13 +153,26 @@ def fit_sources(data: InteractionData, params: TwoStageParams) -> dict[str, obje
 
 def non_als_sources(data: InteractionData, params: TwoStageParams) -> dict[str, object]:
     """Sources rebuilt from the feature state alone (what `load` needs besides the ALS factors)."""
-    return {
+    sources = {
         "popular": PopularitySource(params.popularity).fit(data),
         "repeat": RepeatSource().fit(data),
         "covis": CovisitationSource().fit(data),
         "trending": TrendingSource(params.trending).fit(data),
-        "text": TextSource().fit(data),
     }
+    if has_catalog_text(data):  # else text neighbours are only the user's own items: `repeat` again
+        sources["text"] = TextSource().fit(data)
+    return sources
+
+
+def has_catalog_text(data: InteractionData, min_share: float = 0.5) -> bool:
+    """Whether at least `min_share` of the items users touched have a title other than their own id."""
+    touched = np.flatnonzero(np.diff(data.weighted.tocsc().indptr) > 0)
+    if len(touched) == 0 or len(data.item_titles) != data.n_items:
+        return False
+    titles = np.asarray(data.item_titles, dtype=object)[touched].astype(str)
+    ids = np.asarray(data.items.ids, dtype=object)[touched].astype(str)
+    real = (np.char.strip(titles) != "") & (titles != ids)
+    return bool(real.mean() >= min_share)
 
 
 def top_k_by_group(users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int,
@@ -215,7 +228,9 @@ class TwoStageRecommender:
         return without_seen(table, self.data) if self.params.seen_items == "drop" else table
 
     def features(self, table: CandidateTable) -> np.ndarray:
+        nan = np.full(len(table.users), np.nan, dtype=np.float32)
         model = np.column_stack([self.sources[_MODEL_FEATURE_SOURCE[f]].score_pairs(table.users, table.items)
+                                 if _MODEL_FEATURE_SOURCE[f] in self.sources else nan
                                  for f in MODEL_FEATURES]).astype(np.float32)
         return np.hstack([table.source_features, pair_features(self.data, table.users, table.items), model])
 
@@ -362,6 +377,10 @@ class TwoStageRecommender:
         """An item-item baseline's settings: those tuned on the label window, else the configured ones."""
         tuned = getattr(self, "baseline_tuning", {}).get(name)
         return tuned.params if tuned is not None else getattr(self.params, name)
+
+    def has_source(self, name: str) -> bool:
+        """Whether `baseline_source(name)` can answer (a fitted source, or a baseline fitted on demand)."""
+        return name in self.sources or name == "itemknn" or name in ITEM_ITEM
 
     def baseline_source(self, name: str):
         """A recall source by name; baseline-only ones (item-kNN, EASE, RP3beta) are fitted on first use

@@ -213,3 +213,16 @@ def test_seen_items_auto_drops_them_only_where_nobody_rebuys(small_world):
     full = kept.candidate_table(users)
     assert len(full.users) > len(table.users)
     assert len(without_seen(full, rec.data).users) == len(table.users)
+
+
+def test_text_source_is_left_out_without_a_real_catalogue(small_world):
+    events, catalog = small_world
+    bare = catalog.assign(**{S.TITLE: catalog[S.ITEM_ID]})  # titles that are only the ids
+    split = temporal_split(events[S.TS].max(), SplitParams(label_days=5, test_days=5))
+    rec, _ = train_two_stage(events, bare, split.train_end, split.label_end,
+                             _params(tune_baselines=False, tune_popularity=False))
+    assert "text" not in rec.sources and "repeat" in rec.sources
+    m = evaluate(rec, window(events, split.label_end, split.test_end), 10, curve_max_k=0).metrics
+    assert "baseline.text.ndcg_at_10" not in m and "baseline.repeat.ndcg_at_10" in m
+    assert not any(key.startswith("recall.text_") for key in m) and "test.ndcg_at_10" in m
+    assert np.isnan(rec.features(rec.candidate_table(np.arange(5)))[:, FEATURE_NAMES.index("m_text_sim")]).all()
