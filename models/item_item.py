@@ -132,31 +132,40 @@ class RP3betaSource(_ItemItemSource):
         self.params = params
 
     def fit(self, data: InteractionData) -> "RP3betaSource":
-        p = self.params
-        x = self._prepare(data, p.max_items, p.history)
+        fitted = self.fit_many(data, [self.params], self.block_cells)[0]
+        self._active, self._history, self._weights = fitted._active, fitted._history, fitted._weights
+        return self
+
+    @classmethod
+    def fit_many(cls, data: InteractionData, points: list[RP3betaParams],
+                 block_cells: int = DENSE_BLOCK_CELLS) -> list["RP3betaSource"]:
+        """One source per parameter set, sharing the two-step walk (the costly product, computed once a
+        block of items at a time); the points must agree on `max_items` and `history`."""
+        if len({(p.max_items, p.history) for p in points}) > 1:
+            raise ValueError("fit_many needs one max_items and one history for all points")
+        sources = [cls(p, block_cells) for p in points]
+        x = sources[0]._prepare(data, points[0].max_items, points[0].history)
         n = x.shape[1]
         user_deg = np.asarray(x.sum(axis=1)).ravel()
         item_deg = np.asarray(x.sum(axis=0)).ravel()
         p_ui = (sp.diags(1.0 / np.maximum(user_deg, 1.0)) @ x).tocsr()
         p_iu = (sp.diags(1.0 / np.maximum(item_deg, 1.0)) @ x.T).tocsr()
-        penalty = np.power(np.maximum(item_deg, 1.0), -p.beta).astype(np.float32)
-        keep = min(p.neighbours, n)
-        rows, cols, vals = [], [], []
-        for lo, hi in row_blocks(n, n, self.block_cells):
-            w = (p_iu[lo:hi] @ p_ui).toarray().astype(np.float32)
-            np.power(w, p.alpha, out=w)
-            w *= penalty[None, :]
-            w[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
-            top, top_vals = _topk_dense(w, keep)
-            ok = top >= 0
-            rows.append(np.repeat(np.arange(lo, hi), keep).reshape(hi - lo, keep)[ok])
-            cols.append(top[ok])
-            vals.append(top_vals[ok])
-        self._weights = sp.csr_matrix((np.concatenate(vals) if vals else np.zeros(0, np.float32),
-                                       (np.concatenate(rows) if rows else np.zeros(0, np.int64),
-                                        np.concatenate(cols) if cols else np.zeros(0, np.int64))),
-                                      shape=(n, n), dtype=np.float32)
-        return self
+        parts: list[list[tuple]] = [[] for _ in points]
+        for lo, hi in row_blocks(n, n, block_cells):
+            walk = (p_iu[lo:hi] @ p_ui).toarray().astype(np.float32)
+            walk[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
+            for p, out in zip(points, parts):
+                w = np.power(walk, p.alpha) * np.power(np.maximum(item_deg, 1.0), -p.beta).astype(np.float32)
+                keep = min(p.neighbours, n)
+                top, top_vals = _topk_dense(w, keep)
+                ok = top >= 0
+                out.append((np.repeat(np.arange(lo, hi), keep).reshape(hi - lo, keep)[ok], top[ok], top_vals[ok]))
+        for src, out in zip(sources, parts):
+            src._active, src._history = sources[0]._active, sources[0]._history
+            rows, cols, vals = (np.concatenate([o[j] for o in out]) if out else np.zeros(0) for j in range(3))
+            src._weights = sp.csr_matrix((vals.astype(np.float32), (rows.astype(np.int64), cols.astype(np.int64))),
+                                         shape=(n, n), dtype=np.float32)
+        return sources
 
 
 ITEM_ITEM = {"ease": (EASESource, EASEParams), "rp3beta": (RP3betaSource, RP3betaParams)}
@@ -174,5 +183,6 @@ def tune_on_window(kind: str, data: InteractionData, label_events: pd.DataFrame,
     window's buyers known at the cutoff. Ties keep the earlier grid point."""
     source_cls, params_cls = ITEM_ITEM[kind]
     users, relevant = window_truth(data, label_events, max_users, seed)
+    fit_many = RP3betaSource.fit_many if kind == "rp3beta" else None  # one walk for the whole grid
     return grid_search(source_cls, base if base is not None else params_cls(),
-                       grid if grid is not None else DEFAULT_GRIDS[kind], data, users, relevant, k)
+                       grid if grid is not None else DEFAULT_GRIDS[kind], data, users, relevant, k, fit_many)

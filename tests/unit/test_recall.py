@@ -206,3 +206,17 @@ def test_tuning_picks_the_grid_point_that_scores_best_on_the_label_window(checke
     assert scores[0.5] == 1.0 and res.params.l2 == 0.5
     res = tune_on_window("rp3beta", data, labels, grid=({"beta": 0.0}, {"beta": 0.5}), k=1)
     assert res.scores[0][1] == 1.0 and res.params.beta == 0.0  # a tie keeps the first point
+
+
+def test_rp3beta_grid_shares_one_walk_and_matches_separate_fits(recent_checkerboard):
+    events, catalog = recent_checkerboard
+    data = build_interaction_data(events, catalog, REF)
+    points = [RP3betaParams(alpha=a, beta=b, neighbours=4) for a in (0.5, 1.0) for b in (0.0, 0.7)]
+    many = RP3betaSource.fit_many(data, points, block_cells=24)  # 2 item rows per block
+    users = np.arange(data.n_users)
+    for p, src in zip(points, many):
+        alone = RP3betaSource(p).fit(data)
+        np.testing.assert_allclose(src._weights.toarray(), alone._weights.toarray(), rtol=1e-5)
+        np.testing.assert_array_equal(src.candidates(users, 3).items, alone.candidates(users, 3).items)
+    with pytest.raises(ValueError, match="one max_items"):
+        RP3betaSource.fit_many(data, [RP3betaParams(max_items=3), RP3betaParams()])
