@@ -44,7 +44,8 @@ class _ItemItemSource:
 
     name: ClassVar[str] = "item_item"
 
-    def __init__(self, block_cells: int = DENSE_BLOCK_CELLS) -> None:
+    def __init__(self, params=None, block_cells: int = DENSE_BLOCK_CELLS) -> None:
+        self.params = params if params is not None else self.default_params()
         self.block_cells = block_cells
         self._history: sp.csr_matrix | None = None  # users x active items: binary or log(1 + confidence)
         self._active = np.zeros(0, dtype=np.int64)  # active column -> item index
@@ -93,10 +94,7 @@ class EASESource(_ItemItemSource):
     """EASE: B = I - P diag(1/diag(P)), P = (X'X + l2 I)^-1, diagonal forced to zero; score = x_u B."""
 
     name: ClassVar[str] = "ease"
-
-    def __init__(self, params: EASEParams = EASEParams(), block_cells: int = DENSE_BLOCK_CELLS):
-        super().__init__(block_cells)
-        self.params = params
+    default_params = EASEParams
 
     def fit(self, data: InteractionData) -> "EASESource":
         x = self._prepare(data, self.params.max_items, self.params.history)
@@ -126,10 +124,7 @@ class RP3betaSource(_ItemItemSource):
     """RP3beta: W[i, j] = (P(i -> user -> j)) ** alpha / degree(j) ** beta, top `neighbours` per row."""
 
     name: ClassVar[str] = "rp3beta"
-
-    def __init__(self, params: RP3betaParams = RP3betaParams(), block_cells: int = DENSE_BLOCK_CELLS):
-        super().__init__(block_cells)
-        self.params = params
+    default_params = RP3betaParams
 
     def fit(self, data: InteractionData) -> "RP3betaSource":
         fitted = self.fit_many(data, [self.params], self.block_cells)[0]
