@@ -50,6 +50,9 @@ def test_trains_evaluates_and_logs_every_source_and_baseline(trained):
         assert all(getattr(tuning[name].params, key) == v for key, v in winner.items())
         assert rec.baseline_source(name).params == tuning[name].params
     assert rec.params.popularity == tuning["popularity"].params
+    # new users get the tuned popularity list: never below the popularity baseline on them
+    assert m["test.new_user_share"] > 0
+    assert m["test.new.ndcg_at_10"] >= m["baseline.popularity.new.ndcg_at_10"]
     assert 0 <= m["test.diversity_at_10"] <= 1 and m["test.novelty_at_10"] > 0
     assert "test.returning.ndcg_at_10" in m
     assert m["test.n_users"] == m["test.n_users_in_window"] == len(relevant_items(test))
