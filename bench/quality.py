@@ -103,6 +103,7 @@ def run_dataset(name: str, events: pd.DataFrame, catalog: pd.DataFrame, split_pa
                                        else new["two-stage"] - best_pop_new),
             "segments": segments, "best_iteration": result.best_iteration,
             "tuned": {n: dataclasses.asdict(t.params) for n, t in rec.baseline_tuning.items()},
+            "seen_items": rec.params.seen_items, "text_source": "text" in rec.sources,
             "recall": {key_: v for key_, v in m.items() if key_.startswith("recall.")},
             "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
 
@@ -123,7 +124,8 @@ def table(res: dict) -> str:
         if vals["two-stage"] is not None:
             lines.append(f"segment {seg}: two-stage {vals['two-stage']:.4f}, "
                          + ", ".join(f"{b} {v:.4f}" for b, v in vals.items() if b != "two-stage" and v is not None))
-    lines.append("tuned on the label window: " + "; ".join(f"{n} {p}" for n, p in res["tuned"].items()))
+    lines.append("tuned on the label window: " + "; ".join(f"{n} {p}" for n, p in res["tuned"].items())
+                 + f"; seen items: {res['seen_items']}; text source: {'on' if res['text_source'] else 'off'}")
     lines.append("recall: " + ", ".join(f"{key[7:]}={v:.3f}" for key, v in res["recall"].items()))
     return "\n".join(lines)
 
