@@ -16,9 +16,10 @@ from features.interactions import IdIndex, InteractionData, InteractionParams, b
 from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
 from models.item_item import ITEM_ITEM, EASEParams, RP3betaParams, tune_on_window
 from models.ranker import RankerParams, RankerResult, train_ranker
+from models.recall import (POPULARITY_WINDOWS, ALSParams, ALSSource, Candidates, CovisitationSource,
+                           PopularityParams, PopularitySource, RepeatSource, TextSource, TrendingParams,
+                           TrendingSource)
 from models.tuning import TuningResult, grid_search, window_truth
-from models.recall import (POPULARITY_WINDOWS, ALSParams, ALSSource, Candidates, CovisitationSource, PopularityParams,
-                           PopularitySource, RepeatSource, TextSource, TrendingParams, TrendingSource)
 
 SOURCE_NAMES = ("als", "popular", "repeat", "covis", "trending", "text")
 # pair scores of model-based sources, computed for every candidate (not only those the source proposed).

@@ -222,7 +222,8 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
 
 def log_baseline_tuning(run_id: str, eval_run: str, rec: TwoStageRecommender) -> None:
     """The settings chosen on the label window (popularity list, EASE, RP3beta, whether seen items are
-    dropped): params `tuned.<model>.<name>` / `tuned.seen_items` on the parent, every grid point's validation NDCG@10 as a table on the evaluate run."""
+    dropped): params `tuned.<model>.<name>` / `tuned.seen_items` on the parent, every grid point's
+    validation NDCG@10 as a table on the evaluate run."""
     tuning = getattr(rec, "baseline_tuning", {})
     tracking.log_params(run_id, {"tuned.seen_items": rec.params.seen_items,
                                  **{f"tuned.{name}.{key}": v for name, t in tuning.items()
