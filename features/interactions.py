@@ -171,6 +171,7 @@ class InteractionData:
     item_cat_pop_share: np.ndarray | None = None  # the item's share of its category's 28-day weight
     user_cat_events: sp.csr_matrix | None = None  # users x categories, item events (no decay, no type weight)
     category_share: np.ndarray | None = None  # share of all item events per category
+    item_buys_7d: np.ndarray | None = None  # purchase events in the last 7 days
 
     def __post_init__(self) -> None:
         # sorted column indices let a one-user lookup binary-search its row (csr_lookup)
@@ -193,7 +194,7 @@ class InteractionData:
               "item_buys_28d", "user_mean_log_price", "user_days_since_last", "user_type_counts",
               "user_events_7d", "user_cat_entropy", "item_buyers", "item_repeat_rate", "item_pop_all",
               "item_price_pct", "user_price_pct", "item_cat_pop_share",
-              "category_share")
+              "category_share", "item_buys_7d")
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -278,6 +279,7 @@ def build_interaction_data(events: pd.DataFrame, catalog: pd.DataFrame, ref_time
     item_pop_7d = windowed(age_days < 7)
     item_pop_28d = windowed(age_days < 28)
     item_buys_28d = np.bincount(i[(age_days < 28) & (etype == S.PURCHASE)], minlength=len(items)).astype(np.float32)
+    item_buys_7d = np.bincount(i[(age_days < 7) & (etype == S.PURCHASE)], minlength=len(items)).astype(np.float32)
 
     onehot = sp.csr_matrix((np.ones(len(items), dtype=np.float32), (np.arange(len(items)), item_category)),
                            shape=(len(items), len(categories)))
@@ -326,7 +328,7 @@ def build_interaction_data(events: pd.DataFrame, catalog: pd.DataFrame, ref_time
         purchases=purchases, last_seen=recency, item_category=item_category.astype(np.int64),
         categories=categories.ids, item_price=np.nan_to_num(item_price, nan=0.0),
         item_age_days=np.nan_to_num(item_age, nan=0.0), item_pop_7d=item_pop_7d,
-        item_pop_28d=item_pop_28d, item_buys_28d=item_buys_28d, user_cat_share=user_cat_share,
+        item_pop_28d=item_pop_28d, item_buys_28d=item_buys_28d, item_buys_7d=item_buys_7d, user_cat_share=user_cat_share,
         user_mean_log_price=user_mean_log_price, user_days_since_last=user_days_since_last,
         item_titles=cat[S.TITLE].fillna("").astype(str).to_numpy(dtype=object) if S.TITLE in cat
         else np.full(len(items), "", dtype=object),

@@ -222,6 +222,13 @@ def train(
     k: int = typer.Option(10, min=1, max=200, help="list length for metrics@k"),
     eval_max_users: int = typer.Option(20_000, min=0, help="evaluation and the gate score a seeded sample of at "
                                                           "most this many test-window users (0: all)"),
+    tune: str = typer.Option("quick", help="quick: pick the popularity list and the EASE/RP3beta baselines' "
+                                           "settings on the label window; off: use the settings as given"),
+    popularity_days: int = typer.Option(7, help="new users' popularity list: last 7 or 28 days (tuning may change it)"),
+    popularity_purchases_only: bool = typer.Option(False, help="popularity counts purchases only"),
+    half_life_days: float = typer.Option(30.0, min=0.1, help="recency half-life of the interaction confidence"),
+    seen_items: str = typer.Option("auto", help="items a user already touched: keep, drop, or auto (drop when "
+                                                "the label window shows almost no re-purchases)"),
 ) -> None:
     """Run the training flow (Prefect) end to end: data -> recall -> ranker -> evaluation -> MLflow -> gate."""
     # argument errors fail here, before Prefect, MLflow or the data are touched
@@ -237,19 +244,27 @@ def train(
         _fail(f"--gate-metric {problem}")
     if data_dir is not None and not data_dir.is_dir():
         _fail(f"--data-dir {data_dir}: no such directory (create it with `recsys generate --out` or `recsys ingest`)")
+    if tune not in ("off", "quick") or popularity_days not in (7, 28) or seen_items not in ("auto", "keep", "drop"):
+        _fail(f"--tune must be off or quick (not '{tune}'), --popularity-days 7 or 28 (not {popularity_days}), "
+              f"--seen-items auto, keep or drop (not '{seen_items}')")
     _env()
     from features.split import SplitParams
     from flows.train import train as train_flow
     from models.config import TrainConfig
     from models.evaluation import EvaluationParams
     from models.gate import GateParams
-    from models.recall import ALSParams
+    from features.interactions import InteractionParams
+    from models.recall import ALSParams, PopularityParams
     from models.two_stage import TwoStageParams
 
     config = TrainConfig(
         data_dir=str(data_dir) if data_dir else None, experiment=experiment, registered_model=model_name, k=k,
         split=SplitParams(label_days=label_days, test_days=test_days, cutoff=cutoff),
-        model=TwoStageParams(als=ALSParams(factors=factors, iterations=iterations, device=device)),
+        model=TwoStageParams(als=ALSParams(factors=factors, iterations=iterations, device=device),
+                             popularity=PopularityParams(popularity_days, popularity_purchases_only),
+                             interactions=InteractionParams(half_life_days=half_life_days),
+                             tune_popularity=tune != "off", tune_baselines=tune != "off",
+                             seen_items=seen_items),
         evaluation=EvaluationParams(max_users=eval_max_users or None),
         gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote)
     _guard("train")

@@ -11,9 +11,10 @@ from features import schema as S
 from models.metrics import catalog_coverage, intra_list_diversity, novelty, per_user_metrics, summarize
 from models.two_stage import SOURCE_NAMES, TwoStageRecommender
 
-# baseline name -> the recommender's source it uses alone ("itemknn" is fitted at evaluation time)
+# baseline name -> the recommender's source it uses alone (item-kNN, EASE and RP3beta are fitted at
+# evaluation time, the last two with the settings tuned on the label window)
 BASELINES = {"popularity": "popular", "als": "als", "repeat": "repeat", "covis": "covis",
-             "trending": "trending", "text": "text", "itemknn": "itemknn"}
+             "trending": "trending", "text": "text", "itemknn": "itemknn", "ease": "ease", "rp3beta": "rp3beta"}
 SEGMENTS = ("returning", "new")
 
 
@@ -49,6 +50,7 @@ class Evaluation:
     metrics: dict[str, float]  # flat, keyed as logged: test.ndcg_at_10, baseline.als.ndcg_at_10, ...
     user_ids: list[str]
     per_user: dict[str, np.ndarray] = field(default_factory=dict)  # two-stage, per test user
+    baseline_per_user: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # baseline -> per_user
     # long frame (model, metric, k, value) for k = 1..curve_max_k, from the same lists as `metrics`
     curves: pd.DataFrame | None = None
 
@@ -99,12 +101,18 @@ def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
     lists = {"two-stage": rec.recommend(idx, depth)[0]}
     m, per_user = list_metrics(lists["two-stage"][:, :k], prefix="test.", **common)
     metrics.update(m)
+    baseline_per_user = {}
     for baseline in baselines:
+        if not rec.has_source(BASELINES[baseline]):  # e.g. `text` without a real catalogue
+            continue
         lists[baseline] = rec.source_top_k(BASELINES[baseline], idx, depth)
-        metrics.update(list_metrics(lists[baseline][:, :k], prefix=f"baseline.{baseline}.", **common)[0])
+        m, baseline_per_user[baseline] = list_metrics(lists[baseline][:, :k], prefix=f"baseline.{baseline}.",
+                                                      **common)
+        metrics.update(m)
     metrics.update(candidate_recall(rec, idx, relevant))
     curves = curves_from_lists(lists, relevant, ids, curve_max_k) if curve_max_k > 0 else None
-    return Evaluation(metrics=metrics, user_ids=user_ids, per_user=per_user, curves=curves)
+    return Evaluation(metrics=metrics, user_ids=user_ids, per_user=per_user, curves=curves,
+                      baseline_per_user=baseline_per_user)
 
 
 def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[set]) -> dict[str, float]:
@@ -115,7 +123,8 @@ def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[s
     total = sum(len(r) for r in relevant)
     if total == 0:
         return {}
-    found = {name: 0 for name in SOURCE_NAMES}
+    names = [name for name in SOURCE_NAMES if name in rec.sources]  # `text` is absent without a catalogue
+    found = {name: 0 for name in names}
     found["union"] = 0
     order = np.argsort(table.users, kind="stable")
     u_sorted = table.users[order]
@@ -124,11 +133,12 @@ def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[s
         rows = order[lo:hi]
         cand_items = ids[table.items[rows]]
         found["union"] += len(rel & set(cand_items))
-        for j, name in enumerate(SOURCE_NAMES):
+        for name in names:
+            j = SOURCE_NAMES.index(name)
             proposed = ~np.isnan(table.source_features[rows, 2 * j])
             found[name] += len(rel & set(cand_items[proposed]))
-    budget_total = sum(rec.params.recall.budget(n) for n in SOURCE_NAMES)
-    out = {f"recall.{name}_recall_at_{rec.params.recall.budget(name)}": found[name] / total for name in SOURCE_NAMES}
+    budget_total = sum(rec.params.recall.budget(n) for n in names)
+    out = {f"recall.{name}_recall_at_{rec.params.recall.budget(name)}": found[name] / total for name in names}
     out[f"recall.union_recall_at_{budget_total}"] = found["union"] / total
     return out
 

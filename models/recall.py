@@ -184,13 +184,21 @@ def _same_list_for_all(users: np.ndarray, ranking: np.ndarray, scores: np.ndarra
     return Candidates.from_topk(users, np.ascontiguousarray(items), np.ascontiguousarray(vals))
 
 
+POPULARITY_WINDOWS = (7, 28)  # days the feature state counts recent popularity over
+
+
 @dataclass(frozen=True)
 class PopularityParams:
-    window_days: int = 7
+    window_days: int = 7  # 7 or 28 (POPULARITY_WINDOWS)
+    purchases_only: bool = False  # count purchases only (else confidence-weighted views, carts, purchases)
+
+    def __post_init__(self) -> None:
+        if self.window_days not in POPULARITY_WINDOWS:
+            raise ValueError(f"popularity window_days must be one of {POPULARITY_WINDOWS}, not {self.window_days}")
 
 
 class PopularitySource:
-    """Most popular items in the recent window (confidence-weighted); same list for everyone."""
+    """Most popular items in the recent window (confidence-weighted, or purchases only); same list for everyone."""
 
     name: ClassVar[str] = "popular"
 
@@ -200,7 +208,12 @@ class PopularitySource:
         self.scores: np.ndarray = np.zeros(0, dtype=np.float32)
 
     def fit(self, data: InteractionData) -> "PopularitySource":
-        pop = data.item_pop_7d if self.params.window_days <= 7 else data.item_pop_28d
+        short = self.params.window_days == 7
+        if self.params.purchases_only:
+            # state saved before item_buys_7d existed: the 28-day purchases are the nearest count
+            pop = data.item_buys_7d if short and data.item_buys_7d is not None else data.item_buys_28d
+        else:
+            pop = data.item_pop_7d if short else data.item_pop_28d
         # ties (and empty windows) broken by longer-term popularity
         self.ranking, self.scores = _ranked_by(pop.astype(np.float64) + 1e-6 * data.item_pop_28d)
         return self

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightgbm as lgb
@@ -12,13 +12,16 @@ import pandas as pd
 
 from features import schema as S
 from features.covisitation import CovisitationParams
-from features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data
+from features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data, csr_lookup
 from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
 from models import progress
+from models.item_item import ITEM_ITEM, EASEParams, RP3betaParams, tune_on_window
 from models.ranker import RankerParams, RankerResult, train_ranker
+from models.recall import (POPULARITY_WINDOWS, ALSParams, ALSSource, Candidates, CovisitationSource,
+                           PopularityParams, PopularitySource, RepeatSource, TextSource, TrendingParams,
+                           TrendingSource)
 from models.search_ranker import SearchModel
-from models.recall import (ALSParams, ALSSource, Candidates, CovisitationSource, PopularityParams,
-                           PopularitySource, RepeatSource, TextSource, TrendingParams, TrendingSource)
+from models.tuning import TuningResult, grid_search, window_truth
 
 SOURCE_NAMES = ("als", "popular", "repeat", "covis", "trending", "text")
 # pair scores of model-based sources, computed for every candidate (not only those the source proposed).
@@ -64,6 +67,22 @@ class TwoStageParams:
     # MMR re-ranking over categories: 0 = off (pure ranker order), 1 = diversity only
     diversity: float = 0.0
     diversity_pool: int = 50
+    # strong item-item baselines (evaluation only): their starting settings, and whether a small grid on
+    # the label window (before the test window) picks their hyper-parameters
+    ease: EASEParams = field(default_factory=EASEParams)
+    rp3beta: RP3betaParams = field(default_factory=RP3betaParams)
+    tune_baselines: bool = True
+    # pick the popularity list (new users' fallback and a candidate source) on the label window:
+    # window 7 or 28 days, all events or purchases only, scored on the window's new buyers
+    tune_popularity: bool = True
+    # items the user already touched: "keep" them among the candidates (re-buying shops), "drop" them
+    # (catalogues people consume once), or "auto": drop when fewer than SEEN_DROP_BELOW of the label
+    # window's purchases by known users were of items they had touched before
+    seen_items: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.seen_items not in ("auto", "keep", "drop"):
+            raise ValueError(f"seen_items must be auto, keep or drop, not '{self.seen_items}'")
 
 
 def source_feature_names() -> list[str]:
@@ -104,6 +123,30 @@ def merge_candidates(per_source: dict[str, Candidates], n_items: int) -> Candida
     return CandidateTable(uniq // n_items - 1, uniq % n_items, feats)
 
 
+def without_seen(table: CandidateTable, data: InteractionData) -> CandidateTable:
+    """The candidate rows whose item the user has not touched before the cutoff."""
+    known = table.users >= 0
+    seen = np.zeros(len(table.users), dtype=bool)
+    if known.any():
+        seen[known] = csr_lookup(data.weighted, table.users[known], table.items[known]) > 0
+    keep = ~seen
+    return CandidateTable(table.users[keep], table.items[keep], table.source_features[keep])
+
+
+SEEN_DROP_BELOW = 0.05
+
+
+def repeat_purchase_share(data: InteractionData, label_events: pd.DataFrame) -> float | None:
+    """Share of the window's purchases by users known at the cutoff that were of items they had touched."""
+    buys = label_events.loc[label_events[S.EVENT_TYPE] == S.PURCHASE]
+    u = data.users.index_of(buys[S.USER_ID].to_numpy(dtype=object))
+    i = data.items.index_of(buys[S.ITEM_ID].to_numpy(dtype=object))
+    ok = (u >= 0) & (i >= 0)
+    if not ok.any():
+        return None
+    return float((csr_lookup(data.weighted, u[ok], i[ok]) > 0).mean())
+
+
 def fit_sources(data: InteractionData, params: TwoStageParams) -> dict[str, object]:
     return {
         "als": ALSSource(params.als).fit(data),
@@ -113,13 +156,26 @@ def fit_sources(data: InteractionData, params: TwoStageParams) -> dict[str, obje
 
 def non_als_sources(data: InteractionData, params: TwoStageParams) -> dict[str, object]:
     """Sources rebuilt from the feature state alone (what `load` needs besides the ALS factors)."""
-    return {
+    sources = {
         "popular": PopularitySource(params.popularity).fit(data),
         "repeat": RepeatSource().fit(data),
         "covis": CovisitationSource().fit(data),
         "trending": TrendingSource(params.trending).fit(data),
-        "text": TextSource().fit(data),
     }
+    if has_catalog_text(data):  # else text neighbours are only the user's own items: `repeat` again
+        sources["text"] = TextSource().fit(data)
+    return sources
+
+
+def has_catalog_text(data: InteractionData, min_share: float = 0.5) -> bool:
+    """Whether at least `min_share` of the items users touched have a title other than their own id."""
+    touched = np.flatnonzero(np.diff(data.weighted.tocsc().indptr) > 0)
+    if len(touched) == 0 or len(data.item_titles) != data.n_items:
+        return False
+    titles = np.asarray(data.item_titles, dtype=object)[touched].astype(str)
+    ids = np.asarray(data.items.ids, dtype=object)[touched].astype(str)
+    real = (np.char.strip(titles) != "") & (titles != ids)
+    return bool(real.mean() >= min_share)
 
 
 def top_k_by_group(users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int,
@@ -165,16 +221,22 @@ class TwoStageRecommender:
         self.params = params
         self.booster = booster
         self.best_iteration = best_iteration
+        # item-item baselines: settings chosen on the label window ("ease" -> TuningResult), fitted sources
+        self.baseline_tuning: dict[str, TuningResult] = {}
+        self._baselines: dict[str, object] = {}
 
     # ---- candidates and features -----------------------------------------------------
     def candidate_table(self, users: np.ndarray) -> CandidateTable:
         users = np.asarray(users, dtype=np.int64)
         per_source = {name: self.sources[name].candidates(users, self.params.recall.budget(name))
                       for name in SOURCE_NAMES if name in self.sources}
-        return merge_candidates(per_source, self.data.n_items)
+        table = merge_candidates(per_source, self.data.n_items)
+        return without_seen(table, self.data) if self.params.seen_items == "drop" else table
 
     def features(self, table: CandidateTable) -> np.ndarray:
+        nan = np.full(len(table.users), np.nan, dtype=np.float32)
         model = np.column_stack([self.sources[_MODEL_FEATURE_SOURCE[f]].score_pairs(table.users, table.items)
+                                 if _MODEL_FEATURE_SOURCE[f] in self.sources else nan
                                  for f in MODEL_FEATURES]).astype(np.float32)
         return np.hstack([table.source_features, pair_features(self.data, table.users, table.items), model])
 
@@ -317,18 +379,32 @@ class TwoStageRecommender:
                         "strategy": STRATEGY_MODEL if u >= 0 else STRATEGY_POPULAR})
         return out
 
+    def baseline_params(self, name: str):
+        """An item-item baseline's settings: those tuned on the label window, else the configured ones."""
+        tuned = getattr(self, "baseline_tuning", {}).get(name)
+        return tuned.params if tuned is not None else getattr(self.params, name)
+
+    def has_source(self, name: str) -> bool:
+        """Whether `baseline_source(name)` can answer (a fitted source, or a baseline fitted on demand)."""
+        return name in self.sources or name == "itemknn" or name in ITEM_ITEM
+
     def baseline_source(self, name: str):
-        """A recall source by name; baseline-only ones (item-kNN) are fitted on first use and kept
-        outside `sources`, so they never join the candidates or the saved model."""
+        """A recall source by name; baseline-only ones (item-kNN, EASE, RP3beta) are fitted on first use
+        and kept outside `sources`, so they never join the candidates or the saved model."""
         if name in self.sources:
             return self.sources[name]
-        if name != "itemknn":
+        if name != "itemknn" and name not in ITEM_ITEM:
             raise KeyError(name)
-        if getattr(self, "_itemknn", None) is None:
-            from models.recall import ItemKNNSource
+        if not hasattr(self, "_baselines"):  # a recommender pickled before baselines were kept here
+            self._baselines = {}
+        if name not in self._baselines:
+            if name == "itemknn":
+                from models.recall import ItemKNNSource
 
-            self._itemknn = ItemKNNSource().fit(self.data)
-        return self._itemknn
+                self._baselines[name] = ItemKNNSource().fit(self.data)
+            else:
+                self._baselines[name] = ITEM_ITEM[name][0](self.baseline_params(name)).fit(self.data)
+        return self._baselines[name]
 
     def source_top_k(self, name: str, users: np.ndarray, k: int) -> np.ndarray:
         """A single source's own top-k as [n_users, k] item indices (a baseline).
@@ -380,7 +456,9 @@ def params_from_dict(d: dict) -> TwoStageParams:
     scalars = {name: d[name] for name in ("max_train_users", "train_windows", "train_window_stride_days", "train_users", "diversity",
                                           "diversity_pool")
                if name in d}
+    scalars.update({name: d[name] for name in ("tune_baselines", "tune_popularity", "seen_items") if name in d})
     return TwoStageParams(interactions=InteractionParams(**inter), als=ALSParams(**d["als"]),
+                          ease=EASEParams(**d.get("ease", {})), rp3beta=RP3betaParams(**d.get("rp3beta", {})),
                           popularity=PopularityParams(**d["popularity"]),
                           trending=TrendingParams(**d.get("trending", {})), recall=RecallParams(**d["recall"]),
                           ranker=RankerParams(**ranker), **scalars)
@@ -423,6 +501,15 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
     its users for validation (early stopping on all windows' held-out users)."""
     span = pd.Timestamp(label_end) - pd.Timestamp(train_end)
     stride = pd.Timedelta(days=params.train_window_stride_days) if params.train_window_stride_days > 0 else span
+    data_train = build_interaction_data(events, catalog, train_end, params.interactions)
+    label_events = events.loc[(events[S.TS] >= train_end) & (events[S.TS] < label_end)]
+    tuning: dict[str, TuningResult] = {}
+    if params.tune_popularity:
+        tuning["popularity"] = tune_popularity(data_train, label_events, params)
+        params = replace(params, popularity=tuning["popularity"].params)
+    if params.seen_items == "auto":
+        share = repeat_purchase_share(data_train, label_events)
+        params = replace(params, seen_items="drop" if share is not None and share < SEEN_DROP_BELOW else "keep")
     extra = []
     for w in range(1, max(params.train_windows, 1)):
         start = pd.Timestamp(train_end) - w * stride
@@ -432,11 +519,9 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
         learner_w = TwoStageRecommender(data_w, fit_sources(data_w, params), params)
         labels_w = events.loc[(events[S.TS] >= start) & (events[S.TS] < start + span)]
         extra.append(learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
-    data_train = build_interaction_data(events, catalog, train_end, params.interactions)
     progress.note(f"stage 1/3: recall sources on events before {pd.Timestamp(train_end):%Y-%m-%d} "
                   f"({data_train.n_users:,} users, {data_train.n_items:,} items)")
     learner = TwoStageRecommender(data_train, fit_sources(data_train, params), params)
-    label_events = events.loc[(events[S.TS] >= train_end) & (events[S.TS] < label_end)]
     progress.note(f"stage 2/3: ranking sets (candidates + features) and the ranker on {len(label_events):,} "
                   "label-window events")
     result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra=tuple(extra))
@@ -445,7 +530,32 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
                   f"(ranker: best iteration {result.best_iteration})")
     final = TwoStageRecommender(data_final, fit_sources(data_final, params), params,
                                 result.booster, result.best_iteration)
+    if params.tune_baselines:
+        tuning.update(tune_item_item_baselines(data_train, label_events, params))
+    final.baseline_tuning = tuning
     return final, result
+
+
+POPULARITY_GRID = tuple({"window_days": w, "purchases_only": p} for w in POPULARITY_WINDOWS for p in (False, True))
+MIN_NEW_BUYERS = 30  # fewer new buyers in the label window than this: score the lists on every buyer
+
+
+def tune_popularity(data: InteractionData, label_events: pd.DataFrame, params: TwoStageParams) -> TuningResult:
+    """The popularity list (window, purchases only or not) that best predicts what the label window's new
+    buyers purchase; a tie keeps the configured setting (listed first)."""
+    users, relevant = window_truth(data, label_events, 5000, params.ranker.seed, new_users=True)
+    if len(users) < MIN_NEW_BUYERS:
+        users, relevant = window_truth(data, label_events, 5000, params.ranker.seed)
+    configured = {"window_days": params.popularity.window_days, "purchases_only": params.popularity.purchases_only}
+    grid = (configured, *(g for g in POPULARITY_GRID if g != configured))
+    return grid_search(PopularitySource, params.popularity, grid, data, users, relevant)
+
+
+def tune_item_item_baselines(data: InteractionData, label_events: pd.DataFrame,
+                             params: TwoStageParams) -> dict[str, TuningResult]:
+    """EASE and RP3beta settings picked on the label window (fit before it, scored on its buyers)."""
+    return {name: tune_on_window(name, data, label_events, base=getattr(params, name), seed=params.ranker.seed)
+            for name in ITEM_ITEM}
 
 
 __all__ = ["TwoStageRecommender", "TwoStageParams", "RecallParams", "train_two_stage", "IdIndex"]

@@ -277,6 +277,7 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
         tracking.log_history(rank_run, result.history, prefix="rank")
         importance = pd.DataFrame({"feature": FEATURE_NAMES, "gain": gains}).sort_values("gain", ascending=False)
         tracking.log_text(rank_run, importance.to_csv(index=False), "tables/feature_importance.csv")
+        log_baseline_tuning(run_id, eval_run, rec)
         # evaluate: test.* and baseline.* at k, and metric@k curves with step = k
         tracking.log_metrics(eval_run, {m: v for m, v in evaluation.metrics.items() if not m.startswith("recall.")})
         tracking.log_text(eval_run, metric_table(evaluation.metrics, k), "tables/model_vs_baselines.txt")
@@ -288,6 +289,21 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
                 prefix = "test" if model == "two-stage" else f"baseline.{model}"
                 series[f"curve.{prefix}.{metric}_at_k"] = list(zip(g["k"].astype(int), g["value"]))
             tracking.log_series(eval_run, series)
+
+
+def log_baseline_tuning(run_id: str, eval_run: str, rec: TwoStageRecommender) -> None:
+    """The settings chosen on the label window (popularity list, EASE, RP3beta, whether seen items are
+    dropped): params `tuned.<model>.<name>` / `tuned.seen_items` on the parent, every grid point's
+    validation NDCG@10 as a table on the evaluate run."""
+    tuning = getattr(rec, "baseline_tuning", {})
+    tracking.log_params(run_id, {"tuned.seen_items": rec.params.seen_items,
+                                 **{f"tuned.{name}.{key}": v for name, t in tuning.items()
+                                    for key, v in asdict(t.params).items()}})
+    if not tuning:
+        return
+    rows = [{"model": name, **point, "validation_ndcg_at_10": score}
+            for name, t in tuning.items() for point, score in t.scores]
+    tracking.log_text(eval_run, pd.DataFrame(rows).to_csv(index=False), "tables/baseline_tuning.csv")
 
 
 @task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],

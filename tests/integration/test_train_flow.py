@@ -13,8 +13,14 @@ def test_first_run_logs_metrics_registers_and_becomes_champion(first_run):
     run = client.get_run(first_run["run_id"])
     m = run.data.metrics
     for key in ("test.ndcg_at_10", "test.map_at_10", "test.recall_at_10", "test.hitrate_at_10",
-                "baseline.popularity.ndcg_at_10", "baseline.als.ndcg_at_10", "recall.als_recall_at_100"):
+                "baseline.popularity.ndcg_at_10", "baseline.als.ndcg_at_10", "recall.als_recall_at_100",
+                "baseline.ease.ndcg_at_10", "baseline.rp3beta.ndcg_at_10"):
         assert key in m, key
+    # the item-item baselines' settings were chosen on the label window, one of the grid's points
+    assert float(run.data.params["tuned.ease.l2"]) in (20.0, 100.0, 500.0)
+    assert float(run.data.params["tuned.rp3beta.beta"]) in (0.0, 0.25, 0.5)
+    assert run.data.params["tuned.seen_items"] in ("keep", "drop")
+    assert run.data.params["tuned.popularity.window_days"] in ("7", "28")
     assert 0 < m["test.ndcg_at_10"] <= 1
     assert m["test.ndcg_at_10"] > m["baseline.popularity.ndcg_at_10"]
     assert run.info.status == "FINISHED"
@@ -88,3 +94,14 @@ def test_registered_model_loads_in_a_fresh_process(first_run, recsys_home):
                           cwd=recsys_home)  # not the repo: the model must carry its own code
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"nobody": 5, "u000001": 5}
+
+
+def test_train_rejects_an_unknown_tuning_mode_in_one_line():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    for args in (["--tune", "always"], ["--popularity-days", "14"], ["--seen-items", "sometimes"]):
+        out = CliRunner().invoke(app, ["train", *args])
+        assert out.exit_code != 0 and "Traceback" not in out.output
+        assert "--tune must be off or quick" in out.output and len(out.output.strip().splitlines()) == 1

@@ -6,6 +6,7 @@ from features import schema as S
 from features.interactions import build_interaction_data
 from models.recall import (ALSParams, ALSSource, CovisitationSource, ItemKNNSource, PopularitySource,
                            RepeatSource, TextSource, TrendingParams, TrendingSource)
+from models.item_item import EASEParams, EASESource, RP3betaParams, RP3betaSource, tune_on_window
 from models.two_stage import merge_candidates, mmr_rerank, top_k_by_group
 from tests.unit.conftest import make_events
 
@@ -20,6 +21,9 @@ SOURCES = {
     "trending_per_category": lambda: TrendingSource(TrendingParams(per_category=True)),
     "text": TextSource,
     "itemknn": ItemKNNSource,
+    "ease": lambda: EASESource(EASEParams(l2=1.0)),
+    "rp3beta": RP3betaSource,
+    "ease_few_items": lambda: EASESource(EASEParams(l2=1.0, max_items=5)),
 }
 
 
@@ -148,3 +152,71 @@ def test_mmr_trades_score_for_new_categories():
     scores = np.array([[1.0, 0.9, 0.8, 0.1]], dtype=np.float32)
     assert mmr_rerank(items, scores, cat, 3, 0.0)[0].tolist() == [[0, 1, 2]]
     assert mmr_rerank(items, scores, cat, 3, 0.5)[0].tolist() == [[0, 3, 1]]
+
+
+@pytest.mark.parametrize("source", [EASESource(EASEParams(l2=0.5)), RP3betaSource(RP3betaParams(beta=0.0)),
+                                    EASESource(EASEParams(l2=0.5), block_cells=12)])
+def test_item_item_sources_recover_the_held_out_diagonal(checkerboard, source):
+    events, catalog = checkerboard
+    data = build_interaction_data(events, catalog, REF)
+    users = data.users.index_of([f"u{u}" for u in range(12)])
+    c = source.fit(data).candidates(users, 6)
+    for u in range(12):
+        mine = c.items[(c.users == users[u])]
+        own = {data.items.position(f"i{i}") for i in range(6 * (u // 6), 6 * (u // 6) + 6)}
+        held_out = data.items.position(f"i{(u // 6) * 6 + u % 6}")
+        # the first five are the user's own group; the unseen one of them scores highest
+        assert set(mine[:5].tolist()) <= own and held_out in mine[:5].tolist()
+        assert mine[0] == held_out, (u, mine)
+
+
+def test_ease_keeps_only_the_most_active_items():
+    events = make_events([(u, it, S.PURCHASE, "2026-01-02 10:00")
+                          for u, its in (("a", "xy"), ("b", "xy"), ("c", "xz"), ("d", "x")) for it in its])
+    catalog = pd.DataFrame({S.ITEM_ID: ["x", "y", "z"], S.TITLE: ["x", "y", "z"], S.CATEGORY: ["k"] * 3})
+    data = build_interaction_data(events, catalog, REF)
+    src = EASESource(EASEParams(l2=0.1, max_items=2)).fit(data)
+    assert data.items.ids[src._active].tolist() == ["x", "y"]  # z, touched once, is out
+    c = src.candidates(data.users.index_of(["d"]), 3)
+    assert data.items.ids[c.items].tolist() == ["y"]
+
+
+def test_rp3beta_penalises_popular_items_with_beta():
+    # user q touched a; a is co-bought with the popular p (4 users) and the rare r (1 user, also a)
+    rows = [("q", "a")] + [(f"u{j}", "p") for j in range(3)] + [("v", "a"), ("v", "p"), ("w", "a"), ("w", "r")]
+    events = make_events([(u, it, S.PURCHASE, "2026-01-02 10:00") for u, it in rows])
+    catalog = pd.DataFrame({S.ITEM_ID: ["a", "p", "r"], S.TITLE: ["a", "p", "r"], S.CATEGORY: ["k"] * 3})
+    data = build_interaction_data(events, catalog, REF)
+    user = data.users.index_of(["q"])
+    plain = RP3betaSource(RP3betaParams(alpha=1.0, beta=0.0)).fit(data).candidates(user, 2)
+    penal = RP3betaSource(RP3betaParams(alpha=1.0, beta=1.0)).fit(data).candidates(user, 2)
+    # a -> v -> p and a -> w -> r are equally likely walks; beta divides p's weight by its degree 4
+    assert np.isclose(plain.scores[0], plain.scores[1])
+    assert data.items.ids[penal.items].tolist() == ["r", "p"]
+    assert np.isclose(penal.scores[0] / penal.scores[1], 4.0)
+
+
+def test_tuning_picks_the_grid_point_that_scores_best_on_the_label_window(checkerboard):
+    events, catalog = checkerboard
+    data = build_interaction_data(events, catalog, REF)
+    # the label window: each user buys their held-out item
+    labels = make_events([(f"u{u}", f"i{(u // 6) * 6 + u % 6}", S.PURCHASE, "2026-01-11 10:00") for u in range(12)])
+    res = tune_on_window("ease", data, labels, grid=({"l2": 0.5}, {"l2": 1e6}), k=1)
+    scores = dict((p["l2"], s) for p, s in res.scores)
+    assert scores[0.5] == 1.0 and res.params.l2 == 0.5
+    res = tune_on_window("rp3beta", data, labels, grid=({"beta": 0.0}, {"beta": 0.5}), k=1)
+    assert res.scores[0][1] == 1.0 and res.params.beta == 0.0  # a tie keeps the first point
+
+
+def test_rp3beta_grid_shares_one_walk_and_matches_separate_fits(recent_checkerboard):
+    events, catalog = recent_checkerboard
+    data = build_interaction_data(events, catalog, REF)
+    points = [RP3betaParams(alpha=a, beta=b, neighbours=4) for a in (0.5, 1.0) for b in (0.0, 0.7)]
+    many = RP3betaSource.fit_many(data, points, block_cells=24)  # 2 item rows per block
+    users = np.arange(data.n_users)
+    for p, src in zip(points, many):
+        alone = RP3betaSource(p).fit(data)
+        np.testing.assert_allclose(src._weights.toarray(), alone._weights.toarray(), rtol=1e-5)
+        np.testing.assert_array_equal(src.candidates(users, 3).items, alone.candidates(users, 3).items)
+    with pytest.raises(ValueError, match="one max_items"):
+        RP3betaSource.fit_many(data, [RP3betaParams(max_items=3), RP3betaParams()])

@@ -38,8 +38,21 @@ def test_trains_evaluates_and_logs_every_source_and_baseline(trained):
     m = evaluate(rec, test, 10).metrics
     for name in SOURCE_NAMES:
         assert any(key.startswith(f"recall.{name}_recall_at_") for key in m), name
-    for b in ("popularity", "als", "repeat", "covis", "itemknn"):
+    for b in ("popularity", "als", "repeat", "covis", "itemknn", "ease", "rp3beta"):
         assert f"baseline.{b}.ndcg_at_10" in m
+    # EASE, RP3beta and the popularity list were tuned on the label window: a grid point won, and the
+    # baselines were fitted with the winner
+    tuning = rec.baseline_tuning
+    assert set(tuning) == {"popularity", "ease", "rp3beta"}
+    for name in ("ease", "rp3beta"):
+        best = max(score for _, score in tuning[name].scores)
+        winner = next(point for point, score in tuning[name].scores if score == best)
+        assert all(getattr(tuning[name].params, key) == v for key, v in winner.items())
+        assert rec.baseline_source(name).params == tuning[name].params
+    assert rec.params.popularity == tuning["popularity"].params
+    # new users get the tuned popularity list: never below the popularity baseline on them
+    assert m["test.new_user_share"] > 0
+    assert m["test.new.ndcg_at_10"] >= m["baseline.popularity.new.ndcg_at_10"]
     assert 0 <= m["test.diversity_at_10"] <= 1 and m["test.novelty_at_10"] > 0
     assert "test.returning.ndcg_at_10" in m
     assert m["test.n_users"] == m["test.n_users_in_window"] == len(relevant_items(test))
@@ -99,12 +112,15 @@ def test_params_round_trip_through_json_dict():
 
     from features.covisitation import CovisitationParams
     from features.interactions import InteractionParams
-    from models.recall import TrendingParams
+    from models.item_item import EASEParams, RP3betaParams
+    from models.recall import PopularityParams, TrendingParams
     from models.two_stage import params_from_dict
 
     p = _params(train_windows=3, train_window_stride_days=2, train_users="buyers", diversity=0.4,
                 interactions=InteractionParams(covisitation=CovisitationParams(max_lag=3)),
-                trending=TrendingParams(per_category=True))
+                trending=TrendingParams(per_category=True), popularity=PopularityParams(28, purchases_only=True),
+                ease=EASEParams(l2=7.0, max_items=50), rp3beta=RP3betaParams(alpha=0.5), tune_baselines=False,
+                tune_popularity=False, seen_items="drop")
     assert params_from_dict(json.loads(json.dumps(dataclasses.asdict(p)))) == p
 
 
@@ -144,3 +160,72 @@ def test_recommend_in_user_blocks_gives_the_same_lists(trained, monkeypatch):
     items, scores = rec.recommend(users, 10)
     np.testing.assert_array_equal(items, whole_items)
     np.testing.assert_allclose(scores, whole_scores, rtol=1e-6)
+
+
+def test_popularity_tuning_follows_what_new_buyers_buy():
+    from models.recall import PopularityParams
+    from models.two_stage import tune_popularity
+    from tests.unit.conftest import make_events
+
+    # last 7 days: item v is viewed a lot; over 28 days, item b is what people buy
+    rows = [(f"o{j}", "v", S.VIEW, "2026-01-25 10:00") for j in range(60)]
+    rows += [(f"o{j}", "b", S.PURCHASE, "2026-01-10 10:00") for j in range(5)]
+    rows += [(f"o{j}", "c", S.PURCHASE, "2026-01-26 10:00") for j in range(2)]
+    events = make_events(rows)
+    catalog = pd.DataFrame({S.ITEM_ID: ["v", "b", "c"], S.TITLE: ["v", "b", "c"], S.CATEGORY: ["k"] * 3})
+    from features.interactions import build_interaction_data
+
+    data = build_interaction_data(events, catalog, pd.Timestamp("2026-01-28", tz="UTC"))
+    labels = make_events([(f"new{j}", "b", S.PURCHASE, "2026-01-29 10:00") for j in range(40)])
+    res = tune_popularity(data, labels, _params())
+    assert res.params == PopularityParams(window_days=28, purchases_only=True)
+    assert res.scores[0][0] == {"window_days": 7, "purchases_only": False}  # the configured one, tried first
+    assert res.scores[0][1] < 0.7 < dict((tuple(p.values()), sc) for p, sc in res.scores)[(28, True)]
+
+
+def test_seen_items_auto_drops_them_only_where_nobody_rebuys(small_world):
+    from dataclasses import replace
+
+    from features.interactions import build_interaction_data
+    from models.two_stage import repeat_purchase_share, without_seen
+
+    events, catalog = small_world
+    split = temporal_split(events[S.TS].max(), SplitParams(label_days=5, test_days=5))
+    data = build_interaction_data(events, catalog, split.train_end)
+    labels = window(events, split.train_end, split.label_end)
+    share = repeat_purchase_share(data, labels)
+    assert 0 < share <= 1
+    # the same window with every re-purchase removed: nobody re-buys, so auto drops seen items
+    buys = labels[labels[S.EVENT_TYPE] == S.PURCHASE]
+    u, i = data.users.index_of(buys[S.USER_ID].to_numpy(object)), data.items.index_of(buys[S.ITEM_ID].to_numpy(object))
+    from features.interactions import csr_lookup
+
+    rebuy = np.zeros(len(buys), bool)
+    ok = (u >= 0) & (i >= 0)
+    rebuy[ok] = csr_lookup(data.weighted, u[ok], i[ok]) > 0
+    assert rebuy[ok].mean() == pytest.approx(share)
+    fresh = labels.drop(buys.index[rebuy])
+    assert repeat_purchase_share(data, fresh) == 0.0
+    rec, _ = train_two_stage(pd.concat([events[events[S.TS] < split.train_end], fresh]), catalog,
+                             split.train_end, split.label_end, _params(tune_baselines=False))
+    assert rec.params.seen_items == "drop"
+    users = np.arange(min(rec.data.n_users, 40))
+    table = rec.candidate_table(users)
+    assert len(table.users) and not (csr_lookup(rec.data.weighted, table.users, table.items) > 0).any()
+    kept = TwoStageRecommender(rec.data, rec.sources, replace(rec.params, seen_items="keep"))
+    full = kept.candidate_table(users)
+    assert len(full.users) > len(table.users)
+    assert len(without_seen(full, rec.data).users) == len(table.users)
+
+
+def test_text_source_is_left_out_without_a_real_catalogue(small_world):
+    events, catalog = small_world
+    bare = catalog.assign(**{S.TITLE: catalog[S.ITEM_ID]})  # titles that are only the ids
+    split = temporal_split(events[S.TS].max(), SplitParams(label_days=5, test_days=5))
+    rec, _ = train_two_stage(events, bare, split.train_end, split.label_end,
+                             _params(tune_baselines=False, tune_popularity=False))
+    assert "text" not in rec.sources and "repeat" in rec.sources
+    m = evaluate(rec, window(events, split.label_end, split.test_end), 10, curve_max_k=0).metrics
+    assert "baseline.text.ndcg_at_10" not in m and "baseline.repeat.ndcg_at_10" in m
+    assert not any(key.startswith("recall.text_") for key in m) and "test.ndcg_at_10" in m
+    assert np.isnan(rec.features(rec.candidate_table(np.arange(5)))[:, FEATURE_NAMES.index("m_text_sim")]).all()
