@@ -7,6 +7,7 @@ import getpass
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,7 +31,9 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 PREVIOUS = "previous"
 _BATCH = 900  # log_batch accepts at most 1000 entries per call
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# the `recsys` package's folder when installed (site-packages/recsys); the checkout's root otherwise
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+_SUBPACKAGES = ("features", "models", "tasks", "flows", "serving")
 
 
 def client() -> MlflowClient:
@@ -221,10 +224,25 @@ def log_model(run_id: str, recommender: TwoStageRecommender, example_user_ids: l
         recommender.save(model_dir)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(_PROJECT_ROOT / "models" / "pyfunc_model.py"), artifacts={ARTIFACT_KEY: str(model_dir)},
-                code_paths=[str(_PROJECT_ROOT / "models"), str(_PROJECT_ROOT / "features")],
+                name="model", python_model=str(_PACKAGE_DIR / "models" / "pyfunc_model.py"), artifacts={ARTIFACT_KEY: str(model_dir)},
+                code_paths=[str(_package_copy(Path(tmp) / "code"))],
                 signature=signature, input_example=example, pip_requirements=_pip_requirements())
     return info.model_uri
+
+
+def _package_copy(dest: Path) -> Path:
+    """The model's code: the whole `recsys` package (.py files only), laid out as installed. MLflow copies it to
+    <model>/code/recsys and puts <model>/code first on sys.path at load, so `recsys.models.pyfunc` imports in a
+    fresh process with or without this package installed, and the code that trained the model serves it. All
+    subpackages, not only the pure ones the pyfunc needs: a `recsys` without `tasks` would shadow the installed
+    one in that process."""
+    pkg = dest / "recsys"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""recsys, as logged with an MLflow model (models from code)."""\n')
+    for sub in _SUBPACKAGES:
+        shutil.copytree(_PACKAGE_DIR / sub, pkg / sub, ignore=lambda d, names: [
+            n for n in names if not (n.endswith(".py") or (Path(d) / n).is_dir()) or n == "__pycache__"])
+    return pkg
 
 
 def _pip_requirements() -> list[str]:

@@ -6,14 +6,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _top(module: str) -> str:
+    """`recsys.models.x` counts as the layer `models` (the package's own layers live under `recsys.`)."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "recsys" and len(parts) > 1 else parts[0]
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            names |= {_top(a.name) for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(_top(node.module))
+            if node.module == "recsys":  # from recsys import models
+                names |= {a.name for a in node.names}
     return names
 
 
