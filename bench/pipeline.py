@@ -29,7 +29,7 @@ TARGETS = {"als_fit": 1.05, "candidates": 1.2, "ranker_fit": 1.05, "flow_vs_scri
 
 
 def synthetic_params(n_events: float, seed: int = 7):
-    from features.synthetic import SyntheticParams, events_per_day_estimate
+    from recsys.features.synthetic import SyntheticParams, events_per_day_estimate
 
     days = 56
     base = SyntheticParams(n_users=1000, n_items=500, n_days=days, seed=seed)
@@ -66,13 +66,13 @@ def stage_benchmarks(data_dir: Path, repeat: int) -> dict:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from features import schema as S
-    from features.interactions import build_interaction_data
-    from features.split import SplitParams, temporal_split
-    from models.recall import ALSParams, ALSSource
-    from models.two_stage import FEATURE_NAMES, TwoStageParams, TwoStageRecommender, fit_sources
-    from models.ranker import RankerParams, train_ranker
-    from tasks.data import read_catalog, read_events
+    from recsys.features import schema as S
+    from recsys.features.interactions import build_interaction_data
+    from recsys.features.split import SplitParams, temporal_split
+    from recsys.models.recall import ALSParams, ALSSource
+    from recsys.models.two_stage import FEATURE_NAMES, TwoStageParams, TwoStageRecommender, fit_sources
+    from recsys.models.ranker import RankerParams, train_ranker
+    from recsys.tasks.data import read_catalog, read_events
 
     events, catalog = read_events(data_dir), read_catalog(data_dir)
     split = temporal_split(events[S.TS].max(), SplitParams())
@@ -94,7 +94,7 @@ def stage_benchmarks(data_dir: Path, repeat: int) -> dict:
     t_chol, _ = timed(plain_als, False)
     out["als"] = {"pipeline_s": t_pipe, "plain_s": t_plain, "ratio": t_pipe / t_plain,
                   "cholesky_s": t_chol, "s_per_iteration": t_pipe / p.iterations}
-    from models.gpu import cuda_status
+    from recsys.models.gpu import cuda_status
 
     if cuda_status()[0]:
         gp = ALSParams(device="gpu", iterations=p.iterations)
@@ -148,13 +148,13 @@ PLAIN_SCRIPT = """
 import sys, time, tempfile
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from features import schema as S
-from features.split import temporal_split, window
-from models.config import TrainConfig
-from models.evaluation import evaluate, evaluation_truth, score_users
-from models.two_stage import TwoStageRecommender, train_two_stage
-from features.validation import split_valid_rows
-from tasks.data import read_catalog, read_events
+from recsys.features import schema as S
+from recsys.features.split import temporal_split, window
+from recsys.models.config import TrainConfig
+from recsys.models.evaluation import evaluate, evaluation_truth, score_users
+from recsys.models.two_stage import TwoStageRecommender, train_two_stage
+from recsys.features.validation import split_valid_rows
+from recsys.tasks.data import read_catalog, read_events
 import pandas as pd
 t0 = time.perf_counter()
 config = TrainConfig(**{config!r})
@@ -180,9 +180,9 @@ print(time.perf_counter() - t0)
 INIT_TRACKING = """
 import sys, time
 sys.path.insert(0, {root!r})
-from tasks.paths import prepare_environment
+from recsys.tasks.paths import prepare_environment
 prepare_environment()
-from tasks.tracking import ensure_experiment
+from recsys.tasks.tracking import ensure_experiment
 ensure_experiment("recsys")
 print(0.0)
 """
@@ -190,10 +190,10 @@ print(0.0)
 FLOW_SCRIPT = """
 import sys, time
 sys.path.insert(0, {root!r})
-from tasks.paths import prepare_environment
+from recsys.tasks.paths import prepare_environment
 prepare_environment()
-from models.config import TrainConfig
-from flows.train import train
+from recsys.models.config import TrainConfig
+from recsys.flows.train import train
 t0 = time.perf_counter()
 train(config=TrainConfig(**{config!r}))
 print(time.perf_counter() - t0)
@@ -306,7 +306,7 @@ def stage_seconds(env: dict) -> dict[str, float]:
 
 
 def generate(n_events: float, target: Path) -> dict:
-    from tasks.data import write_synthetic_dataset
+    from recsys.tasks.data import write_synthetic_dataset
 
     return write_synthetic_dataset(target, synthetic_params(n_events))
 

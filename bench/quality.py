@@ -27,13 +27,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features import schema as S  # noqa: E402
-from features.split import SplitParams, temporal_split, window  # noqa: E402
-from features.synthetic import SyntheticParams, SyntheticWorld  # noqa: E402
-from models.config import TrainConfig  # noqa: E402
-from models.evaluation import BASELINES, evaluate  # noqa: E402
-from models.gate import paired_bootstrap_ci  # noqa: E402
-from models.two_stage import train_two_stage  # noqa: E402
+from recsys.features import schema as S  # noqa: E402
+from recsys.features.split import SplitParams, temporal_split, window  # noqa: E402
+from recsys.features.synthetic import SyntheticParams, SyntheticWorld  # noqa: E402
+from recsys.models.config import TrainConfig  # noqa: E402
+from recsys.models.evaluation import BASELINES, evaluate  # noqa: E402
+from recsys.models.gate import paired_bootstrap_ci  # noqa: E402
+from recsys.models.two_stage import train_two_stage  # noqa: E402
 
 # the shared data next to the repository (../shared, as the README says) unless RECSYS_SHARED points elsewhere
 SHARED = Path(os.environ.get("RECSYS_SHARED") or Path(__file__).resolve().parents[2] / "shared")
@@ -60,7 +60,7 @@ def load_online_retail(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     Zero-price lines are left by the adapter to contract validation (rule non_positive_price),
     which rejects them; the bench drops them the same way."""
-    from features.online_retail import STRING_COLUMNS, transform_online_retail
+    from recsys.features.online_retail import STRING_COLUMNS, transform_online_retail
 
     raw = pd.read_csv(path, encoding="latin-1", dtype={c: "string" for c in STRING_COLUMNS})
     result = transform_online_retail(raw)

@@ -30,17 +30,17 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features import schema as S  # noqa: E402
-from features.interactions import build_interaction_data  # noqa: E402
-from features.split import SplitParams, temporal_split  # noqa: E402
-from features.synthetic import SyntheticParams, SyntheticWorld  # noqa: E402
-from models.gate import paired_bootstrap_ci  # noqa: E402
-from models.search import blend_search  # noqa: E402
-from models.search_ranker import (SearchRankerParams, evaluate_search, search_sessions,  # noqa: E402
+from recsys.features import schema as S  # noqa: E402
+from recsys.features.interactions import build_interaction_data  # noqa: E402
+from recsys.features.split import SplitParams, temporal_split  # noqa: E402
+from recsys.features.synthetic import SyntheticParams, SyntheticWorld  # noqa: E402
+from recsys.models.gate import paired_bootstrap_ci  # noqa: E402
+from recsys.models.search import blend_search  # noqa: E402
+from recsys.models.search_ranker import (SearchRankerParams, evaluate_search, search_sessions,  # noqa: E402
                                   train_search_model)
-from models.semantic import load_encoder, why_not  # noqa: E402
-from models.session import build_serving_index  # noqa: E402
-from models.two_stage import TwoStageParams, train_two_stage  # noqa: E402
+from recsys.models.semantic import load_encoder, why_not  # noqa: E402
+from recsys.models.session import build_serving_index  # noqa: E402
+from recsys.models.two_stage import TwoStageParams, train_two_stage  # noqa: E402
 
 TARGET = 1.15  # (d) / (a) on NDCG@10
 RETAIL_CSV = Path(os.environ.get("RECSYS_SHARED", "/work/shared")) / "data/online_retail/online_retail.csv.gz"
@@ -108,7 +108,7 @@ def new_item_content_recall(path: Path, test_days: int = 30, ks: tuple[int, ...]
     their history (mean of the history items' vectors); recall@k of the new items they bought, TF-IDF vs
     embeddings (a new item has no interactions: content is its only candidate path)."""
     from bench.quality import load_online_retail
-    from models.text_index import TextIndex
+    from recsys.models.text_index import TextIndex
 
     events, catalog = load_online_retail(path)
     buys = events.loc[events[S.EVENT_TYPE] == S.PURCHASE, [S.USER_ID, S.ITEM_ID, S.TS]]

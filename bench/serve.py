@@ -217,7 +217,7 @@ async def together(port: int, streams: dict[str, tuple[list[bytes], float]], dur
 
 def state_lookup_us(home: Path, users: list[str], n: int = 2000) -> float:
     """Microseconds per real-time state lookup on the service's SQLite store (what every GET adds)."""
-    from serving.user_state import SqliteUserState
+    from recsys.serving.user_state import SqliteUserState
 
     store = SqliteUserState(home / "collector" / "user_state.sqlite")
     t0 = time.perf_counter()

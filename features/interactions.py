@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features import schema as S
-from features.covisitation import CovisitationParams, build_covisitation
+from recsys.features import schema as S
+from recsys.features.covisitation import CovisitationParams, build_covisitation
 
 DAY_SECONDS = 86400.0
 

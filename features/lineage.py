@@ -1,6 +1,6 @@
 """What a model was trained on: data identity (the event store's name and a fingerprint of its catalogue) and
 its training end. Recorded as registry version tags; the gate reads them back to decide whether two models
-may be compared at all, and on which window (models.gate.fair_window)."""
+may be compared at all, and on which window (recsys.models.gate.fair_window)."""
 
 from __future__ import annotations
 

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features import schema as S
-from features.validation import SOURCE_ROW, SchemaError
+from recsys.features import schema as S
+from recsys.features.validation import SOURCE_ROW, SchemaError
 
 MAPPABLE = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.TS, S.SESSION_ID, S.QUERY, S.QUANTITY, S.PRICE)
 

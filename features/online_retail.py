@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.validation import REJECT_RULE, SOURCE_ROW, SchemaError
+from recsys.features import schema as S
+from recsys.features.validation import REJECT_RULE, SOURCE_ROW, SchemaError
 
 INVOICE, STOCK, DESCRIPTION, QTY, DATE, UNIT_PRICE, CUSTOMER, COUNTRY = (
     "InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")

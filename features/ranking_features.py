@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.interactions import (DENSE_BLOCK_CELLS, IdIndex, InteractionData, csr_lookup, csr_row, row_blocks,
+from recsys.features import schema as S
+from recsys.features.interactions import (DENSE_BLOCK_CELLS, IdIndex, InteractionData, csr_lookup, csr_row, row_blocks,
                                    row_totals, single_row, weighted_rows_sum)
 
 PAIR_FEATURES = (

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from features import schema as S
+from recsys.features import schema as S
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features import schema as S
+from recsys.features import schema as S
 
 _CATEGORIES: dict[str, tuple[str, ...]] = {
     "shoes": ("sneakers", "boots", "sandals", "loafers"),

@@ -20,7 +20,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from features import schema as S
+from recsys.features import schema as S
 
 SOURCE_ROW = "source_row"
 REJECT_RULE = "reject_rule"
@@ -150,7 +150,7 @@ def row_checks(now: pd.Timestamp, future_tolerance: pd.Timedelta) -> list[tuple[
 
     return [
         (EMPTY_USER_ID, lambda d: d[S.USER_ID].notna()),
-        # both ids: the contract of features.schema.MAX_ID_LENGTH / ID_FORBIDDEN_PATTERN
+        # both ids: the contract of recsys.features.schema.MAX_ID_LENGTH / ID_FORBIDDEN_PATTERN
         (ID_TOO_LONG, lambda d: ~d[_BAD_ID_LENGTH]),
         (ID_CONTROL_CHARACTER, lambda d: ~d[_BAD_ID_CHARS]),
         (UNKNOWN_EVENT_TYPE, lambda d: flag(d[S.EVENT_TYPE].isin(S.EVENT_TYPES))),

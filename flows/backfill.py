@@ -11,11 +11,11 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.runtime import flow_run
 
-from flows.runners import task_runner
-from models.config import TrainConfig
-from models.ops_config import BackfillParams
-from tasks.ops import find_finished_run, retire_runs
-from tasks.reporting import publish_table
+from recsys.flows.runners import task_runner
+from recsys.models.config import TrainConfig
+from recsys.models.ops_config import BackfillParams
+from recsys.tasks.ops import find_finished_run, retire_runs
+from recsys.tasks.reporting import publish_table
 
 
 @task(name="train-at-cutoff")
@@ -23,7 +23,7 @@ def train_at_cutoff(config: TrainConfig) -> dict:
     """One cutoff = one `train` flow run (nested under this task, so it can run on a Dask worker)."""
     # imported here, not at module level: Dask ships this task by value (cloudpickle), and the flow must
     # resolve its `TrainConfig` annotation from the real module on the worker
-    from flows.train import train
+    from recsys.flows.train import train
 
     result = train(config=config)
     return {k: v for k, v in result.items() if k != "metrics"} | {"ndcg": _ndcg(result, config.k)}

@@ -9,10 +9,10 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.runners import task_runner
-from models.ops_config import BatchScoreParams
-from tasks.batch import active_users, publish_tables, score_partition, staging_dir
-from tasks.ops import resolve_version
+from recsys.flows.runners import task_runner
+from recsys.models.ops_config import BatchScoreParams
+from recsys.tasks.batch import active_users, publish_tables, score_partition, staging_dir
+from recsys.tasks.ops import resolve_version
 
 
 @flow(name="batch-score-partitions")

@@ -17,7 +17,7 @@ app = typer.Typer(
 
 
 def _env() -> None:
-    from tasks.paths import prepare_environment
+    from recsys.tasks.paths import prepare_environment
 
     prepare_environment()
 
@@ -39,9 +39,9 @@ def generate(
 ) -> None:
     """Generate the synthetic e-commerce data set (events partitioned by day + catalog)."""
     _env()
-    from features.synthetic import SyntheticParams
-    from tasks.data import write_synthetic_dataset
-    from tasks.paths import data_dir
+    from recsys.features.synthetic import SyntheticParams
+    from recsys.tasks.data import write_synthetic_dataset
+    from recsys.tasks.paths import data_dir
 
     target = out or data_dir()
     params = SyntheticParams(n_users=users, n_items=items, n_days=days, seed=seed, start=start,
@@ -77,7 +77,7 @@ def _one_line_errors(fn):
 
             if isinstance(exc, ClickException):
                 raise
-            from flows.cli_errors import fail, open_run_log
+            from recsys.flows.cli_errors import fail, open_run_log
 
             fail(exc, _LOG[-1] if _LOG else open_run_log(fn.__name__))
 
@@ -87,7 +87,7 @@ def _one_line_errors(fn):
 def _guard(command: str) -> None:
     """For commands that run flows: a log file (full tracebacks, Prefect run logs), no tracebacks on the
     terminal, and a watchdog that stops the temporary Prefect server if this process is killed."""
-    from flows.cli_errors import defer_error_line, open_run_log, quiet_console_tracebacks, start_orphan_watchdog
+    from recsys.flows.cli_errors import defer_error_line, open_run_log, quiet_console_tracebacks, start_orphan_watchdog
 
     _LOG.append(open_run_log(command))
     if _AS_PROCESS:
@@ -129,7 +129,7 @@ def ingest(
     write day partitions idempotently, log counts and a data profile to MLflow (experiment recsys-ingest)."""
     import tomllib
 
-    from features.mapping import ColumnMapping, IngestParams, SourceKind
+    from recsys.features.mapping import ColumnMapping, IngestParams, SourceKind
 
     try:
         kind = SourceKind(source)
@@ -164,8 +164,8 @@ def ingest(
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         _fail(" ".join(str(exc).split()))
     _env()
-    from flows.ingest import ingest as ingest_flow
-    from tasks.ingest import format_summary, preflight
+    from recsys.flows.ingest import ingest as ingest_flow
+    from recsys.tasks.ingest import format_summary, preflight
 
     _guard("ingest")
     preflight(params)
@@ -184,7 +184,7 @@ def collect(
     """Bring the events the service collected (POST /events) into the event store, exactly once: sealed
     log segments through the ingest flow (the `collect-events` deployment runs this every 10 minutes)."""
     _env()
-    from flows.collect import CollectParams, collect as collect_flow
+    from recsys.flows.collect import CollectParams, collect as collect_flow
 
     _guard("collect")
     summary = collect_flow(params=CollectParams(collector_dir=str(collector_dir) if collector_dir else None,
@@ -236,7 +236,7 @@ def train(
         _fail(f"--device must be auto, cpu or gpu, not '{device}'")
     if cutoff is not None:
         _check_date("--cutoff", cutoff)
-    from models.metrics import gate_metric_problem
+    from recsys.models.metrics import gate_metric_problem
 
     gate_metric = gate_metric or f"ndcg_at_{k}"
     problem = gate_metric_problem(gate_metric, k)
@@ -248,14 +248,14 @@ def train(
         _fail(f"--tune must be off or quick (not '{tune}'), --popularity-days 7 or 28 (not {popularity_days}), "
               f"--seen-items auto, keep or drop (not '{seen_items}')")
     _env()
-    from features.split import SplitParams
-    from flows.train import train as train_flow
-    from models.config import TrainConfig
-    from models.evaluation import EvaluationParams
-    from models.gate import GateParams
-    from features.interactions import InteractionParams
-    from models.recall import ALSParams, PopularityParams
-    from models.two_stage import TwoStageParams
+    from recsys.features.split import SplitParams
+    from recsys.flows.train import train as train_flow
+    from recsys.models.config import TrainConfig
+    from recsys.models.evaluation import EvaluationParams
+    from recsys.models.gate import GateParams
+    from recsys.features.interactions import InteractionParams
+    from recsys.models.recall import ALSParams, PopularityParams
+    from recsys.models.two_stage import TwoStageParams
 
     config = TrainConfig(
         data_dir=str(data_dir) if data_dir else None, experiment=experiment, registered_model=model_name, k=k,
@@ -305,8 +305,8 @@ def serve(
 
     import uvicorn
 
-    from serving.app import create_app
-    from tasks.paths import recsys_home
+    from recsys.serving.app import create_app
+    from recsys.tasks.paths import recsys_home
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     imp_dir = str(impressions_dir or recsys_home() / "impressions") if impressions else None
@@ -316,7 +316,7 @@ def serve(
                   collector_dir=str(collector) if events else None, pseudonymise=pseudonymise,
                   state_store=state_store or f"sqlite:///{collector / 'user_state.sqlite'}")
     if events:  # an unreachable or malformed store: one line now, not a traceback from every worker's startup
-        from serving.user_state import open_user_state
+        from recsys.serving.user_state import open_user_state
 
         try:
             open_user_state(kwargs["state_store"]).close()
@@ -325,10 +325,10 @@ def serve(
     if workers > 1:
         import os
 
-        from serving.app import CONFIG_ENV
+        from recsys.serving.app import CONFIG_ENV
 
         os.environ[CONFIG_ENV] = json.dumps(kwargs)
-        uvicorn.run("serving.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+        uvicorn.run("recsys.serving.app:app_from_env", factory=True, workers=workers, host=host, port=port,
                     log_level=log_level, access_log=access_log)
     else:
         uvicorn.run(create_app(**kwargs), host=host, port=port, log_level=log_level, access_log=access_log)
@@ -346,8 +346,8 @@ def promote(
     if not version.isdigit() or int(version) < 1:
         _fail(f"--version must be a model version number such as 3, not '{version}'")
     _env()
-    from tasks import tracking
-    from tasks.reporting import announce_champion_move
+    from recsys.tasks import tracking
+    from recsys.tasks.reporting import announce_champion_move
 
     versions = tracking.version_numbers(model_name)
     if version not in versions:
@@ -365,8 +365,8 @@ def rollback(model_name: str = typer.Option("recsys"),
              reason: str = typer.Option("rollback", help="why (recorded on the version)")) -> None:
     """Restore the `previous` champion in one step."""
     _env()
-    from tasks import tracking
-    from tasks.reporting import announce_champion_move
+    from recsys.tasks import tracking
+    from recsys.tasks.reporting import announce_champion_move
 
     with tracking.gate_lock(model_name):
         prev = tracking.alias_version(model_name, tracking.PREVIOUS)
@@ -400,7 +400,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # one line on the terminal, the traceback in the log file
-        from flows.cli_errors import fail, open_run_log
+        from recsys.flows.cli_errors import fail, open_run_log
 
         try:
             fail(exc, _LOG[-1] if _LOG else open_run_log(Path(sys.argv[0]).name if len(sys.argv) < 2

@@ -24,7 +24,7 @@ _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "tasks", "flows", "mod
 
 
 def _log_dir() -> Path:
-    from tasks.paths import recsys_home
+    from recsys.tasks.paths import recsys_home
 
     return recsys_home() / "logs"
 
@@ -81,7 +81,7 @@ def _first_line(text: str, limit: int = 1000) -> str:
 
 def describe(exc: BaseException) -> str:
     """The cause and what to do, in one line."""
-    from tasks.retry import is_disk_full, mlflow_error_message
+    from recsys.tasks.retry import is_disk_full, mlflow_error_message
 
     if is_disk_full(exc):
         where = getattr(exc, "filename", None) or os.environ.get("RECSYS_HOME", ".recsys")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.mapping import IngestParams, SourceKind
-from flows.ingest import ingest
-from tasks.collector import build_batch_input, finish_batch, plan_batches, seal_orphans
+from recsys.features.mapping import IngestParams, SourceKind
+from recsys.flows.ingest import ingest
+from recsys.tasks.collector import build_batch_input, finish_batch, plan_batches, seal_orphans
 
 
 class CollectParams(BaseModel):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from models.ops_config import EvaluatePromoteParams
-from tasks.ops import resolve_challenger
-from tasks.reporting import publish_summary
-from tasks.training import load_data, promotion_gate, split_data
+from recsys.models.ops_config import EvaluatePromoteParams
+from recsys.tasks.ops import resolve_challenger
+from recsys.tasks.reporting import publish_summary
+from recsys.tasks.training import load_data, promotion_gate, split_data
 
 
 @flow(name="evaluate-and-promote", log_prints=True)

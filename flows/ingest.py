@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from features.mapping import IngestParams, SourceKind
-from tasks.ingest import check_rejected_share, commit_staged, discard_staged, log_ingest, stage_input
+from recsys.features.mapping import IngestParams, SourceKind
+from recsys.tasks.ingest import check_rejected_share, commit_staged, discard_staged, log_ingest, stage_input
 
 
 @flow(name="ingest", log_prints=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from models.ops_config import DaskOptions
+from recsys.models.ops_config import DaskOptions
 
 
 def task_runner(dask: DaskOptions, max_parallel: int = 1):

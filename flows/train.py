@@ -6,10 +6,10 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from models.config import TrainConfig
-from tasks.training import (check_data_identity, evaluate_model, finish_run, load_data, log_results, metric_table,
+from recsys.models.config import TrainConfig
+from recsys.tasks.training import (check_data_identity, evaluate_model, finish_run, load_data, log_results, metric_table,
                             promotion_gate, register_model, split_data, start_run, train_model)
-from tasks.reporting import publish_summary
+from recsys.tasks.reporting import publish_summary
 
 
 @flow(name="train", log_prints=True)

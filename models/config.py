@@ -8,11 +8,11 @@ from dataclasses import asdict
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.split import SplitParams
-from models.evaluation import EvaluationParams
-from models.gate import GateParams
-from models.metrics import gate_metric_problem
-from models.two_stage import TwoStageParams
+from recsys.features.split import SplitParams
+from recsys.models.evaluation import EvaluationParams
+from recsys.models.gate import GateParams
+from recsys.models.metrics import gate_metric_problem
+from recsys.models.two_stage import TwoStageParams
 
 
 class TrainConfig(BaseModel):

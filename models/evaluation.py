@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from models.metrics import catalog_coverage, intra_list_diversity, novelty, per_user_metrics, summarize
-from models.two_stage import SOURCE_NAMES, TwoStageRecommender
+from recsys.features import schema as S
+from recsys.models.metrics import catalog_coverage, intra_list_diversity, novelty, per_user_metrics, summarize
+from recsys.models.two_stage import SOURCE_NAMES, TwoStageRecommender
 
 # baseline name -> the recommender's source it uses alone (item-kNN, EASE and RP3beta are fitted at
 # evaluation time, the last two with the settings tuned on the label window)
@@ -146,7 +146,7 @@ def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[s
 def curves_from_lists(lists: dict[str, np.ndarray], relevant: list[set], ids: np.ndarray, max_k: int,
                       metrics: tuple[str, ...] = ("ndcg", "recall", "hitrate", "map")) -> pd.DataFrame:
     """Long frame (model, metric, k, value) for k = 1..max_k from each model's top-max_k item indices."""
-    from models.metrics import METRICS, hit_matrix
+    from recsys.models.metrics import METRICS, hit_matrix
 
     n_relevant = np.array([len(r) for r in relevant], dtype=int)
     rows = []

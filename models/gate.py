@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from features.lineage import Lineage, sketch_similarity
+from recsys.features.lineage import Lineage, sketch_similarity
 
 
 @dataclass(frozen=True)

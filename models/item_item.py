@@ -17,9 +17,9 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from features.interactions import DENSE_BLOCK_CELLS, InteractionData, row_blocks
-from models.recall import Candidates, _empty, _topk_dense
-from models.tuning import TuningResult, grid_search, window_truth
+from recsys.features.interactions import DENSE_BLOCK_CELLS, InteractionData, row_blocks
+from recsys.models.recall import Candidates, _empty, _topk_dense
+from recsys.models.tuning import TuningResult, grid_search, window_truth
 
 
 def active_items(matrix: sp.csr_matrix, max_items: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.config import TrainConfig
+from recsys.models.config import TrainConfig
 
 
 class DaskOptions(BaseModel):

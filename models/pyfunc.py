@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 
-from models.two_stage import TwoStageRecommender
+from recsys.models.two_stage import TwoStageRecommender
 
 ARTIFACT_KEY = "recommender"
 OUTPUT_COLUMNS = ["user_id", "rank", "item_id", "score", "strategy"]

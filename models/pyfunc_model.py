@@ -4,6 +4,6 @@ Logging the model by code path instead of a pickled object means nothing is unpi
 
 from mlflow.models import set_model
 
-from models.pyfunc import RecsysModel
+from recsys.models.pyfunc import RecsysModel
 
 set_model(RecsysModel())

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import lightgbm as lgb
 import numpy as np
 
-from models import progress
+from recsys.models import progress
 
 # LightGBM refuses query groups larger than this
 MAX_GROUP_SIZE = 10_000

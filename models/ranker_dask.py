@@ -1,5 +1,5 @@
 """LambdaRank on a Dask cluster (`lightgbm.dask.DaskLGBMRanker`): the same inputs and result type as
-`models.ranker.train_ranker`, for training sets that should be spread over several workers.
+`recsys.models.ranker.train_ranker`, for training sets that should be spread over several workers.
 
 The caller owns the cluster and passes a `distributed.Client`; nothing here starts or configures one.
 Query groups are never split across partitions (LightGBM needs each group inside one chunk).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.ranker import RankerParams, RankerResult, check_groups
+from recsys.models.ranker import RankerParams, RankerResult, check_groups
 
 
 def group_partitions(groups: np.ndarray, n_partitions: int) -> list[tuple[int, int, int, int]]:

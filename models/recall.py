@@ -13,8 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from features.interactions import DENSE_BLOCK_CELLS, InteractionData, csr_row, row_blocks, rows_dot, weighted_rows_sum
-from models import progress
+from recsys.features.interactions import DENSE_BLOCK_CELLS, InteractionData, csr_row, row_blocks, rows_dot, weighted_rows_sum
+from recsys.models import progress
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def resolve_device(device: str) -> str:
         raise ValueError(f"ALS device must be auto, cpu or gpu, not '{device}'")
     if device == "cpu":
         return "cpu"
-    from models.gpu import cuda_status
+    from recsys.models.gpu import cuda_status
 
     ok, reason = cuda_status()
     if device == "gpu" and not ok:
@@ -371,7 +371,7 @@ class TextSource:
         self.block_cells = block_cells
 
     def fit(self, data: InteractionData) -> "TextSource":
-        from models.text_index import TextIndex
+        from recsys.models.text_index import TextIndex
 
         cats = np.asarray(data.categories, dtype=object)[data.item_category]
         self.index = TextIndex.fit(np.asarray(data.item_titles, dtype=object), cats)

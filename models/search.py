@@ -26,10 +26,10 @@ from collections import Counter
 
 import numpy as np
 
-from models.search_ranker import SearchSessions, evaluate_search
-from models.session import (SEARCH, SIMILAR_ALS, SIMILAR_CONTENT, Recommendation, ServingIndex, als_model,
+from recsys.models.search_ranker import SearchSessions, evaluate_search
+from recsys.models.session import (SEARCH, SIMILAR_ALS, SIMILAR_CONTENT, Recommendation, ServingIndex, als_model,
                             build_serving_index, rank_table, top_k)
-from models.two_stage import CandidateTable, TwoStageRecommender
+from recsys.models.two_stage import CandidateTable, TwoStageRecommender
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def text_top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 def search(rec: TwoStageRecommender, index: ServingIndex, query: str, user: int, k: int,
            params: SearchParams = SearchParams(), session: np.ndarray | None = None) -> Recommendation:
     """Top-k items for `query`, personalised when `user` >= 0 and by the live session when `session` (a
-    session-folded ALS user vector, `models.session.session_vector`) is given; empty if nothing matches."""
+    session-folded ALS user vector, `recsys.models.session.session_vector`) is given; empty if nothing matches."""
     model = rec.search_model
     if model is None:
         return blend_search(rec, index, query, user, k, params, session)

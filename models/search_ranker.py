@@ -6,7 +6,7 @@ its strongest event (view 1, cart 2, purchase 3). Candidates are the query's ret
 with semantic neighbours when item embeddings exist); a LightGBM LambdaRank model, one query group per
 search, learns from query-item features (BM25 score and rank, share of query terms in title / category /
 brand, embedding cosine, the query's category affinity learned from earlier searches) and the user-item
-pair features of the recommender (`features.ranking_features.PAIR_FEATURES`: popularity, price fit,
+pair features of the recommender (`recsys.features.ranking_features.PAIR_FEATURES`: popularity, price fit,
 the user's category share, history with the item), so the same query ranks differently per shopper.
 """
 
@@ -20,12 +20,12 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.interactions import InteractionData
-from features.ranking_features import LABEL_OF_EVENT, PAIR_FEATURES, pair_features
-from models.lexical import LexicalIndex
-from models.ranker import RankerParams, RankerResult, train_ranker
-from models.semantic import load_encoder, why_not
+from recsys.features import schema as S
+from recsys.features.interactions import InteractionData
+from recsys.features.ranking_features import LABEL_OF_EVENT, PAIR_FEATURES, pair_features
+from recsys.models.lexical import LexicalIndex
+from recsys.models.ranker import RankerParams, RankerResult, train_ranker
+from recsys.models.semantic import load_encoder, why_not
 
 QUERY_FEATURES = ("q_bm25", "q_bm25_rel", "q_bm25_rank", "q_n_terms", "q_match_title", "q_match_category",
                   "q_match_brand", "q_emb_sim", "q_sem_rank", "q_cat_affinity")
@@ -185,7 +185,7 @@ class SearchModel:
         self.booster = booster
         self.best_iteration = best_iteration
         self.embeddings = embeddings  # [n_items, d] unit rows, or None
-        self.encoder = encoder  # models.semantic.Encoder, or None (lexical only)
+        self.encoder = encoder  # recsys.models.semantic.Encoder, or None (lexical only)
         self.semantic_note = f"no item embeddings: {why_not() or 'trained without the [semantic] extra'}"
 
     def __getstate__(self) -> dict:  # pickled (Prefect's result cache) without the torch model: reloaded

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from features.interactions import csr_row, weighted_rows_sum
-from models.recall import Candidates
-from models.text_index import TextIndex
-from models.two_stage import CandidateTable, TwoStageRecommender, merge_candidates
+from recsys.features.interactions import csr_row, weighted_rows_sum
+from recsys.models.recall import Candidates
+from recsys.models.text_index import TextIndex
+from recsys.models.two_stage import CandidateTable, TwoStageRecommender, merge_candidates
 
 # per-item strategies, as reported by the service
 MODEL = "model"  # ranked two-stage list of a known user

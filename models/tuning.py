@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.interactions import InteractionData
-from models.metrics import ndcg_at_k
+from recsys.features import schema as S
+from recsys.features.interactions import InteractionData
+from recsys.models.metrics import ndcg_at_k
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,18 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.covisitation import CovisitationParams
-from features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data, csr_lookup
-from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
-from models import progress
-from models.item_item import ITEM_ITEM, EASEParams, RP3betaParams, tune_on_window
-from models.ranker import RankerParams, RankerResult, train_ranker
-from models.recall import (POPULARITY_WINDOWS, ALSParams, ALSSource, Candidates, CovisitationSource,
+from recsys.features import schema as S
+from recsys.features.covisitation import CovisitationParams
+from recsys.features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data, csr_lookup
+from recsys.features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
+from recsys.models import progress
+from recsys.models.item_item import ITEM_ITEM, EASEParams, RP3betaParams, tune_on_window
+from recsys.models.ranker import RankerParams, RankerResult, train_ranker
+from recsys.models.recall import (POPULARITY_WINDOWS, ALSParams, ALSSource, Candidates, CovisitationSource,
                            PopularityParams, PopularitySource, RepeatSource, TextSource, TrendingParams,
                            TrendingSource)
-from models.search_ranker import SearchModel
-from models.tuning import TuningResult, grid_search, window_truth
+from recsys.models.search_ranker import SearchModel
+from recsys.models.tuning import TuningResult, grid_search, window_truth
 
 SOURCE_NAMES = ("als", "popular", "repeat", "covis", "trending", "text")
 # pair scores of model-based sources, computed for every candidate (not only those the source proposed).
@@ -211,7 +211,7 @@ class RankingSet:
 class TwoStageRecommender:
     """Everything needed to answer `recommend` for a user: feature state, sources, ranker."""
 
-    # the learned search model (models.search_ranker.SearchModel) trained with it, saved in "search/"
+    # the learned search model (recsys.models.search_ranker.SearchModel) trained with it, saved in "search/"
     search_model = None
 
     def __init__(self, data: InteractionData, sources: dict[str, object], params: TwoStageParams,
@@ -399,7 +399,7 @@ class TwoStageRecommender:
             self._baselines = {}
         if name not in self._baselines:
             if name == "itemknn":
-                from models.recall import ItemKNNSource
+                from recsys.models.recall import ItemKNNSource
 
                 self._baselines[name] = ItemKNNSource().fit(self.data)
             else:

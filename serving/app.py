@@ -3,7 +3,7 @@
 Endpoints: GET /recommendations/{user_id}, POST /recommendations (live session), GET /search,
 GET /similar/{item_id}, GET /health, /ready, /version, /metrics. Every list response carries a
 `request_id` (also the `X-Request-ID` header), the serving `model_version` and `variant`, and a
-`strategy` per item. The per-request logic lives in `models.session` / `models.search` (pure).
+`strategy` per item. The per-request logic lives in `recsys.models.session` / `recsys.models.search` (pure).
 
 Handlers are `async def` on purpose: the work is short, CPU-bound numpy/LightGBM under the GIL, so
 running it on the event loop avoids a thread-pool hop per request; model loading runs in its own
@@ -35,11 +35,11 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from features.schema import MAX_ID_LENGTH  # the id contract shared with ingest and training
-from serving.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
-from serving.metrics import MetricsResponse, ServiceMetrics
-from serving.model_state import LoadFailure, describe_lookup_error, public_text, retry_delay_s
-from serving.schemas import (Health, ItemList, Ready, SearchItemList, SessionItemList, SimilarItemList, VersionInfo,
+from recsys.features.schema import MAX_ID_LENGTH  # the id contract shared with ingest and training
+from recsys.serving.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
+from recsys.serving.metrics import MetricsResponse, ServiceMetrics
+from recsys.serving.model_state import LoadFailure, describe_lookup_error, public_text, retry_delay_s
+from recsys.serving.schemas import (Health, ItemList, Ready, SearchItemList, SessionItemList, SimilarItemList, VersionInfo,
                              error_responses, json_integer)
 
 log = logging.getLogger("recsys.serving")
@@ -60,7 +60,7 @@ class FastJSON(Response):
 @dataclass(frozen=True)
 class LoadedModel:
     recommender: object
-    index: object  # models.session.ServingIndex
+    index: object  # recsys.models.session.ServingIndex
     name: str
     version: str
     run_id: str | None
@@ -68,14 +68,14 @@ class LoadedModel:
 
 
 def _registry_lookup(name: str, alias: str):
-    from tasks import tracking
+    from recsys.tasks import tracking
 
     mv = tracking.client().get_model_version_by_alias(name, alias)
     return str(mv.version), mv.run_id
 
 
 def _registry_load(name: str, version: str):
-    from tasks import tracking
+    from recsys.tasks import tracking
 
     return tracking.load_recommender(name, version)
 
@@ -83,8 +83,8 @@ def _registry_load(name: str, version: str):
 def warm_up_and_check(rec) -> object:
     """Build the per-model serving index, run every request kind once on a fixed sample, and fail
     loudly if any answer is empty: a model that cannot answer is never swapped in."""
-    from models.search import search, similar_items
-    from models.session import build_serving_index, recommend_session, recommend_user
+    from recsys.models.search import search, similar_items
+    from recsys.models.session import build_serving_index, recommend_session, recommend_user
 
     index = build_serving_index(rec)
     data = rec.data
@@ -242,10 +242,10 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
                challenger_alias: str = "challenger", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                load_retry_s: float = 60.0, collector_dir: str | None = None,
                state_store: str | None = None, pseudonymise: bool = False) -> FastAPI:
-    from models.search import search, search_status, similar_items
-    from models.session import POPULAR, recommend_session, recommend_user, session_vector
-    from serving.events import attach_events, batch_error_message
-    from serving.impressions import ImpressionLogger
+    from recsys.models.search import search, search_status, similar_items
+    from recsys.models.session import POPULAR, recommend_session, recommend_user, session_vector
+    from recsys.serving.events import attach_events, batch_error_message
+    from recsys.serving.impressions import ImpressionLogger
 
     metrics = ServiceMetrics()
     holder = ModelHolder(model_name, alias, metrics=metrics, retry_base_s=load_retry_s)

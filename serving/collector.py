@@ -10,9 +10,9 @@ request. An acknowledged event therefore survives `kill -9` of the service right
 Segments: each worker process appends good events to its own segment `open/seg-<utc>-<host>-<pid>-<n>.jsonl`,
 holding an exclusive `flock` on it while it writes. A segment is sealed (moved to `sealed/`) by its
 writer when it is `rotate_s` old or `rotate_bytes` big, at shutdown, or by the pickup
-(`tasks.collector`) once its writer is gone (the lock is free again: the kernel drops it when the
+(`recsys.tasks.collector`) once its writer is gone (the lock is free again: the kernel drops it when the
 process dies, also on kill -9). Failed events go to `failed/failed-<utc day>-<host>-<pid>.jsonl` with
-their `reject_rule`. Layout and pickup: `tasks.collector`.
+their `reject_rule`. Layout and pickup: `recsys.tasks.collector`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from features import schema as S
-from features.validation import REJECT_RULE, first_broken_rule
-from tasks.collected_log import COLLECTED_FIELDS, FAILED, OPEN, RECEIVED_AT, SEALED, fsync_dir
+from recsys.features import schema as S
+from recsys.features.validation import REJECT_RULE, first_broken_rule
+from recsys.tasks.collected_log import COLLECTED_FIELDS, FAILED, OPEN, RECEIVED_AT, SEALED, fsync_dir
 
 log = logging.getLogger("recsys.serving.collector")
 

@@ -3,7 +3,7 @@ read: `attach_events(app, ...)` adds the route and returns the `LiveEvents` that
 handlers ask for a user's recent events.
 
 The answer to a batch lists, per event in order, `accepted` or `rejected` with the contract rule it
-broke (the same rule code as file ingest, `features.validation`). It is sent only once every event of
+broke (the same rule code as file ingest, `recsys.features.validation`). It is sent only once every event of
 the batch is durably written: accepted ones to the good stream (picked up into the event store by the
 `collect` flow), rejected ones to the failed stream with their rule. A batch that cannot be written
 gets a 503 and nothing of it is acknowledged: send it again.
@@ -21,10 +21,10 @@ import pandas as pd
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-from features import schema as S
-from serving.collector import CollectorParams, EventCollector
-from serving.schemas import EventsAnswer, error_responses
-from serving.user_state import LiveStateParams, open_user_state
+from recsys.features import schema as S
+from recsys.serving.collector import CollectorParams, EventCollector
+from recsys.serving.schemas import EventsAnswer, error_responses
+from recsys.serving.user_state import LiveStateParams, open_user_state
 
 log = logging.getLogger("recsys.serving.events")
 
@@ -84,7 +84,7 @@ class LiveEvents:
             self.state.close()
 
     def pseudonyms(self, ids: pd.Series) -> pd.Series:
-        from features.mapping import pseudonymise
+        from recsys.features.mapping import pseudonymise
 
         return pseudonymise(ids, self.salt)
 
@@ -112,7 +112,7 @@ def attach_events(app, collector_dir: str | os.PathLike, state_url: str, pseudon
     """Add `POST /events` to `app`; the caller starts/closes the returned `LiveEvents` in its lifespan."""
     salt = None
     if pseudonymise:
-        from tasks.ingest import SALT_ENV
+        from recsys.tasks.ingest import SALT_ENV
 
         salt = os.environ.get(SALT_ENV, "")
         if not salt:

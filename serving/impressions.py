@@ -1,4 +1,4 @@
-"""Append-only impressions log written off the request path. Format and reader: `tasks.impressions`.
+"""Append-only impressions log written off the request path. Format and reader: `recsys.tasks.impressions`.
 
 The request path only serialises the record (orjson, a few microseconds) and appends the bytes to a
 deque (atomic under the GIL, no lock, never blocks). One writer thread wakes every `flush_every_s`,
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from tasks.impressions import impressions_file
+from recsys.tasks.impressions import impressions_file
 
 log = logging.getLogger("recsys.serving.impressions")
 

@@ -5,7 +5,7 @@ Two stores behind one interface (`append(events)`, `recent(user_id)`):
   `recsys serve --workers N` on one machine share it (readers never wait for the writer);
 - `RedisUserState`: a Redis server for several service machines (a list per user, trimmed to the cap,
   expiring after the window).
-The durable record of events is the collector's log (`serving.collector`); this is a cache of the
+The durable record of events is the collector's log (`recsys.serving.collector`); this is a cache of the
 last `window_s` seconds, at most `max_events` per user, read on every recommendation request.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from features import schema as S
+from recsys.features import schema as S
 
 # what feeds the session fold: events that name an item
 LIVE_EVENT_TYPES = S.ITEM_EVENT_TYPES
@@ -28,7 +28,7 @@ LIVE_EVENT_TYPES = S.ITEM_EVENT_TYPES
 @dataclass(frozen=True)
 class LiveStateParams:
     window_s: float = 1800.0  # 30 minutes: a session
-    max_events: int = 50  # models.session.SessionParams.max_session_events
+    max_events: int = 50  # recsys.models.session.SessionParams.max_session_events
 
 
 def _live(events: list[dict]) -> list[tuple[str, float, str, str]]:

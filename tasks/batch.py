@@ -18,13 +18,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from prefect import task
 
-from features import schema as S
-from models import progress
-from tasks import tracking
-from tasks.retry import retry_transient
-from tasks.data import EVENT_ARROW_SCHEMA
-from tasks.paths import data_dir, events_dir, recsys_home
-from tasks.training import _logger
+from recsys.features import schema as S
+from recsys.models import progress
+from recsys.tasks import tracking
+from recsys.tasks.retry import retry_transient
+from recsys.tasks.data import EVENT_ARROW_SCHEMA
+from recsys.tasks.paths import data_dir, events_dir, recsys_home
+from recsys.tasks.training import _logger
 
 TABLE = "recommendations"
 COLUMNS = ["user_id", "rank", "item_id", "score", "strategy", "model_version", "scored_at"]

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
-from tasks.paths import recsys_home
+from recsys.tasks.paths import recsys_home
 
 _ROOT = Path(__file__).resolve().parent.parent
 # the code whose change must invalidate cached training/evaluation results

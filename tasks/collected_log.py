@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 
-from features import schema as S
-from tasks.paths import recsys_home
+from recsys.features import schema as S
+from recsys.tasks.paths import recsys_home
 
 REQUEST_ID = "request_id"
 RECEIVED_AT = "received_at"

@@ -1,6 +1,6 @@
 """Pickup of the service's collected events into the event store, exactly once.
 
-Layout under the collector directory (default $RECSYS_HOME/collector, written by `serving.collector`):
+Layout under the collector directory (default $RECSYS_HOME/collector, written by `recsys.serving.collector`):
 
     open/     segments being written, one per service worker, each locked (flock) by its writer
     sealed/   complete segments waiting for pickup
@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import get_run_logger, task
 
-from tasks.collected_log import (BATCHES, COLLECTED_FIELDS, DONE, OPEN, RECEIVED_AT, SEALED, collector_dir, fsync_dir,
+from recsys.tasks.collected_log import (BATCHES, COLLECTED_FIELDS, DONE, OPEN, RECEIVED_AT, SEALED, collector_dir, fsync_dir,
                                  read_segment)
 
 

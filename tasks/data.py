@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from features import schema as S
-from features.synthetic import SyntheticParams, SyntheticWorld
-from features.validation import split_valid_rows
-from tasks.paths import catalog_path, events_dir, quarantine_dir
+from recsys.features import schema as S
+from recsys.features.synthetic import SyntheticParams, SyntheticWorld
+from recsys.features.validation import split_valid_rows
+from recsys.tasks.paths import catalog_path, events_dir, quarantine_dir
 
 log = logging.getLogger(__name__)
 

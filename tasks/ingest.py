@@ -1,7 +1,7 @@
 """Ingest I/O: read a raw file (CSV / CSV.gz / Parquet, streamed in chunks), map/transform it, validate
 it, quarantine rejected rows, stage day partitions, then commit them into the event store.
 
-Idempotency is by event content, not by file bytes: every valid row's content key (features.validation.
+Idempotency is by event content, not by file bytes: every valid row's content key (recsys.features.validation.
 event_keys: user, item, type, ts, session, quantity, price after normalisation) is looked up in the
 keys of the store's day partition it falls in; rows already stored are counted (`already stored`) and
 not staged. So the same events in any byte form (CRLF, other column order, a re-export, the synthetic
@@ -33,18 +33,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 
-from features import schema as S
-from features.mapping import IngestParams, SourceKind, map_catalog, map_columns, pseudonymise
-from features.online_retail import (ADAPTER_RULES, CUSTOMER, STRING_COLUMNS, customer_ids, check_raw,
+from recsys.features import schema as S
+from recsys.features.mapping import IngestParams, SourceKind, map_catalog, map_columns, pseudonymise
+from recsys.features.online_retail import (ADAPTER_RULES, CUSTOMER, STRING_COLUMNS, customer_ids, check_raw,
                                     transform_online_retail)
-from features.synthetic import SyntheticParams
-from features.validation import (DUPLICATE_KEY, REJECT_RULE, RULES, SOURCE_ROW, SchemaError, event_keys,
+from recsys.features.synthetic import SyntheticParams
+from recsys.features.validation import (DUPLICATE_KEY, REJECT_RULE, RULES, SOURCE_ROW, SchemaError, event_keys,
                                  id_rule_violations, is_known, merge_keys, normalise_ids, sorted_unique,
                                  split_valid_rows)
-from tasks import tracking
-from tasks.retry import retry_transient
-from tasks.data import write_catalog, write_day_partition, write_synthetic_dataset
-from tasks.paths import catalog_path, data_dir, events_dir, quarantine_dir
+from recsys.tasks import tracking
+from recsys.tasks.retry import retry_transient
+from recsys.tasks.data import write_catalog, write_day_partition, write_synthetic_dataset
+from recsys.tasks.paths import catalog_path, data_dir, events_dir, quarantine_dir
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from mlflow.exceptions import MlflowException
 from prefect import task
 
-from tasks import tracking
-from tasks.retry import retry_transient
-from tasks.training import _logger
+from recsys.tasks import tracking
+from recsys.tasks.retry import retry_transient
+from recsys.tasks.training import _logger
 
 
 def _experiment_id(experiment: str) -> str | None:

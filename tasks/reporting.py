@@ -8,9 +8,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-from tasks import tracking
-from tasks.retry import retry_transient
-from tasks.paths import tracking_uri
+from recsys.tasks import tracking
+from recsys.tasks.retry import retry_transient
+from recsys.tasks.paths import tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from models.pyfunc import ARTIFACT_KEY, recommendations_frame
-from models.two_stage import TwoStageRecommender
-from tasks.paths import artifact_root, lock_path, tracking_uri
+from recsys.models.pyfunc import ARTIFACT_KEY, recommendations_frame
+from recsys.models.two_stage import TwoStageRecommender
+from recsys.tasks.paths import artifact_root, lock_path, tracking_uri
 
 log = logging.getLogger(__name__)
 

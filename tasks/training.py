@@ -14,27 +14,27 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from features import schema as S
-from features.lineage import Lineage
-from features.interactions import build_interaction_data
-from features.split import Split, SplitParams, temporal_split, window
-from models.config import TrainConfig
-from models.evaluation import Evaluation, EvaluationParams, data_profile, evaluate, evaluation_truth, score_users
-from models.gate import (NO_FAIR_WINDOW, GateDecision, GateParams, GuardrailMeasures, data_identity_mismatch,
+from recsys.features import schema as S
+from recsys.features.lineage import Lineage
+from recsys.features.interactions import build_interaction_data
+from recsys.features.split import Split, SplitParams, temporal_split, window
+from recsys.models.config import TrainConfig
+from recsys.models.evaluation import Evaluation, EvaluationParams, data_profile, evaluate, evaluation_truth, score_users
+from recsys.models.gate import (NO_FAIR_WINDOW, GateDecision, GateParams, GuardrailMeasures, data_identity_mismatch,
                          decide_promotion, decide_with_guardrails, fair_window, latency_p95_ms,  # noqa: F401
                          no_fair_window)
-from models import progress
-from models.metrics import catalog_coverage, per_user_metrics
-from models.ranker import RankerResult
-from models.search import search_metrics, search_quality
-from models.search_ranker import SearchRankerParams, search_sessions, train_search_model
-from models.semantic import load_encoder
-from models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
-from tasks import caching, plots, tracking
-from tasks.retry import retry_transient
-from tasks.reporting import markdown_table, metric_rows, text_table
-from tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
-from tasks.paths import data_dir
+from recsys.models import progress
+from recsys.models.metrics import catalog_coverage, per_user_metrics
+from recsys.models.ranker import RankerResult
+from recsys.models.search import search_metrics, search_quality
+from recsys.models.search_ranker import SearchRankerParams, search_sessions, train_search_model
+from recsys.models.semantic import load_encoder
+from recsys.models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
+from recsys.tasks import caching, plots, tracking
+from recsys.tasks.retry import retry_transient
+from recsys.tasks.reporting import markdown_table, metric_rows, text_table
+from recsys.tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
+from recsys.tasks.paths import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +418,7 @@ class _GateWindow:
     new_mask: np.ndarray
     n_window: int
     latency_users: list[str]
-    searches: object  # the window's search sessions (models.search_ranker.SearchSessions)
+    searches: object  # the window's search sessions (recsys.models.search_ranker.SearchSessions)
     challenger: _Scored | None = None
     challenger_search: float | None = None
 

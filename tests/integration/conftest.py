@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from features.synthetic import SyntheticParams
+from recsys.features.synthetic import SyntheticParams
 
 TINY = SyntheticParams(n_users=500, n_items=300, n_days=35, seed=11)
 
@@ -25,8 +25,8 @@ def recsys_home(tmp_path_factory):
     os.environ["RECSYS_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
     os.environ["PREFECT_HOME"] = str(home / "prefect")
-    from tasks.data import write_synthetic_dataset
-    from tasks.paths import data_dir
+    from recsys.tasks.data import write_synthetic_dataset
+    from recsys.tasks.paths import data_dir
 
     write_synthetic_dataset(data_dir(), TINY)
     with prefect_test_harness(server_startup_timeout=90):
@@ -39,9 +39,9 @@ def recsys_home(tmp_path_factory):
 
 
 def small_config(**overrides):
-    from models.config import TrainConfig
-    from models.recall import ALSParams
-    from models.two_stage import TwoStageParams
+    from recsys.models.config import TrainConfig
+    from recsys.models.recall import ALSParams
+    from recsys.models.two_stage import TwoStageParams
 
     base = dict(model=TwoStageParams(als=ALSParams(factors=16, iterations=5, device="cpu")))
     base.update(overrides)
@@ -50,7 +50,7 @@ def small_config(**overrides):
 
 @pytest.fixture(scope="session")
 def first_run(recsys_home):
-    from flows.train import train
+    from recsys.flows.train import train
 
     return train(config=small_config())
 

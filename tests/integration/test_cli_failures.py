@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from features.synthetic import SyntheticParams
+from recsys.features.synthetic import SyntheticParams
 
 RECSYS = str(Path(sys.executable).parent / "recsys")
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def test_promote_unknown_version_names_the_versions_there_are(recsys_home, tmp_p
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    from tasks.data import write_synthetic_dataset
+    from recsys.tasks.data import write_synthetic_dataset
 
     base = tmp_path_factory.mktemp("small") / "data"
     write_synthetic_dataset(base, SMALL)

@@ -130,7 +130,7 @@ def redis_url(tmp_path):
 
 def test_redis_state_shared_by_two_services_with_pseudonyms(first_run, service, tmp_path, redis_url,
                                                             monkeypatch):
-    from features.mapping import pseudonymise
+    from recsys.features.mapping import pseudonymise
 
     url_redis, client = redis_url
     monkeypatch.setenv("RECSYS_PSEUDONYM_SALT", "s3cret")
@@ -157,7 +157,7 @@ def test_redis_state_shared_by_two_services_with_pseudonyms(first_run, service, 
 
 
 def test_kill_9_after_acks_loses_nothing_and_pickup_twice_stores_each_event_once(first_run, service, tmp_path):
-    from flows.collect import CollectParams, collect
+    from recsys.flows.collect import CollectParams, collect
 
     coll, store = tmp_path / "collector", tmp_path / "store"
     url, proc = service("--collector-dir", str(coll), "--poll-interval", "0")
@@ -188,9 +188,9 @@ def test_kill_9_after_acks_loses_nothing_and_pickup_twice_stores_each_event_once
     post(url2, [{"user_id": "u000003", "event_type": "view", "item_id": ITEMS[0], "session_id": f"{marker}-late"}])
     proc2.terminate()  # a clean stop seals its segment
     proc2.wait(timeout=15)
-    from features.mapping import IngestParams
-    from flows.ingest import ingest
-    from tasks.collector import build_batch_input, plan_batches
+    from recsys.features.mapping import IngestParams
+    from recsys.flows.ingest import ingest
+    from recsys.tasks.collector import build_batch_input, plan_batches
 
     manifest = plan_batches.fn(str(coll))[0]
     ingest(IngestParams(input=build_batch_input.fn(manifest, str(coll))["input"], data_dir=str(store),

@@ -10,8 +10,8 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from features import schema as S
-from tasks.paths import tracking_uri
+from recsys.features import schema as S
+from recsys.tasks.paths import tracking_uri
 from tests.integration.conftest import TINY, small_config
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def _report(client, run_id) -> dict:
 @pytest.fixture(scope="module")
 def champion(recsys_home):
     """A champion trained on the newest data: train end 2026-02-02 (label window end), data to 2026-02-09."""
-    from flows.train import train
+    from recsys.flows.train import train
 
     result = train(config=small_config(**CFG))
     assert result["promoted"]
@@ -37,8 +37,8 @@ def champion(recsys_home):
 
 
 def test_a_backfill_after_a_newer_champion_writes_no_cross_window_numbers(champion):
-    from flows.backfill import backfill
-    from models.ops_config import BackfillParams
+    from recsys.flows.backfill import backfill
+    from recsys.models.ops_config import BackfillParams
 
     client = MlflowClient(tracking_uri())
     tags = client.get_model_version(NAME, champion["version"]).tags
@@ -77,7 +77,7 @@ def test_a_backfill_after_a_newer_champion_writes_no_cross_window_numbers(champi
 
 
 def test_an_overlapping_window_is_cut_to_start_after_both_training_ends(champion):
-    from flows.train import train
+    from recsys.flows.train import train
 
     client = MlflowClient(tracking_uri())
     split = small_config(**CFG).split
@@ -99,7 +99,7 @@ def test_an_overlapping_window_is_cut_to_start_after_both_training_ends(champion
 
 def _other_shop(tmp_path, name: str, prefix: str):
     """The synthetic shop with other item ids (another catalogue), in a data directory called `name`."""
-    from tasks.data import write_synthetic_dataset
+    from recsys.tasks.data import write_synthetic_dataset
 
     base = tmp_path / name
     write_synthetic_dataset(base, TINY)
@@ -114,9 +114,9 @@ def _other_shop(tmp_path, name: str, prefix: str):
 
 
 def test_another_data_set_is_never_gated_against_the_champion(champion, tmp_path):
-    from flows.cli import app
-    from flows.train import train
-    from tasks.training import DataIdentityError
+    from recsys.flows.cli import app
+    from recsys.flows.train import train
+    from recsys.tasks.training import DataIdentityError
 
     client = MlflowClient(tracking_uri())
     before = {mv.version for mv in client.search_model_versions(f"name = '{NAME}'")}

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from features import schema as S
-from features.mapping import ColumnMapping, IngestParams, SourceKind
-from tasks.paths import tracking_uri
+from recsys.features import schema as S
+from recsys.features.mapping import ColumnMapping, IngestParams, SourceKind
+from recsys.tasks.paths import tracking_uri
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ BAD_FILES = {
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
 def test_malformed_files_fail_with_a_clear_message(case, tmp_path, monkeypatch):
-    from tasks.ingest import IngestError, preflight
+    from recsys.tasks.ingest import IngestError, preflight
 
     monkeypatch.delenv("RECSYS_PSEUDONYM_SALT", raising=False)
     make, kw, message = BAD_FILES[case]
@@ -88,7 +88,7 @@ def test_malformed_files_fail_with_a_clear_message(case, tmp_path, monkeypatch):
 
 
 def test_sniffed_delimiter_and_latin1_fallback(tmp_path):
-    from tasks.ingest import inspect_input, iter_chunks
+    from recsys.tasks.ingest import inspect_input, iter_chunks
 
     path = write(tmp_path / "l1.csv", (HEADER + "vé,i1,2026-01-05 10:00,view,1\n").replace(",", ";"), "latin-1")
     info = inspect_input(path)
@@ -99,7 +99,7 @@ def test_sniffed_delimiter_and_latin1_fallback(tmp_path):
 def test_cli_prints_one_line_and_no_traceback(tmp_path, recsys_home):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from recsys.flows.cli import app
 
     exe = Path(sys.executable).parent / "recsys"  # once as a real process ...
     proc = subprocess.run([str(exe), "ingest", "--input", str(tmp_path / "nope.csv")], capture_output=True,
@@ -125,7 +125,7 @@ def messy_csv(tmp_path):
 
 
 def test_bad_rows_are_quarantined_with_rule_file_and_row_and_counted_in_mlflow(messy_csv, tmp_path, recsys_home):
-    from flows.ingest import ingest
+    from recsys.flows.ingest import ingest
 
     data = tmp_path / "data"
     summary = ingest(params=params(messy_csv, data, max_rejected_share=0.5))
@@ -150,7 +150,7 @@ def test_bad_rows_are_quarantined_with_rule_file_and_row_and_counted_in_mlflow(m
 
 
 def test_reingesting_is_idempotent_and_a_new_day_appends(tmp_path, recsys_home):
-    from flows.ingest import ingest
+    from recsys.flows.ingest import ingest
 
     data = tmp_path / "data"
     day1 = write(tmp_path / "day1.csv", HEADER + good_lines("2026-01-05"))
@@ -165,8 +165,8 @@ def test_reingesting_is_idempotent_and_a_new_day_appends(tmp_path, recsys_home):
 
 
 def test_too_many_bad_rows_fail_naming_file_rule_and_rows_and_commit_nothing(tmp_path, recsys_home):
-    from flows.ingest import ingest
-    from tasks.ingest import IngestError
+    from recsys.flows.ingest import ingest
+    from recsys.tasks.ingest import IngestError
 
     data = tmp_path / "data"
     good = write(tmp_path / "good.csv", HEADER + good_lines("2026-01-05"))
@@ -187,7 +187,7 @@ def test_too_many_bad_rows_fail_naming_file_rule_and_rows_and_commit_nothing(tmp
 
 
 def test_pseudonymised_ids_and_the_salt_is_not_stored(tmp_path, recsys_home, monkeypatch):
-    from flows.ingest import ingest
+    from recsys.flows.ingest import ingest
 
     salt = "s3cret-salt-value"
     monkeypatch.setenv("RECSYS_PSEUDONYM_SALT", salt)
@@ -201,7 +201,7 @@ def test_pseudonymised_ids_and_the_salt_is_not_stored(tmp_path, recsys_home, mon
 
 
 def test_parquet_input_in_contract_shape_and_constant_event_type(tmp_path, recsys_home):
-    from flows.ingest import ingest
+    from recsys.flows.ingest import ingest
 
     frame = pd.DataFrame({S.USER_ID: ["a", "b", "c"], S.ITEM_ID: ["x", "y", "x"],
                           S.TS: pd.to_datetime(["2026-01-05 10:00", "2026-01-05 11:00", "2026-01-06 09:00"], utc=True),
@@ -217,8 +217,8 @@ def test_parquet_input_in_contract_shape_and_constant_event_type(tmp_path, recsy
 @pytest.mark.slow
 def test_online_retail_ingests_and_trains(tmp_path, recsys_home):
     """The real file through the flow, then the train flow on it (about 2 minutes on 2 cores)."""
-    from flows.ingest import ingest
-    from flows.train import train
+    from recsys.flows.ingest import ingest
+    from recsys.flows.train import train
     from tests.integration.conftest import small_config
     from tests.unit.test_ingest_online_retail import REAL_FILE
 
@@ -234,7 +234,7 @@ def test_online_retail_ingests_and_trains(tmp_path, recsys_home):
 
 
 def test_synthetic_source_goes_through_the_same_store_idempotently(tmp_path, recsys_home):
-    from flows.ingest import ingest
+    from recsys.flows.ingest import ingest
 
     data = tmp_path / "data"
     p = IngestParams(source=SourceKind.synthetic, input="", data_dir=str(data), users=60, items=40, days=3, seed=5)
@@ -250,8 +250,8 @@ def test_cli_threshold_failure_is_one_error_line_and_prefect_logs_no_traceback(t
     import logging
     import sys as _sys
 
-    from flows.cli_errors import _NoTraceback
-    from tasks.ingest import IngestError
+    from recsys.flows.cli_errors import _NoTraceback
+    from recsys.tasks.ingest import IngestError
 
     bad = write(tmp_path / "bad.csv", HEADER + good_lines("2026-01-06", 2) + "v9,i1,garbage,view,1\n" * 2)
     exe = Path(_sys.executable).parent / "recsys"  # a real process: Prefect's console logs included

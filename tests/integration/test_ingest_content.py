@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.mapping import ColumnMapping, IngestParams, SourceKind
+from recsys.features import schema as S
+from recsys.features.mapping import ColumnMapping, IngestParams, SourceKind
 from tests.integration.test_ingest import HEADER, MAPPING, good_lines, params, store_rows, write
 
 pytestmark = pytest.mark.integration
@@ -24,8 +24,8 @@ def _reexport(text: str, order: list[int]) -> str:
 
 
 def test_a_crlf_reordered_reexport_adds_nothing_and_counts_add_up(tmp_path, recsys_home):
-    from flows.ingest import ingest
-    from tasks.ingest import format_summary
+    from recsys.flows.ingest import ingest
+    from recsys.tasks.ingest import format_summary
 
     data = tmp_path / "data"
     text = HEADER + good_lines("2026-01-05", 40) + good_lines("2026-01-06", 30)
@@ -47,9 +47,9 @@ def test_a_crlf_reordered_reexport_adds_nothing_and_counts_add_up(tmp_path, recs
 
 
 def test_synthetic_ingest_after_generate_does_not_double_the_store(tmp_path, recsys_home):
-    from features.synthetic import SyntheticParams
-    from flows.ingest import ingest
-    from tasks.data import write_synthetic_dataset
+    from recsys.features.synthetic import SyntheticParams
+    from recsys.flows.ingest import ingest
+    from recsys.tasks.data import write_synthetic_dataset
 
     data = tmp_path / "data"
     generated = write_synthetic_dataset(data, SyntheticParams(n_users=60, n_items=40, n_days=3, seed=5))
@@ -60,7 +60,7 @@ def test_synthetic_ingest_after_generate_does_not_double_the_store(tmp_path, rec
 
 
 def test_overlong_and_nul_ids_are_quarantined_by_their_own_rule(tmp_path, recsys_home):
-    from flows.ingest import ingest
+    from recsys.flows.ingest import ingest
 
     data = tmp_path / "data"
     long_item = "x" * (S.MAX_ID_LENGTH + 1)
@@ -78,7 +78,7 @@ def test_overlong_and_nul_ids_are_quarantined_by_their_own_rule(tmp_path, recsys
 
 
 def test_the_service_takes_its_id_limit_from_the_same_constant():
-    import serving.app
+    import recsys.serving.app; from recsys import serving
 
     assert serving.app.MAX_ID_LENGTH is S.MAX_ID_LENGTH
 

@@ -95,7 +95,7 @@ def test_train_flow_against_a_postgres_and_s3_backed_tracking_server(recsys_home
                                                                      tmp_path, monkeypatch):
     import boto3
 
-    from flows.train import train
+    from recsys.flows.train import train
 
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_PORT": str(port), "MLFLOW_HOST": "127.0.0.1",

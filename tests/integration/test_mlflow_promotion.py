@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from tasks.paths import tracking_uri
+from recsys.tasks.paths import tracking_uri
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def _champion(client, name):
 
 
 def test_promote_records_who_and_why_and_rollback_restores_in_one_command(recsys_home):
-    from flows.cli import app
+    from recsys.flows.cli import app
 
     name = "ops-cli"
     client = _model_with_versions(name, 2)
@@ -52,7 +52,7 @@ def test_promote_records_who_and_why_and_rollback_restores_in_one_command(recsys
 
 
 def test_rollback_without_previous_fails_clearly(recsys_home):
-    from flows.cli import app
+    from recsys.flows.cli import app
 
     _model_with_versions("ops-noprev", 1)
     out = CliRunner().invoke(app, ["rollback", "--model-name", "ops-noprev"])
@@ -60,7 +60,7 @@ def test_rollback_without_previous_fails_clearly(recsys_home):
 
 
 def test_move_is_compare_and_set(recsys_home):
-    from tasks import tracking
+    from recsys.tasks import tracking
 
     name = "ops-cas"
     client = _model_with_versions(name, 3)
@@ -74,7 +74,7 @@ def test_move_is_compare_and_set(recsys_home):
 
 def test_racing_gates_promote_only_once(recsys_home):
     """Two challengers that both beat the champion they started against, deciding at the same time."""
-    from tasks import tracking
+    from recsys.tasks import tracking
 
     name = "ops-race"
     client = _model_with_versions(name, 3)
@@ -109,7 +109,7 @@ def test_racing_gates_promote_only_once(recsys_home):
 
 def test_gate_decides_again_when_the_alias_moves_under_it(recsys_home):
     """No shared lock (another machine): the compare-and-set catches the move and the gate re-decides."""
-    from tasks import tracking
+    from recsys.tasks import tracking
 
     name = "ops-remote"
     client = _model_with_versions(name, 3)

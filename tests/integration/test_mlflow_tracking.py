@@ -5,7 +5,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from tasks.paths import tracking_uri
+from recsys.tasks.paths import tracking_uri
 
 pytestmark = pytest.mark.integration
 
@@ -86,9 +86,9 @@ def test_one_child_run_per_stage_in_order(first_run, client):
 
 
 def test_a_guardrail_vetoes_in_a_real_flow_and_says_so_everywhere(first_run, client):
-    from flows.train import train
-    from models.evaluation import EvaluationParams
-    from models.gate import GateParams
+    from recsys.flows.train import train
+    from recsys.models.evaluation import EvaluationParams
+    from recsys.models.gate import GateParams
     from tests.integration.conftest import small_config
 
     # an impossible latency cap: the primary decision (first model) would promote, the guardrail vetoes;

@@ -25,7 +25,7 @@ def _sh(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProces
 @pytest.fixture
 def prefect_stack(tmp_path):
     """A local server + worker in a throwaway RECSYS_HOME holding the tiny data set; stopped afterwards."""
-    from tasks.data import write_synthetic_dataset
+    from recsys.tasks.data import write_synthetic_dataset
 
     home = tmp_path / "home"
     write_synthetic_dataset(home / "data", TINY)

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from models.recall import ALSParams
-from models.two_stage import TwoStageParams
-from tasks.paths import tracking_uri
+from recsys.models.recall import ALSParams
+from recsys.models.two_stage import TwoStageParams
+from recsys.tasks.paths import tracking_uri
 from tests.integration.conftest import log_tail, small_config, start_logged
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def _task_states(flow_run_id) -> dict[str, str]:
 def test_a_bad_flow_parameter_is_rejected_before_any_work(recsys_home):
     from prefect.exceptions import ParameterTypeError
 
-    from flows.backfill import backfill
+    from recsys.flows.backfill import backfill
 
     with pytest.raises(ParameterTypeError, match="end 2026-01-01 is before start 2026-02-01"):
         backfill(params={"start": "2026-02-01", "end": "2026-01-01"})
@@ -52,8 +52,8 @@ def test_a_bad_flow_parameter_is_rejected_before_any_work(recsys_home):
 
 
 def test_backfill_is_idempotent_and_force_replaces_without_duplicates(first_run):
-    from flows.backfill import backfill
-    from models.ops_config import BackfillParams, DaskOptions
+    from recsys.flows.backfill import backfill
+    from recsys.models.ops_config import BackfillParams, DaskOptions
 
     client = MlflowClient(tracking_uri())
     params = BackfillParams(start="2026-02-02", end="2026-02-09", step_days=7, config=small_config(**OPS))
@@ -102,13 +102,13 @@ def test_a_crashed_run_resumes_from_its_finished_stages(recsys_home):
     train-two-stage and evaluate come back Cached and the results are identical."""
     from prefect.settings import PREFECT_API_URL
 
-    from flows.train import train
+    from recsys.flows.train import train
 
     client = MlflowClient(tracking_uri())
     config = small_config(model=TwoStageParams(als=ALSParams(factors=12, iterations=4, device="cpu")),
                           promote=False, **OPS)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
-    code = ("from flows.train import train; from models.config import TrainConfig; "
+    code = ("from recsys.flows.train import train; from recsys.models.config import TrainConfig; "
             f"train(config=TrainConfig.model_validate_json({config.model_dump_json()!r}))")
     exp_id = None
     started = time.time()
@@ -151,9 +151,9 @@ def test_a_crashed_run_resumes_from_its_finished_stages(recsys_home):
 
 
 def test_evaluate_and_promote_regates_a_registered_version(first_run):
-    from flows.evaluate_promote import evaluate_and_promote
-    from models.gate import GateParams
-    from models.ops_config import EvaluatePromoteParams
+    from recsys.flows.evaluate_promote import evaluate_and_promote
+    from recsys.models.gate import GateParams
+    from recsys.models.ops_config import EvaluatePromoteParams
 
     client = MlflowClient(tracking_uri())
     champion = str(client.get_model_version_by_alias("recsys", "champion").version)
@@ -169,8 +169,8 @@ def test_evaluate_and_promote_regates_a_registered_version(first_run):
 
 
 def test_batch_score_on_a_local_dask_cluster_writes_parquet_and_sqlite(first_run, recsys_home):
-    from flows.batch_score import batch_score
-    from models.ops_config import BatchScoreParams, DaskOptions
+    from recsys.flows.batch_score import batch_score
+    from recsys.models.ops_config import BatchScoreParams, DaskOptions
 
     out = batch_score(params=BatchScoreParams(k=5, active_days=14, partitions=3, batch_size=100,
                                               dask=DaskOptions(local_workers=2, processes=False)))
@@ -202,7 +202,7 @@ def test_each_train_run_publishes_a_markdown_summary(first_run):
 
 
 def test_the_gate_task_is_under_the_promotion_gate_concurrency_tag():
-    from tasks.training import promotion_gate
+    from recsys.tasks.training import promotion_gate
 
     assert "promotion-gate" in promotion_gate.tags
     assert "prefect concurrency-limit create promotion-gate 1" in (ROOT / "scripts" / "prefect_up.sh").read_text()

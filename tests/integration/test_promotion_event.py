@@ -39,8 +39,8 @@ def test_manual_promote_and_rollback_emit_the_promotion_event(first_run):
     import mlflow
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks import tracking
-    from tasks.reporting import PROMOTED_EVENT, announce_champion_move
+    from recsys.tasks import tracking
+    from recsys.tasks.reporting import PROMOTED_EVENT, announce_champion_move
 
     source = tracking.client().get_model_version("recsys", first_run["version"]).source
     v1, v2 = (str(mlflow.register_model(source, NAME).version) for _ in range(2))

@@ -5,7 +5,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tasks.paths import tracking_uri
+from recsys.tasks.paths import tracking_uri
 from tests.integration.conftest import wait_ready
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,7 @@ def test_training_logs_search_metrics_and_registers_the_search_model(first_run):
     assert 0 < m["search.ndcg_at_10"] <= 1
     assert m["search.ndcg_at_10"] > m["search.bm25.ndcg_at_10"]  # learned beats its own retrieval order
 
-    from tasks.tracking import load_recommender
+    from recsys.tasks.tracking import load_recommender
 
     rec = load_recommender("recsys", first_run["version"])  # the registered pyfunc carries it
     assert rec.search_model is not None and rec.search_model.booster is not None

@@ -114,7 +114,7 @@ def test_bad_input_gets_a_4xx_that_says_what_to_fix(api, method, path, kwargs, s
 
 
 def test_metrics_and_impressions(api):
-    from tasks.impressions import IMPRESSION_COLUMNS, read_impressions
+    from recsys.tasks.impressions import IMPRESSION_COLUMNS, read_impressions
 
     url, imp = api
     rid = httpx.get(f"{url}/recommendations/u000003", params={"k": 4}).json()["request_id"]

@@ -23,7 +23,7 @@ def swap_versions(first_run):
 
     import mlflow
 
-    from tasks import tracking
+    from recsys.tasks import tracking
 
     c = tracking.client()
     source = c.get_model_version("recsys", first_run["version"]).source
@@ -89,7 +89,7 @@ def wait_version(url: str, version: str, timeout: float = 40.0) -> dict:
 
 
 def test_champion_swaps_under_load_without_a_failed_request(swap_versions, service):
-    from tasks import tracking
+    from recsys.tasks import tracking
 
     (v1, v2), broken = swap_versions
     url, proc = service("--model-name", NAME, "--poll-interval", "0.5")
@@ -143,8 +143,8 @@ def test_champion_swaps_under_load_without_a_failed_request(swap_versions, servi
 
 
 def test_ab_split_is_stable_and_logged(swap_versions, service, tmp_path):
-    from tasks import tracking
-    from tasks.impressions import read_impressions
+    from recsys.tasks import tracking
+    from recsys.tasks.impressions import read_impressions
 
     (v1, v2), _ = swap_versions
     tracking.move_champion(NAME, v1, "ab test")

@@ -1,8 +1,8 @@
 import pytest
 from mlflow import MlflowClient
 
-from models.gate import GateParams
-from tasks.paths import tracking_uri
+from recsys.models.gate import GateParams
+from recsys.tasks.paths import tracking_uri
 from tests.integration.conftest import small_config
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def test_first_run_logs_metrics_registers_and_becomes_champion(first_run):
 
 
 def test_gate_promotes_a_winner_and_keeps_the_champion_against_a_loser(first_run):
-    from flows.train import train
+    from recsys.flows.train import train
 
     client = MlflowClient(tracking_uri())
     # margin -1: any challenger clears it -> promoted, the old champion keeps `previous`
@@ -57,8 +57,8 @@ def test_gate_promotes_a_winner_and_keeps_the_champion_against_a_loser(first_run
 def test_failed_run_leaves_champion_and_says_why(first_run, monkeypatch):
     from pydantic import ValidationError
 
-    from flows.train import train
-    from tasks import tracking
+    from recsys.flows.train import train
+    from recsys.tasks import tracking
 
     client = MlflowClient(tracking_uri())
     before = str(client.get_model_version_by_alias("recsys", "champion").version)
@@ -99,7 +99,7 @@ def test_registered_model_loads_in_a_fresh_process(first_run, recsys_home):
 def test_train_rejects_an_unknown_tuning_mode_in_one_line():
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from recsys.flows.cli import app
 
     for args in (["--tune", "always"], ["--popularity-days", "14"], ["--seen-items", "sometimes"]):
         out = CliRunner().invoke(app, ["train", *args])

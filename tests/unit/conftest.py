@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as S
+from recsys.features import schema as S
 
 
 def make_events(rows):

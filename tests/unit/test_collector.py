@@ -5,16 +5,16 @@ import time
 
 import pandas as pd
 
-from serving.collector import CollectorParams, EventCollector
-from serving.user_state import LiveStateParams, SqliteUserState
-from tasks.collected_log import read_segment
+from recsys.serving.collector import CollectorParams, EventCollector
+from recsys.serving.user_state import LiveStateParams, SqliteUserState
+from recsys.tasks.collected_log import read_segment
 
 
 def ev(user, item, etype="view", **kw):
     return {"user_id": user, "item_id": item, "event_type": etype, "ts": "2026-01-10T10:00:00Z", **kw}
 
 
-def pseudo(ids: pd.Series) -> pd.Series:  # like features.mapping.pseudonymise: blank stays missing
+def pseudo(ids: pd.Series) -> pd.Series:  # like recsys.features.mapping.pseudonymise: blank stays missing
     text = ids.astype("string")
     return ("p-" + text).mask(text.fillna("").str.strip() == "")
 
@@ -61,7 +61,7 @@ def test_sqlite_state_is_shared_windowed_and_capped(tmp_path):
 
 
 def test_first_broken_rule_takes_raw_frames_like_ingest():
-    from features.validation import first_broken_rule
+    from recsys.features.validation import first_broken_rule
 
     frame = pd.DataFrame([ev("a", "i1"), ev("a", "i1", ts="tomorrow-ish")])
     assert first_broken_rule(frame, pd.Timestamp("2026-02-01", tz="UTC")) == [None, "unparseable_timestamp"]

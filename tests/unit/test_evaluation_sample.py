@@ -1,7 +1,7 @@
 import pandas as pd
 
-from features import schema as S
-from models.evaluation import EvaluationParams, evaluation_truth, relevant_items
+from recsys.features import schema as S
+from recsys.models.evaluation import EvaluationParams, evaluation_truth, relevant_items
 
 
 def _test_window(n_users: int) -> pd.DataFrame:

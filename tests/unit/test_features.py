@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import pandas as pd
 
-from features import schema as S
-from features.interactions import build_interaction_data
-from features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
+from recsys.features import schema as S
+from recsys.features.interactions import build_interaction_data
+from recsys.features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
 from tests.unit.conftest import make_events
 
 CUTOFF = pd.Timestamp("2026-01-10", tz="UTC")
@@ -34,8 +34,8 @@ def test_features_never_read_events_at_or_after_the_cutoff():
 
 
 def test_sources_and_model_features_never_read_events_at_or_after_the_cutoff():
-    from models.recall import ALSParams
-    from models.two_stage import SOURCE_NAMES, TwoStageParams, TwoStageRecommender, fit_sources
+    from recsys.models.recall import ALSParams
+    from recsys.models.two_stage import SOURCE_NAMES, TwoStageParams, TwoStageRecommender, fit_sources
 
     before = _before()
     after = make_events([("u1", "b", S.PURCHASE, "2026-01-10 00:00"), ("u2", "a", S.VIEW, "2026-01-10 00:00"),
@@ -85,7 +85,7 @@ def test_graded_labels_take_the_strongest_event():
 def test_history_scores_in_blocks_equal_the_full_product(monkeypatch, block_users):
     import scipy.sparse as sp
 
-    import features.ranking_features as rf
+    import recsys.features.ranking_features as rf
 
     rng = np.random.default_rng(0)
     user_items = sp.random(9, 6, density=0.4, format="csr", random_state=1, dtype=np.float32)
@@ -98,7 +98,7 @@ def test_history_scores_in_blocks_equal_the_full_product(monkeypatch, block_user
 
 
 def test_covisitation_weights_by_hand():
-    from features.covisitation import CovisitationParams, build_covisitation
+    from recsys.features.covisitation import CovisitationParams, build_covisitation
 
     h = 3600.0
     # user 0: items 0, 1, 2 one hour apart (the last a purchase); user 1: 1, then 2 beyond the 7-day gap,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.gate import GateParams, decide_promotion
+from recsys.models.gate import GateParams, decide_promotion
 
 
 def test_first_model_is_promoted():
@@ -33,7 +33,7 @@ def test_mismatched_users_rejected():
 
 
 # guardrails: a primary win can be vetoed, never forced
-from models.gate import GuardrailMeasures, check_guardrails, decide_with_guardrails, latency_p95_ms  # noqa: E402
+from recsys.models.gate import GuardrailMeasures, check_guardrails, decide_with_guardrails, latency_p95_ms  # noqa: E402
 
 CHAMP = np.full(300, 0.30)
 WIN = np.full(300, 0.35)
@@ -93,7 +93,7 @@ def test_latency_p95_in_ms():
 def test_bootstrap_interval_is_scipy_bca_for_small_windows_percentile_for_large_and_seeded():
     from scipy.stats import bootstrap
 
-    from models.gate import BCA_MAX_USERS, paired_bootstrap_ci
+    from recsys.models.gate import BCA_MAX_USERS, paired_bootstrap_ci
 
     rng = np.random.default_rng(3)
     for n, method in ((400, "BCa"), (BCA_MAX_USERS + 500, "percentile")):

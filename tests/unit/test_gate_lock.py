@@ -8,7 +8,7 @@ def _hold(home, q):
     import os
 
     os.environ["RECSYS_HOME"] = home
-    from tasks.tracking import gate_lock
+    from recsys.tasks.tracking import gate_lock
 
     with gate_lock("m"):
         q.put("held")
@@ -17,7 +17,7 @@ def _hold(home, q):
 
 def test_gate_lock_is_exclusive_across_processes_and_times_out_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
-    from tasks.tracking import gate_lock
+    from recsys.tasks.tracking import gate_lock
 
     q = mp.get_context("spawn").Queue()
     proc = mp.get_context("spawn").Process(target=_hold, args=(str(tmp_path), q))

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.interactions import build_interaction_data
-from models.gpu import cuda_status
-from models.recall import ALSParams, ALSSource, resolve_device
+from recsys.features.interactions import build_interaction_data
+from recsys.models.gpu import cuda_status
+from recsys.models.recall import ALSParams, ALSSource, resolve_device
 
 HAS_CUDA = cuda_status()[0]
 REF = pd.Timestamp("2026-01-10", tz="UTC")

@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.mapping import ColumnMapping, map_columns, pseudonymise
-from features.validation import REJECT_RULE, SOURCE_ROW, SchemaError, split_valid_rows
+from recsys.features import schema as S
+from recsys.features.mapping import ColumnMapping, map_columns, pseudonymise
+from recsys.features.validation import REJECT_RULE, SOURCE_ROW, SchemaError, split_valid_rows
 
 NOW = pd.Timestamp("2026-02-01", tz="UTC")
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.online_retail import (ANONYMOUS_UNITS, RAW_COLUMNS, STRING_COLUMNS, head_noun,
+from recsys.features import schema as S
+from recsys.features.online_retail import (ANONYMOUS_UNITS, RAW_COLUMNS, STRING_COLUMNS, head_noun,
                                     transform_online_retail)
-from features.validation import REJECT_RULE, SOURCE_ROW, split_valid_rows
+from recsys.features.validation import REJECT_RULE, SOURCE_ROW, split_valid_rows
 
 import os
 

@@ -3,11 +3,11 @@
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.lineage import Lineage, catalog_fingerprint, sketch_similarity
-from features.mapping import ColumnMapping, map_catalog
-from features.validation import SchemaError, event_keys, id_problem, normalise_ids, split_valid_rows
-from models.gate import GateParams, data_identity_mismatch, fair_window, no_fair_window
+from recsys.features import schema as S
+from recsys.features.lineage import Lineage, catalog_fingerprint, sketch_similarity
+from recsys.features.mapping import ColumnMapping, map_catalog
+from recsys.features.validation import SchemaError, event_keys, id_problem, normalise_ids, split_valid_rows
+from recsys.models.gate import GateParams, data_identity_mismatch, fair_window, no_fair_window
 
 T = lambda s: pd.Timestamp(s, tz="UTC")  # noqa: E731
 

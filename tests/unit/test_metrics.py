@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from models.metrics import catalog_coverage, hit_matrix, per_user_metrics, summarize
+from recsys.models.metrics import catalog_coverage, hit_matrix, per_user_metrics, summarize
 
 
 def test_hand_computed_values():
@@ -41,7 +41,7 @@ def test_coverage():
 
 
 def test_novelty_hand_computed():
-    from models.metrics import novelty
+    from recsys.models.metrics import novelty
 
     share = np.array([0.5, 0.25, 0.0])  # item 2 never touched -> floor 1/8
     got = novelty([[0, 1], [2], []], share, n_users=8)
@@ -51,7 +51,7 @@ def test_novelty_hand_computed():
 
 
 def test_intra_list_diversity_hand_computed():
-    from models.metrics import intra_list_diversity
+    from recsys.models.metrics import intra_list_diversity
 
     cat = np.array([0, 0, 1, 2])
     got = intra_list_diversity([[0, 1, 2], [0, 1], [0, 2, 3], [3]], cat)

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from models.ops_config import BackfillParams, BatchScoreParams, DaskOptions, EvaluatePromoteParams
+from recsys.models.ops_config import BackfillParams, BatchScoreParams, DaskOptions, EvaluatePromoteParams
 
 
 def test_backfill_cutoffs_step_through_the_range_and_keep_the_config():

@@ -1,6 +1,6 @@
 import time
 
-from models import progress
+from recsys.models import progress
 
 
 def test_long_stage_reports_rate_and_eta_once_per_interval_short_stage_stays_silent():
@@ -20,12 +20,12 @@ def test_long_stage_reports_rate_and_eta_once_per_interval_short_stage_stays_sil
 
 
 def test_two_stage_training_reports_its_stages(monkeypatch):
-    from features.synthetic import SyntheticParams, SyntheticWorld
+    from recsys.features.synthetic import SyntheticParams, SyntheticWorld
     import pandas as pd
 
-    from features.split import SplitParams, temporal_split
-    from models.recall import ALSParams
-    from models.two_stage import TwoStageParams, train_two_stage
+    from recsys.features.split import SplitParams, temporal_split
+    from recsys.models.recall import ALSParams
+    from recsys.models.two_stage import TwoStageParams, train_two_stage
 
     world = SyntheticWorld(SyntheticParams(n_users=120, n_items=60, n_days=21, seed=1))
     catalog = world.catalog()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.ranker import MAX_GROUP_SIZE, RankerParams, check_groups, train_ranker
+from recsys.models.ranker import MAX_GROUP_SIZE, RankerParams, check_groups, train_ranker
 
 
 def test_oversized_group_and_bad_label_get_clear_errors():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from models.ranker import RankerParams
-from models.ranker_dask import group_partitions, train_ranker_dask
+from recsys.models.ranker import RankerParams
+from recsys.models.ranker_dask import group_partitions, train_ranker_dask
 
 
 def test_group_partitions_never_split_a_group_and_cover_all_rows():

@@ -2,12 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.interactions import build_interaction_data
-from models.recall import (ALSParams, ALSSource, CovisitationSource, ItemKNNSource, PopularitySource,
+from recsys.features import schema as S
+from recsys.features.interactions import build_interaction_data
+from recsys.models.recall import (ALSParams, ALSSource, CovisitationSource, ItemKNNSource, PopularitySource,
                            RepeatSource, TextSource, TrendingParams, TrendingSource)
-from models.item_item import EASEParams, EASESource, RP3betaParams, RP3betaSource, tune_on_window
-from models.two_stage import merge_candidates, mmr_rerank, top_k_by_group
+from recsys.models.item_item import EASEParams, EASESource, RP3betaParams, RP3betaSource, tune_on_window
+from recsys.models.two_stage import merge_candidates, mmr_rerank, top_k_by_group
 from tests.unit.conftest import make_events
 
 REF = pd.Timestamp("2026-01-10", tz="UTC")
@@ -129,7 +129,7 @@ def test_text_source_reaches_items_nobody_touched():
 
 
 def test_merge_keeps_every_source_rank_and_counts_sources():
-    from models.recall import Candidates
+    from recsys.models.recall import Candidates
 
     a = Candidates(np.array([0, 0]), np.array([5, 6]), np.array([0.9, 0.8], np.float32), np.array([1, 2], np.int32))
     b = Candidates(np.array([0, -1]), np.array([6, 7]), np.array([3.0, 2.0], np.float32), np.array([1, 1], np.int32))

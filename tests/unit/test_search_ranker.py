@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.interactions import build_interaction_data
-from features.split import SplitParams, temporal_split
-from features.synthetic import SyntheticParams, SyntheticWorld
-from models.gate import GateParams, GuardrailMeasures, check_guardrails
-from models.lexical import LexicalIndex
-from models.search_ranker import (SearchModel, SearchRankerParams, build_search_model, evaluate_search,
+from recsys.features import schema as S
+from recsys.features.interactions import build_interaction_data
+from recsys.features.split import SplitParams, temporal_split
+from recsys.features.synthetic import SyntheticParams, SyntheticWorld
+from recsys.models.gate import GateParams, GuardrailMeasures, check_guardrails
+from recsys.models.lexical import LexicalIndex
+from recsys.models.search_ranker import (SearchModel, SearchRankerParams, build_search_model, evaluate_search,
                                   ranked_metrics, search_sessions, train_search_model)
-from models.semantic import load_encoder, why_not
+from recsys.models.semantic import load_encoder, why_not
 
 TITLES = ["classic leather bag", "red canvas backpack", "grey fabric couch", "modern desk lamp",
           "wooden kitchen table", "blue denim jeans"]
@@ -179,7 +179,7 @@ class _TinyData:
     """The attributes of InteractionData that build_search_model and rank (without a ranker) read."""
 
     def __init__(self, titles, cats):
-        from features.interactions import IdIndex
+        from recsys.features.interactions import IdIndex
 
         self.item_titles = np.array(titles, dtype=object)
         self.n_items = len(titles)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from serving.app import ModelHolder
-from serving.model_state import describe_lookup_error, public_text, retry_delay_s
+from recsys.serving.app import ModelHolder
+from recsys.serving.model_state import describe_lookup_error, public_text, retry_delay_s
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -5,13 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.interactions import build_interaction_data
-from models.recall import ALSParams
-from models.search import query_scores, search, similar_items
-from models.session import (CONTENT, MODEL, POPULAR, SESSION, SIMILAR_ALS, SIMILAR_CONTENT, SessionParams,
+from recsys.features import schema as S
+from recsys.features.interactions import build_interaction_data
+from recsys.models.recall import ALSParams
+from recsys.models.search import query_scores, search, similar_items
+from recsys.models.session import (CONTENT, MODEL, POPULAR, SESSION, SIMILAR_ALS, SIMILAR_CONTENT, SessionParams,
                             build_serving_index, fold_session, session_row, recommend_session, recommend_user)
-from models.two_stage import RecallParams, TwoStageParams, TwoStageRecommender, fit_sources
+from recsys.models.two_stage import RecallParams, TwoStageParams, TwoStageRecommender, fit_sources
 from tests.unit.conftest import make_events
 
 GROUPS = ("red shoe", "blue lamp", "green tea")

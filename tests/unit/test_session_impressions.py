@@ -3,9 +3,9 @@
 import calendar
 import json
 
-from serving.app import ab_bucket
-from serving.impressions import ImpressionLogger
-from tasks.impressions import IMPRESSION_COLUMNS, read_impressions
+from recsys.serving.app import ab_bucket
+from recsys.serving.impressions import ImpressionLogger
+from recsys.tasks.impressions import IMPRESSION_COLUMNS, read_impressions
 
 
 def record(rid, ts, items, **kw):

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from features.split import SplitParams, temporal_split, window
+from recsys.features.split import SplitParams, temporal_split, window
 
 
 def test_windows_end_the_day_after_the_last_event():

@@ -1,7 +1,7 @@
 import pandas as pd
 
-from features import schema as S
-from features.synthetic import SyntheticParams, SyntheticWorld
+from recsys.features import schema as S
+from recsys.features.synthetic import SyntheticParams, SyntheticWorld
 
 
 def _events(params):
@@ -60,7 +60,7 @@ def test_new_items_appear_over_time():
 
 
 def test_generated_events_pass_validation_untouched():
-    from features.validation import split_valid_rows
+    from recsys.features.validation import split_valid_rows
 
     # many sessions per day, so late-night sessions (which once spilled past midnight) are plenty
     ev = _events(SyntheticParams(n_users=3000, n_items=200, n_days=3, seed=5, sessions_per_user_day=3.0))

@@ -1,6 +1,6 @@
 import numpy as np
 
-from models.text_index import TextIndex
+from recsys.models.text_index import TextIndex
 
 TITLES = np.array(["red cotton shirt", "blue cotton shirt", "red leather boots", "green garden hose"])
 CATS = np.array(["tops", "tops", "shoes", "garden"])

@@ -2,13 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.split import SplitParams, temporal_split, window
-from features.synthetic import SyntheticParams, SyntheticWorld
-from models.evaluation import EvaluationParams, evaluate, relevant_items
-from models.ranker import RankerParams
-from models.recall import ALSParams
-from models.two_stage import FEATURE_NAMES, SOURCE_NAMES, TwoStageParams, TwoStageRecommender, train_two_stage
+from recsys.features import schema as S
+from recsys.features.split import SplitParams, temporal_split, window
+from recsys.features.synthetic import SyntheticParams, SyntheticWorld
+from recsys.models.evaluation import EvaluationParams, evaluate, relevant_items
+from recsys.models.ranker import RankerParams
+from recsys.models.recall import ALSParams
+from recsys.models.two_stage import FEATURE_NAMES, SOURCE_NAMES, TwoStageParams, TwoStageRecommender, train_two_stage
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_explain_names_sources_and_top_features(trained):
 def test_diversity_knob_raises_category_diversity(trained):
     import dataclasses
 
-    from models.metrics import intra_list_diversity
+    from recsys.models.metrics import intra_list_diversity
 
     rec = trained[0]
     users = np.arange(min(50, rec.data.n_users))
@@ -110,11 +110,11 @@ def test_params_round_trip_through_json_dict():
     import dataclasses
     import json
 
-    from features.covisitation import CovisitationParams
-    from features.interactions import InteractionParams
-    from models.item_item import EASEParams, RP3betaParams
-    from models.recall import PopularityParams, TrendingParams
-    from models.two_stage import params_from_dict
+    from recsys.features.covisitation import CovisitationParams
+    from recsys.features.interactions import InteractionParams
+    from recsys.models.item_item import EASEParams, RP3betaParams
+    from recsys.models.recall import PopularityParams, TrendingParams
+    from recsys.models.two_stage import params_from_dict
 
     p = _params(train_windows=3, train_window_stride_days=2, train_users="buyers", diversity=0.4,
                 interactions=InteractionParams(covisitation=CovisitationParams(max_lag=3)),
@@ -150,7 +150,7 @@ def test_one_user_requests_match_the_batch_path(trained):
 
 
 def test_recommend_in_user_blocks_gives_the_same_lists(trained, monkeypatch):
-    import models.two_stage as two_stage
+    import recsys.models.two_stage as two_stage
 
     rec = trained[0]
     users = np.r_[np.arange(rec.data.n_users, dtype=np.int64)[::-1], -1, 3]  # unordered, unknown, repeated
@@ -163,8 +163,8 @@ def test_recommend_in_user_blocks_gives_the_same_lists(trained, monkeypatch):
 
 
 def test_popularity_tuning_follows_what_new_buyers_buy():
-    from models.recall import PopularityParams
-    from models.two_stage import tune_popularity
+    from recsys.models.recall import PopularityParams
+    from recsys.models.two_stage import tune_popularity
     from tests.unit.conftest import make_events
 
     # last 7 days: item v is viewed a lot; over 28 days, item b is what people buy
@@ -173,7 +173,7 @@ def test_popularity_tuning_follows_what_new_buyers_buy():
     rows += [(f"o{j}", "c", S.PURCHASE, "2026-01-26 10:00") for j in range(2)]
     events = make_events(rows)
     catalog = pd.DataFrame({S.ITEM_ID: ["v", "b", "c"], S.TITLE: ["v", "b", "c"], S.CATEGORY: ["k"] * 3})
-    from features.interactions import build_interaction_data
+    from recsys.features.interactions import build_interaction_data
 
     data = build_interaction_data(events, catalog, pd.Timestamp("2026-01-28", tz="UTC"))
     labels = make_events([(f"new{j}", "b", S.PURCHASE, "2026-01-29 10:00") for j in range(40)])
@@ -186,8 +186,8 @@ def test_popularity_tuning_follows_what_new_buyers_buy():
 def test_seen_items_auto_drops_them_only_where_nobody_rebuys(small_world):
     from dataclasses import replace
 
-    from features.interactions import build_interaction_data
-    from models.two_stage import repeat_purchase_share, without_seen
+    from recsys.features.interactions import build_interaction_data
+    from recsys.models.two_stage import repeat_purchase_share, without_seen
 
     events, catalog = small_world
     split = temporal_split(events[S.TS].max(), SplitParams(label_days=5, test_days=5))
@@ -198,7 +198,7 @@ def test_seen_items_auto_drops_them_only_where_nobody_rebuys(small_world):
     # the same window with every re-purchase removed: nobody re-buys, so auto drops seen items
     buys = labels[labels[S.EVENT_TYPE] == S.PURCHASE]
     u, i = data.users.index_of(buys[S.USER_ID].to_numpy(object)), data.items.index_of(buys[S.ITEM_ID].to_numpy(object))
-    from features.interactions import csr_lookup
+    from recsys.features.interactions import csr_lookup
 
     rebuy = np.zeros(len(buys), bool)
     ok = (u >= 0) & (i >= 0)

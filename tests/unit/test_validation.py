@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.validation import REJECT_RULE, SOURCE_ROW, SchemaError, split_valid_rows
+from recsys.features import schema as S
+from recsys.features.validation import REJECT_RULE, SOURCE_ROW, SchemaError, split_valid_rows
 
 NOW = pd.Timestamp("2026-02-01", tz="UTC")
 
@@ -63,7 +63,7 @@ GOOD = {S.USER_ID: "u1", S.ITEM_ID: "a", S.EVENT_TYPE: "purchase", S.TS: "2026-0
     ({S.USER_ID: "", S.TS: "garbage"}, "empty_user_id"),  # first rule in RULES order wins
 ])
 def test_catalogue_of_bad_rows(change, rule):
-    from features.validation import first_broken_rule
+    from recsys.features.validation import first_broken_rule
 
     raw = pd.DataFrame([GOOD, {**GOOD, **change}])
     valid, rejected = split_valid_rows(raw, now=NOW)
@@ -95,7 +95,7 @@ def test_valid_rows_come_back_in_contract_dtypes():
 
 
 def test_duplicates_need_every_key_field_equal_and_span_chunks():
-    from features.validation import event_keys
+    from recsys.features.validation import event_keys
 
     first, _ = split_valid_rows(pd.DataFrame([GOOD]), now=NOW)
     again = pd.DataFrame([GOOD, {**GOOD, S.QUANTITY: "3"}, {**GOOD, S.QUANTITY: "3"}])
@@ -106,7 +106,7 @@ def test_duplicates_need_every_key_field_equal_and_span_chunks():
 
 
 def test_rules_are_checked_by_pandera_named_after_the_rule():
-    from features.validation import RULES, event_schema
+    from recsys.features.validation import RULES, event_schema
 
     schema = event_schema(NOW, pd.Timedelta(hours=1))
     names = {c.name for c in schema.checks} | {c.name for col in schema.columns.values() for c in col.checks}
