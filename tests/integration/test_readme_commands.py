@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -26,18 +27,27 @@ README = REPO / "README.md"
 # command (prefix) -> why it does not run here; keep this short
 SKIP = {
     "make test": "it is the test suite this test belongs to",
+    "python -m build --wheel": "tests/integration/test_wheel.py builds the wheel and installs it in a fresh venv "
+                               "(here it would replace the editable install of the venv running the tests)",
+    "pip install dist/": "tests/integration/test_wheel.py (see python -m build)",
 }
 # what a command's output must contain (a command can exit 0 and still be wrong, e.g. curl on an HTTP 500)
-EXPECT = {"curl -X POST localhost:5001/invocations": '"predictions"', "recsys --help": "Usage: recsys"}
+EXPECT = {"curl -X POST localhost:5001/invocations": '"predictions"', "recsys --help": "Usage: recsys",
+          "curl -s -X POST http://127.0.0.1:8000/events": '"accepted":2,"rejected":1',
+          "curl -s http://127.0.0.1:8000/recommendations/u000001": '"live_events":1'}
 # a server command -> the port it listens on (default when the line does not set one)
 SERVERS = [(re.compile(r"^mlflow ui\b"), 5000), (re.compile(r"^mlflow/start-local\.sh\b"), 5000),
            (re.compile(r"^mlflow models serve\b"), 5000), (re.compile(r"^recsys serve\b"), 8000)]
+# what answers once a server is ready (a person waits for it; the service loads its model after it listens)
+READY_PATH = {8000: "/ready"}
 
 
 def readme_blocks(text: str) -> list[list[str]]:
-    """The commands of each ```bash block: comments dropped, backslash continuations joined."""
+    """The commands of each ```bash block (also one indented in a list item): comments dropped, backslash
+    continuations joined."""
     blocks = []
-    for body in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+    for indent, body in re.findall(r"^( *)```bash\n(.*?)^\1```", text, flags=re.S | re.M):
+        body = textwrap.dedent(body)
         commands, current = [], ""
         for raw in body.splitlines():
             line = raw.rstrip()
@@ -85,10 +95,13 @@ def block_script(commands: list[str], logs: Path) -> str:
             lines.append(command)
             continue
         log = logs / f"server-{i}.log"
+        probe = f"curl -sf -o /dev/null http://127.0.0.1:{port}{READY_PATH.get(port, '/')}"
+        if port not in READY_PATH:
+            probe = probe.replace("curl -sf", "curl -s")  # any HTTP answer will do (mlflow's / may be a 404)
         lines += [f"setsid {command} > {log} 2>&1 < /dev/null &", "servers+=($!)",
-                  f"for _ in $(seq 1 360); do curl -s -o /dev/null http://127.0.0.1:{port}/ && break; "
+                  f"for _ in $(seq 1 360); do {probe} && break; "
                   f"kill -0 ${{servers[-1]}} 2>/dev/null || {{ cat {log}; exit 1; }}; sleep 0.5; done",
-                  f"curl -s -o /dev/null http://127.0.0.1:{port}/ || {{ cat {log}; exit 1; }}",
+                  f"{probe} || {{ cat {log}; exit 1; }}",
                   "sleep 1"]
     return "\n".join(lines) + "\n"
 
