@@ -80,10 +80,13 @@ def _server_port(command: str) -> int | None:
     return None
 
 
-def block_script(commands: list[str], logs: Path) -> str:
+def block_script(commands: list[str], logs: Path, block: int = 0) -> str:
+    # the block's servers are stopped at its end and waited for (their ports free, their logs closed), so the
+    # next block can start a server on the same port
     lines = ["set -euo pipefail", "servers=()",
              "cleanup() { for p in \"${servers[@]}\"; do kill -TERM -- -$p 2>/dev/null || kill $p 2>/dev/null || true;"
-             " done; }", "trap cleanup EXIT"]
+             " done; for p in \"${servers[@]}\"; do for _ in $(seq 1 60); do kill -0 -- -$p 2>/dev/null || break;"
+             " sleep 0.5; done; kill -KILL -- -$p 2>/dev/null || true; done; }", "trap cleanup EXIT"]
     for i, command in enumerate(commands):
         skip = next((why for prefix, why in SKIP.items() if command.startswith(prefix)), None)
         lines.append(f"echo '>>> {command[:200].replace(chr(39), '')}'")
@@ -94,7 +97,7 @@ def block_script(commands: list[str], logs: Path) -> str:
         if port is None:
             lines.append(command)
             continue
-        log = logs / f"server-{i}.log"
+        log = logs / f"server-{block}-{i}.log"
         probe = f"curl -sf -o /dev/null http://127.0.0.1:{port}{READY_PATH.get(port, '/')}"
         if port not in READY_PATH:
             probe = probe.replace("curl -sf", "curl -s")  # any HTTP answer will do (mlflow's / may be a 404)
@@ -161,7 +164,7 @@ def test_every_readme_command_runs_as_written(tmp_path):
     logs.mkdir()
     activate = "source .venv/bin/activate\n"
     for n, commands in enumerate(readme_blocks(README.read_text())):
-        script = block_script(commands, logs)
+        script = block_script(commands, logs, n)
         if n > 0 and "source .venv/bin/activate" not in commands:
             script = activate + script  # the README says it once: every later shell has it
         proc = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
