@@ -17,7 +17,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PACKAGE_DIRS = PYPROJECT["tool"]["setuptools"]["package-dir"]  # import name -> folder of the checkout
 LAYERS = sorted(name.split(".", 1)[1] for name in PACKAGE_DIRS if "." in name)
 # documented in pyproject.toml as not in requirements.lock (installed on demand)
-UNLOCKED_EXTRAS = {"gpu", "serve-fast"}
+UNLOCKED_EXTRAS = {"gpu", "serve-fast", "semantic"}
 # import name -> distribution for optional extras that are usually not installed (so no metadata to ask)
 NOT_INSTALLED = {"rmm": "rmm-cu13"}
 
