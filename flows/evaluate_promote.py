@@ -13,7 +13,8 @@ from prefect import flow
 from recsys.models.ops_config import EvaluatePromoteParams
 from recsys.tasks.ops import resolve_challenger
 from recsys.tasks.reporting import publish_summary
-from recsys.tasks.training import load_data, promotion_gate, split_data
+from recsys.tasks.gate import promotion_gate
+from recsys.tasks.training import load_data, split_data
 
 
 @flow(name="evaluate-and-promote", log_prints=True)

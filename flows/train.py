@@ -7,8 +7,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from recsys.models.config import TrainConfig
+from recsys.tasks.gate import promotion_gate
 from recsys.tasks.training import (check_data_identity, evaluate_model, finish_run, load_data, log_results, metric_table,
-                            promotion_gate, register_model, split_data, start_run, train_model)
+                                   register_model, split_data, start_run, train_model)
 from recsys.tasks.reporting import publish_summary
 
 

@@ -202,7 +202,7 @@ def test_each_train_run_publishes_a_markdown_summary(first_run):
 
 
 def test_the_gate_task_is_under_the_promotion_gate_concurrency_tag():
-    from recsys.tasks.training import promotion_gate
+    from recsys.tasks.gate import promotion_gate
 
     assert "promotion-gate" in promotion_gate.tags
     assert "prefect concurrency-limit create promotion-gate 1" in (ROOT / "scripts" / "prefect_up.sh").read_text()
