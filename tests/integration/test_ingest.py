@@ -88,7 +88,7 @@ def test_malformed_files_fail_with_a_clear_message(case, tmp_path, monkeypatch):
 
 
 def test_sniffed_delimiter_and_latin1_fallback(tmp_path):
-    from recsys.tasks.ingest import inspect_input, iter_chunks
+    from recsys.tasks.raw_files import inspect_input, iter_chunks
 
     path = write(tmp_path / "l1.csv", (HEADER + "vé,i1,2026-01-05 10:00,view,1\n").replace(",", ";"), "latin-1")
     info = inspect_input(path)
