@@ -16,14 +16,15 @@ def hit_matrix(recommended: Sequence[Sequence[Hashable]], relevant: Sequence[set
     return hits
 
 
-def _discounts(k: int) -> np.ndarray:
+def discounts(k: int) -> np.ndarray:
+    """DCG position discounts 1 / log2(rank + 1) for ranks 1..k (binary NDCG here, graded NDCG of search)."""
     return 1.0 / np.log2(np.arange(2, k + 2))
 
 
 def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
     """Binary-relevance NDCG@k, k = hits.shape[1]; users with no relevant item get 0."""
     k = hits.shape[1]
-    disc = _discounts(k)
+    disc = discounts(k)
     dcg = (hits * disc).sum(axis=1)
     ideal_n = np.minimum(n_relevant, k)
     idcg = np.cumsum(disc)[np.maximum(ideal_n, 1) - 1]

@@ -24,6 +24,7 @@ from recsys.features import schema as S
 from recsys.features.interactions import InteractionData
 from recsys.features.ranking_features import LABEL_OF_EVENT, PAIR_FEATURES, pair_features
 from recsys.models.lexical import LexicalIndex
+from recsys.models.metrics import discounts
 from recsys.models.ranker import RankerParams, RankerResult, train_ranker
 from recsys.models.semantic import load_encoder, why_not
 
@@ -382,7 +383,7 @@ def ranked_metrics(ranked: list[np.ndarray], grades: list[dict[int, int]], k: in
     rank of the first labelled item in the whole ranked list, 0 if absent)."""
     ndcg = np.zeros(len(ranked))
     mrr = np.zeros(len(ranked))
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    disc = discounts(k)
     for s, (items, g) in enumerate(zip(ranked, grades)):
         if not g:
             continue
