@@ -24,7 +24,7 @@ from recsys.tasks import tracking
 from recsys.tasks.retry import retry_transient
 from recsys.tasks.data import EVENT_ARROW_SCHEMA
 from recsys.tasks.paths import data_dir, events_dir, recsys_home
-from recsys.tasks.training import _logger
+from recsys.tasks.logs import run_logger
 
 TABLE = "recommendations"
 COLUMNS = ["user_id", "rank", "item_id", "score", "strategy", "model_version", "scored_at"]
@@ -46,7 +46,7 @@ def active_users(active_days: int, data_dir_: str | None = None) -> list[str]:
     since = last.normalize() - pd.Timedelta(days=active_days - 1)
     flt = ds.field(S.TS) >= pa.scalar(since.to_pydatetime(), pa.timestamp("us", tz="UTC"))
     users = dataset.to_table(columns=[S.USER_ID], filter=flt).column(S.USER_ID).to_pandas().dropna().unique()
-    _logger().info("%d users active since %s", len(users), since.date())
+    run_logger().info("%d users active since %s", len(users), since.date())
     return sorted(str(u) for u in users)
 
 
@@ -77,7 +77,7 @@ def score_partition(name: str, version: str, user_ids: list[str], k: int, batch_
                     staging: str, scored_at: str) -> str:
     """Score one user partition with the given model version; writes and returns a Parquet part."""
     rec = _recommender(name, str(version))
-    with progress.reporting(_logger().info):
+    with progress.reporting(run_logger().info):
         frame = recommend_frame(rec, user_ids, k, batch_size, version, pd.Timestamp(scored_at))
     path = Path(staging) / f"part-{part:05d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,5 +125,5 @@ def publish_tables(parts: list[str], output_dir: str | None, name: str, version:
         shutil.rmtree(Path(parts[0]).parent, ignore_errors=True)
     summary = {"users": int(frame["user_id"].nunique()), "rows": len(frame), "model_version": str(version),
                "parquet": str(parquet_path), "sqlite": str(db_path)}
-    _logger().info("batch scores: %s", summary)
+    run_logger().info("batch scores: %s", summary)
     return summary

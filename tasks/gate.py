@@ -24,7 +24,8 @@ from recsys.models.search import search_quality
 from recsys.models.search_ranker import search_sessions
 from recsys.models.two_stage import TwoStageRecommender
 from recsys.tasks import plots, tracking
-from recsys.tasks.training import LoadedData, _logger, data_identity_message, run_title, version_description
+from recsys.tasks.logs import run_logger
+from recsys.tasks.training import LoadedData, data_identity_message, run_title, version_description
 
 @dataclass
 class _Scored:
@@ -249,7 +250,7 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
         if compared and champion is not None and champion != version:
             tracking.set_version_tags(name, champion, {f"gate.vs_v{version}": "replaced" if promoted else "kept",
                                                        f"gate.vs_v{version}.reason": decision.reason[:5000]})
-    _logger().info("gate: %s", decision.reason)
+    run_logger().info("gate: %s", decision.reason)
     return decision
 
 

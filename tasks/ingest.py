@@ -14,7 +14,6 @@ too many rejected rows) leaves the event store untouched. Raw inputs are only ev
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import get_run_logger, task
+from prefect import task
 
 from recsys.features import schema as S
 from recsys.features.mapping import IngestParams, SourceKind, map_catalog, map_columns, pseudonymise
@@ -39,21 +38,15 @@ from recsys.features.validation import (DUPLICATE_KEY, REJECT_RULE, RULES, SOURC
 from recsys.tasks import tracking
 from recsys.tasks.retry import retry_transient
 from recsys.tasks.data import write_catalog, write_day_partition, write_synthetic_dataset
+from recsys.tasks.logs import run_logger
 from recsys.tasks.paths import catalog_path, data_dir, events_dir, quarantine_dir
 from recsys.tasks.raw_files import IngestError, InputInfo, inspect_input, iter_chunks
 
-log = logging.getLogger(__name__)
 
 SALT_ENV = "RECSYS_PSEUDONYM_SALT"
 SOURCE_FILE = "source_file"
 STAGE = "stage"  # "adapter" (a source-specific decision) or "validation" (a contract rule)
 
-
-def _logger():
-    try:
-        return get_run_logger()
-    except Exception:  # outside a flow run (benchmark, plain script)
-        return log
 
 
 # ---------------------------------------------------------------- preflight (reading: recsys.tasks.raw_files)
@@ -335,7 +328,7 @@ def stage_input(params: IngestParams) -> StagedIngest:
             staged.accepted += len(valid)
             profile.add(valid)
             _stage_events(valid, staging, part, c, days)
-            _logger().info("chunk %d: %d rows, %d new, %d already stored; %d rows so far, %.0f rows/s", c, len(events),
+            run_logger().info("chunk %d: %d rows, %d new, %d already stored; %d rows so far, %.0f rows/s", c, len(events),
                            len(valid), n_stored, staged.rows_validated,
                            staged.rows_validated / max(time.perf_counter() - t0, 1e-9))
     except BaseException:

@@ -7,7 +7,7 @@ from prefect import task
 
 from recsys.tasks import tracking
 from recsys.tasks.retry import retry_transient
-from recsys.tasks.training import _logger
+from recsys.tasks.logs import run_logger
 
 
 def _experiment_id(experiment: str) -> str | None:
@@ -59,7 +59,7 @@ def retire_runs(experiment: str, registered_model: str, test_end: str, config_ha
         c.delete_run(run["run_id"])
         retired.append(run["run_id"])
     if retired:
-        _logger().info("cutoff %s: replaced MLflow runs %s", test_end, retired)
+        run_logger().info("cutoff %s: replaced MLflow runs %s", test_end, retired)
     return retired
 
 

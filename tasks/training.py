@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import getpass
-import logging
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from recsys.features import schema as S
@@ -29,9 +28,9 @@ from recsys.tasks import caching, plots, tracking
 from recsys.tasks.retry import retry_transient
 from recsys.tasks.reporting import markdown_table, metric_rows, text_table
 from recsys.tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
+from recsys.tasks.logs import run_logger
 from recsys.tasks.paths import data_dir
 
-log = logging.getLogger(__name__)
 
 CURVE_MAX_K = 20  # metric@k curves are logged for k = 1..CURVE_MAX_K
 
@@ -45,12 +44,6 @@ class LoadedData:
     data_dir: str = ""
 
 
-def _logger():
-    try:
-        return get_run_logger()
-    except Exception:  # called outside a flow run (plain script / benchmark)
-        return log
-
 
 @task(name="load-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def load_data(config: TrainConfig) -> LoadedData:
@@ -62,7 +55,7 @@ def load_data(config: TrainConfig) -> LoadedData:
     events, rejected = validate_and_quarantine(events, base, source=str(base / "events"),
                                                max_rejected_share=config.max_rejected_share)
     catalog = read_catalog(base)
-    _logger().info("loaded %d events (%d rejected), %d catalog items from %s",
+    run_logger().info("loaded %d events (%d rejected), %d catalog items from %s",
                    len(events), sum(rejected.values()), len(catalog), base)
     return LoadedData(events, catalog, dataset_digest(events), rejected, str(base))
 
@@ -101,18 +94,18 @@ def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
         raise ValueError(f"no training events before {split.train_end:%Y-%m-%d}: the data covers "
                          f"{events[S.TS].min():%Y-%m-%d}..{events[S.TS].max():%Y-%m-%d}; "
                          "use fewer label/test days or more data")
-    _logger().info("split: train < %s <= label < %s <= test < %s",
+    run_logger().info("split: train < %s <= label < %s <= test < %s",
                    split.train_end.date(), split.label_end.date(), split.test_end.date())
     return split
 
 
 @task(name="train-two-stage", cache_key_fn=caching.train_key, persist_result=True, result_storage=caching.RESULTS)
 def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[TwoStageRecommender, RankerResult]:
-    with progress.reporting(_logger().info):  # ALS iterations, candidate blocks, ranker iterations
+    with progress.reporting(run_logger().info):  # ALS iterations, candidate blocks, ranker iterations
         rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model)
-    _logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
+    run_logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
     rec.search_model, search = train_search(data, split, config, rec)
-    _logger().info("search: %s; ranker %s", rec.search_model.describe()["retrieval"],
+    run_logger().info("search: %s; ranker %s", rec.search_model.describe()["retrieval"],
                    f"best iteration {search.best_iteration}" if search else "not trained (no search with a click)")
     return rec, result
 
@@ -128,10 +121,10 @@ def train_search(data: LoadedData, split: Split, config: TrainConfig, rec: TwoSt
 def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: int,
                    params: EvaluationParams = EvaluationParams()) -> Evaluation:
     test = window(data.events, split.label_end, split.test_end)
-    with progress.reporting(_logger().info):
+    with progress.reporting(run_logger().info):
         result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params)
     result.metrics.update(search_metrics(search_quality(rec, search_sessions(test), k)))
-    _logger().info("test.ndcg_at_%d = %.4f over %d of the window's %d users", k,
+    run_logger().info("test.ndcg_at_%d = %.4f over %d of the window's %d users", k,
                    result.metrics.get(f"test.ndcg_at_{k}", 0.0), len(result.user_ids),
                    int(result.metrics["test.n_users_in_window"]))
     return result
@@ -315,7 +308,7 @@ def register_model(run_id: str, rec: TwoStageRecommender, evaluation: Evaluation
                                  "test_end": f"{split.test_end:%Y-%m-%d}", **lineage_tags})
     tracking.describe_version(config.registered_model, version, version_description(evaluation.metrics, config.k,
                                                                                     split, run_id))
-    _logger().info("registered %s version %s", config.registered_model, version)
+    run_logger().info("registered %s version %s", config.registered_model, version)
     return version
 
 
