@@ -55,6 +55,26 @@ _WEEKDAY_FACTOR = np.array([1.0, 0.95, 1.0, 1.05, 1.1, 1.35, 1.25])  # Mon..Sun
 # so sessions end the day they start (a day's events stay in that day's partition)
 _HOUR_WEIGHTS = np.array([1, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 6, 7, 6, 5, 5, 6, 7, 9, 10, 10, 8, 5, 0],
                          dtype=float)
+HOUR_SHARES = _HOUR_WEIGHTS / _HOUR_WEIGHTS.sum()
+SEARCH_SHARE = 0.25  # sessions that start with a search
+BUY_AFTER_CART = 0.55  # chance a carted item is bought
+
+
+def cart_probability(is_favourite: np.ndarray, level_match: np.ndarray) -> np.ndarray:
+    """Chance that a shopper who looks at an item puts it in the cart: favourites and items at the
+    shopper's own price level are carted more often."""
+    return 0.06 + 0.22 * is_favourite + 0.08 * level_match
+
+
+def level_affinity(user_level: np.ndarray, item_level: np.ndarray) -> np.ndarray:
+    """How much a shopper of one price level likes items of another (1 on the diagonal)."""
+    return _LEVEL_AFFINITY[user_level, item_level]
+
+
+def search_query(title: str, pick: int) -> str:
+    """The query a searching shopper types for an item: adjective or colour + noun (pick 0/1), or the noun."""
+    w = title.split()
+    return " ".join((w[1 + pick], w[3]) if pick < 2 else (w[3],))
 
 
 @dataclass(frozen=True)
@@ -139,22 +159,25 @@ class SyntheticWorld:
     # ---- users -------------------------------------------------------------------
     def _make_users(self) -> None:
         p, rng = self.p, self.rng
-        self.user_taste_cdf = np.cumsum(rng.dirichlet(np.full(self.n_cats, 0.2), p.n_users), axis=1)
+        self.user_taste = rng.dirichlet(np.full(self.n_cats, 0.2), p.n_users)  # share of interest per category
+        self.user_taste_cdf = np.cumsum(self.user_taste, axis=1)
         self.user_level = rng.choice(3, p.n_users, p=[0.35, 0.4, 0.25])
         act = rng.lognormal(0, 0.9, p.n_users)
         self.user_activity = act / act.sum()
         self.user_ids = np.array([f"u{u:06d}" for u in range(p.n_users)], dtype=object)
         users = np.repeat(np.arange(p.n_users), p.favorites_per_user)
-        self.favorites = self._sample_items(users, self._sample_cats(users), day=0).reshape(
+        self.favorites = self.sample_items(users, self.sample_categories(users), day=0).reshape(
             p.n_users, p.favorites_per_user)
 
-    def _sample_cats(self, users: np.ndarray) -> np.ndarray:
-        u = self.rng.random(len(users))[:, None]
+    def sample_categories(self, users: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """One category per user, drawn from the user's tastes."""
+        u = (rng or self.rng).random(len(users))[:, None]
         return np.minimum((self.user_taste_cdf[users] < u).sum(axis=1), self.n_cats - 1)
 
-    def _sample_items(self, users: np.ndarray, cats: np.ndarray, day: int) -> np.ndarray:
+    def sample_items(self, users: np.ndarray, cats: np.ndarray, day: int,
+                     rng: np.random.Generator | None = None) -> np.ndarray:
         """Draw one item per (user, category) from items available on `day`."""
-        rng = self.rng
+        rng = rng or self.rng
         available = self.item_created_day <= day
         age = day - self.item_created_day
         novelty = np.where((self.item_created_day >= 0) & (age < 14), 4.0, 1.0)
@@ -170,7 +193,7 @@ class SyntheticWorld:
             cand = np.flatnonzero((self.item_cat == c) & available)
             if len(cand) == 0:
                 cand = np.flatnonzero(available)
-            w = self.item_pop[cand] * _LEVEL_AFFINITY[lvl, self.item_level[cand]] * novelty[cand]
+            w = self.item_pop[cand] * level_affinity(lvl, self.item_level[cand]) * novelty[cand]
             out[grp] = rng.choice(cand, size=len(grp), p=w / w.sum())
         return out
 
@@ -181,21 +204,21 @@ class SyntheticWorld:
         factor = _WEEKDAY_FACTOR[date.dayofweek] * (1 + 0.003 * day)
         n_sessions = max(1, rng.poisson(p.n_users * p.sessions_per_user_day * factor))
         s_user = rng.choice(p.n_users, n_sessions, p=self.user_activity)
-        s_cat = self._sample_cats(s_user)
+        s_cat = self.sample_categories(s_user)
         s_len = np.minimum(1 + rng.geometric(0.4, n_sessions) - 1 + rng.integers(0, 2, n_sessions), 12)
         s_len = np.maximum(s_len, 1)
-        hours = rng.choice(24, n_sessions, p=_HOUR_WEIGHTS / _HOUR_WEIGHTS.sum())
+        hours = rng.choice(24, n_sessions, p=HOUR_SHARES)
         s_start = hours * 3600 + rng.integers(0, 3600, n_sessions)
 
         ev_session = np.repeat(np.arange(n_sessions), s_len)
         ev_user = s_user[ev_session]
         n_ev = len(ev_session)
         from_fav = rng.random(n_ev) < 0.3
-        items = self._sample_items(ev_user, s_cat[ev_session], day)
+        items = self.sample_items(ev_user, s_cat[ev_session], day)
         fav_pick = self.favorites[ev_user, rng.integers(0, p.favorites_per_user, n_ev)]
         fav_ok = self.item_created_day[fav_pick] <= day
         items = np.where(from_fav & fav_ok, fav_pick, items)
-        is_fav = (self.favorites[ev_user] == items[:, None]).any(axis=1)
+        is_fav = self.is_favourite(ev_user, items)
         level_match = self.item_level[items] == self.user_level[ev_user]
         offs = np.cumsum(rng.exponential(50, n_ev)) + 1
         # restart the offset clock at each session
@@ -203,17 +226,15 @@ class SyntheticWorld:
         offs = offs - np.repeat(offs[first] - 1, s_len)
         secs = s_start[ev_session] + offs
 
-        p_cart = 0.06 + 0.22 * is_fav + 0.08 * level_match
-        cart = rng.random(n_ev) < p_cart
-        buy = cart & (rng.random(n_ev) < 0.55)
+        cart = rng.random(n_ev) < cart_probability(is_fav, level_match)
+        buy = cart & (rng.random(n_ev) < BUY_AFTER_CART)
         qty = np.where(buy, 1 + (rng.random(n_ev) < 0.15), 1)
 
-        searching = rng.random(n_sessions) < 0.25
+        searching = rng.random(n_sessions) < SEARCH_SHARE
         s_first_item = items[first]
         s_idx = np.flatnonzero(searching)
-        words = [self.item_title[i].split() for i in s_first_item[s_idx]]
         pick = rng.integers(0, 3, len(s_idx))
-        queries = np.array([" ".join((w[1 + k], w[3]) if k < 2 else (w[3],)) for w, k in zip(words, pick)],
+        queries = np.array([search_query(self.item_title[i], k) for i, k in zip(s_first_item[s_idx], pick)],
                            dtype=object)
 
         def frame(mask_rows, etype, sec_shift, q=None, with_item=True, quantity=None):
@@ -251,8 +272,18 @@ class SyntheticWorld:
         p, rng = self.p, self.rng
         movers = np.flatnonzero(rng.random(p.n_users) < 0.03)
         if len(movers):
-            fresh = self._sample_items(movers, self._sample_cats(movers), day + 1)
+            fresh = self.sample_items(movers, self.sample_categories(movers), day + 1)
             self.favorites[movers, rng.integers(0, p.favorites_per_user, len(movers))] = fresh
+
+    def is_favourite(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether each (user, item) pair is among the user's current favourites."""
+        return (self.favorites[users] == np.asarray(items)[:, None]).any(axis=1)
+
+    def advance(self, days: int) -> None:
+        """Live through the first `days` days (their events are drawn and dropped), so that the world's
+        state (drifted favourites, random stream) is where it was after a data set of that many days."""
+        for d in range(days):
+            self.day_events(d)
 
     def iter_days(self) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:
         for d in range(self.p.n_days):
