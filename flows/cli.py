@@ -292,6 +292,8 @@ def serve(
     events: bool = typer.Option(True, help="POST /events: collect behaviour into $RECSYS_HOME/collector and "
                                            "feed the real-time user state"),
     collector_dir: Optional[Path] = typer.Option(None, help="collected events; default $RECSYS_HOME/collector"),
+    collector_rotate_s: float = typer.Option(60.0, min=0.5, help="seconds before a collected-events segment "
+                                                                 "is sealed and ready for `recsys collect`"),
     state_store: Optional[str] = typer.Option(None, help="real-time user state shared by the workers: "
                                                          "redis://HOST:PORT/DB for several machines; default "
                                                          "sqlite:///$RECSYS_HOME/collector/user_state.sqlite"),
@@ -314,6 +316,7 @@ def serve(
     kwargs = dict(model_name=model_name, alias=alias, poll_interval_s=poll_interval, impressions_dir=imp_dir,
                   ab_share=ab_share, challenger_alias=challenger_alias,
                   collector_dir=str(collector) if events else None, pseudonymise=pseudonymise,
+                  collector_rotate_s=collector_rotate_s,
                   state_store=state_store or f"sqlite:///{collector / 'user_state.sqlite'}")
     if events:  # an unreachable or malformed store: one line now, not a traceback from every worker's startup
         from recsys.serving.user_state import open_user_state

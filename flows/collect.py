@@ -35,7 +35,9 @@ def collect(params: CollectParams = CollectParams()) -> dict:
             summary = ingest(IngestParams(source=SourceKind.events, input=built["input"], data_dir=params.data_dir,
                                           max_rejected_share=params.max_rejected_share, pseudonymise=False,
                                           experiment=params.experiment))
-            built.update(accepted=summary["accepted"], store=summary["store"], mlflow_run_id=summary["mlflow_run_id"])
+            built.update(accepted=summary["accepted"], already_stored=summary["already_stored"],
+                         quarantined={**summary["excluded_by_adapter"], **summary["rejected_by_validation"]}, store=summary["store"],
+                         mlflow_run_id=summary["mlflow_run_id"])
         finish_batch(manifest, params.collector_dir)
         batches.append(built)
     events = sum(b["events"] for b in batches)

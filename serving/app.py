@@ -241,7 +241,8 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
                impressions_dir: str | None = None, ab_share: float = 0.0,
                challenger_alias: str = "challenger", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                load_retry_s: float = 60.0, collector_dir: str | None = None,
-               state_store: str | None = None, pseudonymise: bool = False) -> FastAPI:
+               state_store: str | None = None, pseudonymise: bool = False,
+               collector_rotate_s: float = 60.0) -> FastAPI:
     from recsys.models.search import search, search_status, similar_items
     from recsys.models.session import POPULAR, recommend_session, recommend_user, session_vector
     from recsys.serving.events import attach_events, batch_error_message
@@ -287,7 +288,7 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: the request id exists for every answer
     # POST /events + real-time user state (serving/events.py); user ids become pseudonyms at the door
-    live = attach_events(app, collector_dir, state_store, pseudonymise) if collector_dir else None
+    live = attach_events(app, collector_dir, state_store, pseudonymise, collector_rotate_s) if collector_dir else None
     app.state.live = live
     user_key = live.user_key if live else (lambda u: u)
 

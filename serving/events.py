@@ -66,11 +66,11 @@ class LiveEvents:
     """The collector, the real-time user state and the user-id mapping of one service process."""
 
     def __init__(self, collector_dir: Path, state_url: str, salt: str | None,
-                 params: LiveStateParams = LiveStateParams()):
+                 params: LiveStateParams = LiveStateParams(), collector: CollectorParams = CollectorParams()):
         self.salt, self.params = salt, params
         self.state_url = state_url
         self.state = None
-        self.collector = EventCollector(collector_dir, CollectorParams(),
+        self.collector = EventCollector(collector_dir, collector,
                                         user_key=self.pseudonyms if salt else None, on_written=self._on_written)
         self.user_key = lru_cache(maxsize=200_000)(self._user_key)
 
@@ -108,7 +108,8 @@ class LiveEvents:
         items = [(i, t) for i, t in items if i >= 0]
         return np.array([i for i, _ in items], dtype=np.int64), [t for _, t in items]
 
-def attach_events(app, collector_dir: str | os.PathLike, state_url: str, pseudonymise: bool) -> LiveEvents:
+def attach_events(app, collector_dir: str | os.PathLike, state_url: str, pseudonymise: bool,
+                  rotate_s: float = CollectorParams.rotate_s) -> LiveEvents:
     """Add `POST /events` to `app`; the caller starts/closes the returned `LiveEvents` in its lifespan."""
     salt = None
     if pseudonymise:
@@ -118,7 +119,7 @@ def attach_events(app, collector_dir: str | os.PathLike, state_url: str, pseudon
         if not salt:
             raise ValueError(f"--pseudonymise needs the salt in the environment variable {SALT_ENV} "
                              "(the same one ingest used)")
-    live = LiveEvents(Path(collector_dir), state_url, salt)
+    live = LiveEvents(Path(collector_dir), state_url, salt, collector=CollectorParams(rotate_s=rotate_s))
     router = APIRouter()
 
     @router.post("/events", response_model=EventsAnswer, responses=error_responses(400, 413, 415, 422, 503))

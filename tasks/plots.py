@@ -101,3 +101,23 @@ def gate_figure(report: dict):
 
 def close(fig) -> None:
     plt.close(fig)
+
+
+def simulation_figure(days: list[dict]):
+    """Simulated days: CTR and purchase conversion per arm, and the champion version."""
+    x = np.arange(1, len(days) + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    for ax, key, title in ((axes[0], "ctr", "CTR (clicks / shown items)"),
+                           (axes[1], "conversion", "purchase conversion (buying sessions)")):
+        for arm in ("champion", "challenger"):
+            values = [d["arms"][arm][key] if d["arms"][arm]["sessions"] else np.nan for d in days]
+            if not np.all(np.isnan(values)):
+                ax.plot(x, values, marker="o", label=arm)
+        ax.set_title(title)
+        ax.set_xlabel("simulated day")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[2].step(x, [float(d["versions"]["champion"] or 0) for d in days], where="mid")
+    axes[2].set_title("champion version")
+    axes[2].set_xlabel("simulated day")
+    return fig
