@@ -339,6 +339,49 @@ def serve(
 
 @app.command()
 @_one_line_errors
+def simulate(
+    days: int = typer.Option(2, min=1, help="simulated days"),
+    sessions_per_day: int = typer.Option(300, min=1, help="shopping sessions per simulated day"),
+    seed: int = typer.Option(0, help="seed of the shoppers' behaviour"),
+    users: int = typer.Option(3000, min=1, help="the world: --users of `recsys generate`"),
+    items: int = typer.Option(1500, min=1, help="the world: --items of `recsys generate`"),
+    world_days: int = typer.Option(56, min=1, help="the world: --days of `recsys generate`"),
+    world_seed: int = typer.Option(42, help="the world: --seed of `recsys generate`"),
+    start: str = typer.Option("2026-01-05", help="the world: --start of `recsys generate`"),
+    ab_share: float = typer.Option(0.0, min=0.0, max=0.99, help="share of users served by the `challenger` "
+                                                                "alias; nightly versions become the challenger "
+                                                                "and the online A/B decision promotes"),
+    retrain: bool = typer.Option(True, help="retrain and gate every simulated night"),
+    faulty_per_day: int = typer.Option(5, min=0, help="known-bad events posted per day (checks quarantine)"),
+    url: Optional[str] = typer.Option(None, help="use this running service (default: start one)"),
+    model_name: str = typer.Option("recsys", help="registered model the service follows"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Simulated shoppers (the synthetic world's users, by their hidden tastes) against the live service:
+    each day they search, open recommendations, click and buy and POST their events; between days the
+    events are collected, the model retrained and gated, and an A/B split decided. Per day: sessions,
+    impressions, CTR and conversion per arm, champion version, events sent / stored / quarantined."""
+    _check_date("--start", start)
+    _env()
+    from recsys.flows.simulate import SimulateParams, simulate as simulate_flow
+
+    params = SimulateParams(days=days, sessions_per_day=sessions_per_day, seed=seed, users=users, items=items,
+                            world_days=world_days, world_seed=world_seed, start=start, ab_share=ab_share,
+                            retrain=retrain, faulty_per_day=faulty_per_day, url=url, model_name=model_name)
+    _guard("simulate")
+    result = simulate_flow(params=params)
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+        return
+    from recsys.flows.simulate import format_day
+
+    for n, day in enumerate(result["days"], start=1):
+        typer.echo(format_day(n, day))
+    typer.echo(f"MLflow run {result['mlflow_run_id']} (experiment simulate)")
+
+
+@app.command()
+@_one_line_errors
 def promote(
     version: str = typer.Option(..., help="model version to make champion"),
     reason: str = typer.Option(..., help="why (recorded on the version)"),

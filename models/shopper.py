@@ -138,33 +138,37 @@ def faulty_events(good: dict, n: int) -> list[dict]:
 
 @dataclass
 class ArmTally:
+    """One arm's day: sessions, and per user the sums the A/B analysis needs (`recsys.models.ab_test`)."""
+
     sessions: int = 0
-    lists: int = 0
-    impressions: int = 0
-    clicks: int = 0
-    carts: int = 0
-    purchases: int = 0
-    buying_sessions: int = 0
-    revenue: float = 0.0
-    users: set = field(default_factory=set)
     versions: set = field(default_factory=set)
+    # user -> [shown items, clicks, purchases, revenue]
+    per_user: dict = field(default_factory=dict)
 
     def add(self, user: int, version: str, reaction: Reaction, prices: np.ndarray) -> None:
         self.sessions += 1
-        self.lists += 1
-        self.impressions += len(reaction.items)
-        self.clicks += int(reaction.clicked.sum())
-        self.carts += int(reaction.carted.sum())
-        self.purchases += int(reaction.bought.sum())
-        self.buying_sessions += int(reaction.bought.any())
-        self.revenue += float((prices * reaction.quantity * reaction.bought).sum())
-        self.users.add(user)
         self.versions.add(version)
+        row = self.per_user.setdefault(user, [0, 0, 0, 0.0])
+        row[0] += len(reaction.items)
+        row[1] += int(reaction.clicked.sum())
+        row[2] += int(reaction.bought.sum())
+        row[3] += float((prices * reaction.quantity * reaction.bought).sum())
 
     def figures(self) -> dict:
-        return {"sessions": self.sessions, "users": len(self.users), "impressions": self.impressions,
-                "clicks": self.clicks, "carts": self.carts, "purchases": self.purchases,
-                "ctr": self.clicks / self.impressions if self.impressions else 0.0,
-                "conversion": self.buying_sessions / self.sessions if self.sessions else 0.0,
-                "revenue_per_impression": self.revenue / self.impressions if self.impressions else 0.0,
-                "versions": sorted(self.versions)}
+        """CTR = clicks / shown items, conversion = purchases / shown items (the online metrics' definitions)."""
+        shown, clicks, purchases, revenue = (np.array([r[i] for r in self.per_user.values()], float).sum()
+                                             for i in range(4))
+        return {"sessions": self.sessions, "users": len(self.per_user), "impressions": int(shown),
+                "clicks": int(clicks), "purchases": int(purchases),
+                "ctr": clicks / shown if shown else 0.0, "conversion": purchases / shown if shown else 0.0,
+                "revenue_per_impression": revenue / shown if shown else 0.0, "versions": sorted(self.versions)}
+
+
+def merge_user_sums(total: dict, day: dict) -> None:
+    """Add one day's {arm: {user: [shown, clicks, purchases, revenue]}} into the running `total` (in place)."""
+    for arm, users in day.items():
+        into = total.setdefault(arm, {})
+        for u, row in users.items():
+            cur = into.setdefault(u, [0, 0, 0, 0.0])
+            for i, v in enumerate(row):
+                cur[i] += v

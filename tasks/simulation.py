@@ -7,6 +7,7 @@ aliases and the MLflow record of each simulated day. The shoppers' choices are p
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,12 +20,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from recsys.features import schema as S
-from recsys.features.synthetic import SyntheticWorld
+from recsys.features.synthetic import SyntheticParams, SyntheticWorld
 from recsys.models.shopper import (ARMS, ArmTally, ShopperParams, faulty_events, plan_sessions, react,
                                    reaction_events)
 from recsys.tasks import tracking
 from recsys.tasks.collected_log import OPEN
 from recsys.tasks.logs import run_logger
+from recsys.tasks.paths import catalog_path, events_dir
 
 EXPERIMENT = "simulate"
 EVENTS_PER_POST = 200
@@ -35,6 +37,12 @@ class SimulationError(RuntimeError):
 
 
 # ---- the service ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_service(port: int, log_path: Path, model_name: str, ab_share: float, collector_dir: Path,
                   impressions_dir: Path, timeout_s: float = 180.0) -> subprocess.Popen:
     """`recsys serve` as its own process: alias polled every second and collected events sealed every
@@ -164,7 +172,7 @@ def shop_one_day(url: str, world: SyntheticWorld, day: int, date: str, n_session
     run_logger().info("day %s: %d sessions, %d events sent (%d accepted, %d rejected at the door)", date,
                       n_sessions, sent, accepted, rejected)
     return {"date": date, "sessions": n_sessions, "arms": arms, "sent": sent, "door_accepted": accepted,
-            "door_rejected": rejected}
+            "door_rejected": rejected, "per_user": {arm: t.per_user for arm, t in tallies.items()}}
 
 
 @task(name="wait-until-sealed", cache_policy=NO_CACHE)
@@ -196,6 +204,60 @@ def store_counts(collected: dict) -> dict:
         already += b.get("already_stored", 0)
     return {"collected": collected["events"], "stored": stored, "quarantined_at_ingest": quarantined,
             "already_stored": already, "ingest_rules": rules}
+
+
+@task(name="prepare-world", cache_policy=NO_CACHE)
+def prepare_world(users: int, items: int, world_days: int, world_seed: int, start: str, days: int,
+                  data_dir: str) -> tuple[SyntheticWorld, int, list[str]]:
+    """The generator's world as it was at the end of the stored data (checked against the store's
+    catalogue), the world-day index of the first simulated day (the day after the store's last day) and
+    the simulated dates."""
+    world = SyntheticWorld(SyntheticParams(n_users=users, n_items=items, n_days=world_days, seed=world_seed,
+                                           start=start))
+    cat_file = catalog_path(Path(data_dir))
+    if not cat_file.exists():
+        raise FileNotFoundError(f"{cat_file}: no catalogue; generate the world first (`recsys generate`)")
+    catalog = pd.read_parquet(cat_file, columns=[S.ITEM_ID, S.TITLE])
+    if len(catalog) != items or not (catalog[S.TITLE].to_numpy() == world.item_title).all():
+        raise ValueError(f"{cat_file}: the catalogue is not the synthetic world of --users {users} --items "
+                         f"{items} --seed {world_seed}; simulate with the settings `recsys generate` used")
+    world.advance(world_days)
+    stored = sorted(p.name.removeprefix("day=") for p in events_dir(Path(data_dir)).glob("day=*"))
+    first = pd.Timestamp(stored[-1], tz="UTC") + pd.Timedelta(days=1)
+    dates = [(first + pd.Timedelta(days=d)).strftime("%Y-%m-%d") for d in range(days)]
+    if pd.Timestamp(dates[-1], tz="UTC") + pd.Timedelta(days=1) > pd.Timestamp.now(tz="UTC"):
+        raise ValueError(f"simulated days would reach {dates[-1]}, past today: the service refuses events from "
+                         "the future; generate the world with an earlier --start or simulate fewer days")
+    return world, int((first - world.start).days), dates
+
+
+def _per_user_stats(per_user: dict):
+    """Cumulative per-user sums -> {arm: {metric: ArmStats}} for `recsys.models.ab_test.decide`."""
+    from recsys.models.ab_test import ArmStats
+
+    out = {}
+    for arm, users in per_user.items():
+        rows = np.array(list(users.values()), float).reshape(-1, 4)
+        out[arm] = {"ctr": ArmStats.from_users(rows[:, 1], rows[:, 0]),
+                    "purchase_conversion": ArmStats.from_users(rows[:, 2], rows[:, 0]),
+                    "revenue_per_impression": ArmStats.from_users(rows[:, 3], rows[:, 0])}
+    return out
+
+
+@task(name="online-decision", cache_policy=NO_CACHE)
+def online_decision(per_user: dict, history: list, model_name: str, ab_share: float, alpha: float, min_lift: float,
+                    challenger: str | None) -> tuple[dict, dict]:
+    """The sequential A/B decision on the experiment so far (`history`: the earlier looks); a promotion
+    moves `champion` to the challenger. Returns the decision and this look (for the next day's history)."""
+    from recsys.models.ab_test import ABConfig, decide
+
+    arms = _per_user_stats(per_user)
+    decision = decide(arms, ABConfig(alpha=alpha, min_lift=min_lift, challenger_share=ab_share), history)
+    out = {"outcome": decision.outcome, "promote": decision.promote, "reason": decision.reason,
+           "lift": decision.lift, "p_value": decision.p_value, "srm_p": decision.srm_p}
+    if decision.promote and challenger:
+        tracking.move_champion(model_name, challenger, f"online A/B: {decision.reason}", actor="simulate")
+    return out, arms
 
 
 # ---- MLflow ---------------------------------------------------------------------------------------------
