@@ -6,7 +6,9 @@ recommendations over HTTP, react by their hidden tastes and the position of what
 their events (plus a few known-bad ones); the collector's segments are sealed and `collect` brings them
 into the event store; sent = stored + quarantined is checked exactly. Then (optionally) `train` retrains on
 the grown store; with an A/B split the new version becomes the `challenger` and the online decision
-(`recsys.models.ab_test.decide` on the arms' cumulative per-user figures) promotes it or not.
+(`recsys.models.ab_test.decide` on the arms' cumulative per-user figures) promotes it or not. A running
+experiment is not cut short by the next night's version: that one becomes the challenger once the decision
+is final (promote, not better, or a sample-ratio mismatch).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from recsys.flows.collect import CollectParams, collect
+from recsys.models.ab_test import PROMOTE, STOP_NOT_BETTER, STOP_SRM
 from recsys.models.shopper import ShopperParams, merge_user_sums
+
+FINAL = (PROMOTE, STOP_NOT_BETTER, STOP_SRM)  # outcomes that end an experiment
 
 
 class SimulateParams(BaseModel):
@@ -69,6 +74,7 @@ def simulate(params: SimulateParams = SimulateParams()) -> dict:
     days: list[dict] = []
     per_user: dict = {}
     history: list = []
+    running = ab and sim.alias_exists(params.model_name, "challenger")  # an experiment in progress
     with contextlib.ExitStack() as stack:
         url = params.url
         if url is None:
@@ -97,21 +103,21 @@ def simulate(params: SimulateParams = SimulateParams()) -> dict:
                         f"day {date}: {day['sent']} events sent, {day['stored']} stored + {day['quarantined']} "
                         f"quarantined ({counts['collected']} collected of {day['door_accepted']} accepted at the "
                         f"door, {counts['already_stored']} already stored): events were lost or added")
+                if ab and params.decide and running and versions.get("challenger"):
+                    day["decision"], look = sim.online_decision(per_user, history, params.model_name, params.ab_share,
+                                                                params.alpha, params.min_lift,
+                                                                versions.get("challenger"))
+                    history.append(look)
+                    if day["decision"]["outcome"] in FINAL:
+                        running, per_user, history = False, {}, []
                 if params.retrain:
                     result = train(config=TrainConfig(data_dir=data, registered_model=params.model_name,
                                                       promote=not ab, **params.train_overrides))
                     day["trained"] = {"version": result["version"], "promoted": result["promoted"],
                                       "reason": result["reason"]}
-                    if ab and not result["promoted"]:
+                    if ab and not running:  # a running experiment is not cut short by a newer version
                         sim.set_challenger(params.model_name, result["version"])
-                        per_user, history = {}, []  # a new challenger: a new experiment
-                if ab and params.decide:
-                    day["decision"], look = sim.online_decision(per_user, history, params.model_name, params.ab_share,
-                                                                params.alpha, params.min_lift,
-                                                                versions.get("challenger"))
-                    history.append(look)
-                    if day["decision"]["promote"]:
-                        per_user, history = {}, []
+                        running, per_user, history = True, {}, []  # a new challenger, a new experiment
                 sim.log_day(run_id, d + 1, day)
                 days.append(day)
                 print(format_day(d + 1, day))

@@ -21,8 +21,8 @@ from prefect.cache_policies import NO_CACHE
 
 from recsys.features import schema as S
 from recsys.features.synthetic import SyntheticParams, SyntheticWorld
-from recsys.models.shopper import (ARMS, ArmTally, ShopperParams, faulty_events, plan_sessions, react,
-                                   reaction_events)
+from recsys.models.shopper import (ARMS, ArmTally, Reaction, Session, ShopperParams, faulty_events, plan_sessions,
+                                   react, reaction_events)
 from recsys.tasks import tracking
 from recsys.tasks.collected_log import OPEN
 from recsys.tasks.logs import run_logger
@@ -109,14 +109,38 @@ def wait_for_versions(url: str, model_name: str, ab: bool, timeout_s: float = 12
         time.sleep(0.5)
 
 
+def alias_exists(model_name: str, alias: str) -> bool:
+    return tracking.alias_version(model_name, alias) is not None
+
+
 @task(name="set-challenger", cache_policy=NO_CACHE)
 def set_challenger(model_name: str, version: str) -> None:
     tracking.client().set_registered_model_alias(model_name, "challenger", version)
 
 
 # ---- one simulated day of shoppers --------------------------------------------------------------------
-def _item_index(world: SyntheticWorld) -> dict[str, int]:
+def item_index(world: SyntheticWorld) -> dict[str, int]:
     return {iid: i for i, iid in enumerate(world.item_ids)}
+
+
+def fetch_list(get, world: SyntheticWorld, index: dict[str, int], session: Session, k: int) -> tuple[dict, np.ndarray]:
+    """The list a session sees: `/search` for a searching shopper, else `/recommendations/{user}`; the
+    answer and its items as world indices (-1: unknown). `get(path, **params)` does the HTTP GET."""
+    user = str(world.user_ids[session.user])
+    if session.query is not None:
+        answer = get("/search", q=session.query, user_id=user, k=k)
+    else:
+        answer = get(f"/recommendations/{user}", k=k)
+    return answer, np.array([index.get(it["item_id"], -1) for it in answer["items"]], dtype=np.int64)
+
+
+def shop_list(world: SyntheticWorld, session: Session, answer: dict, items: np.ndarray, params: ShopperParams,
+              rng: np.random.Generator, tallies: dict[str, ArmTally]) -> Reaction:
+    """The shopper's reaction to a list, counted in the arm that served it."""
+    reaction = react(world, session.user, items, params, rng)
+    prices = world.item_price[np.where(items >= 0, items, 0)]
+    tallies[answer["variant"]].add(session.user, answer["model_version"], reaction, prices)
+    return reaction
 
 
 @task(name="shop-one-day", cache_policy=NO_CACHE)
@@ -126,7 +150,7 @@ def shop_one_day(url: str, world: SyntheticWorld, day: int, date: str, n_session
     to it, post the events (with the list's request_id) plus `faulty` known-bad ones. Returns per-arm
     figures and the door's counts (sent, accepted, rejected)."""
     rng = np.random.default_rng([seed, day])
-    index = _item_index(world)
+    index = item_index(world)
     midnight = pd.Timestamp(date, tz="UTC")
     tallies = {arm: ArmTally() for arm in ARMS}
     outbox: list[dict] = []
@@ -149,16 +173,11 @@ def shop_one_day(url: str, world: SyntheticWorld, day: int, date: str, n_session
             user = str(world.user_ids[s.user])
             session_id = f"sim-{seed}-{date}-{n}"
             start = midnight + pd.Timedelta(seconds=s.start_s)
+            answer, items = fetch_list(lambda path, **q: _get(client, path, **q), world, index, s, params.k)
             if s.query is not None:
-                answer = _get(client, "/search", q=s.query, user_id=user, k=params.k)
                 outbox.append({S.USER_ID: user, S.EVENT_TYPE: S.SEARCH, S.QUERY: s.query, S.SESSION_ID: session_id,
                                S.TS: start.isoformat(), "request_id": answer["request_id"]})
-            else:
-                answer = _get(client, f"/recommendations/{user}", k=params.k)
-            items = np.array([index.get(it["item_id"], -1) for it in answer["items"]], dtype=np.int64)
-            reaction = react(world, s.user, items, params, rng)
-            prices = world.item_price[np.where(items >= 0, items, 0)]
-            tallies[answer["variant"]].add(s.user, answer["model_version"], reaction, prices)
+            reaction = shop_list(world, s, answer, items, params, rng, tallies)
             outbox += reaction_events(world, s.user, reaction, answer["request_id"], session_id, start)
             if len(outbox) >= EVENTS_PER_POST:
                 flush(client)
@@ -231,7 +250,7 @@ def prepare_world(users: int, items: int, world_days: int, world_seed: int, star
     return world, int((first - world.start).days), dates
 
 
-def _per_user_stats(per_user: dict):
+def per_user_stats(per_user: dict):
     """Cumulative per-user sums -> {arm: {metric: ArmStats}} for `recsys.models.ab_test.decide`."""
     from recsys.models.ab_test import ArmStats
 
@@ -251,7 +270,7 @@ def online_decision(per_user: dict, history: list, model_name: str, ab_share: fl
     moves `champion` to the challenger. Returns the decision and this look (for the next day's history)."""
     from recsys.models.ab_test import ABConfig, decide
 
-    arms = _per_user_stats(per_user)
+    arms = per_user_stats(per_user)
     decision = decide(arms, ABConfig(alpha=alpha, min_lift=min_lift, challenger_share=ab_share), history)
     out = {"outcome": decision.outcome, "promote": decision.promote, "reason": decision.reason,
            "lift": decision.lift, "p_value": decision.p_value, "srm_p": decision.srm_p}
