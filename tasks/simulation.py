@@ -6,6 +6,7 @@ aliases and the MLflow record of each simulated day. The shoppers' choices are p
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -194,6 +195,26 @@ def shop_one_day(url: str, world: SyntheticWorld, day: int, date: str, n_session
             "door_rejected": rejected, "per_user": {arm: t.per_user for arm, t in tallies.items()}}
 
 
+def _written_by_a_live_service(segment: Path) -> bool:
+    """An open segment with events whose writer still holds its lock (a dead writer's segment is sealed by
+    the collect flow itself)."""
+    try:
+        fd = os.open(segment, os.O_RDONLY)
+    except FileNotFoundError:  # sealed meanwhile
+        return False
+    try:
+        if os.fstat(fd).st_size == 0:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 @task(name="wait-until-sealed", cache_policy=NO_CACHE)
 def wait_until_sealed(collector_dir: str, timeout_s: float = 150.0) -> None:
     """Until no open segment holds events: the service seals a segment `--collector-rotate-s` after it
@@ -201,8 +222,7 @@ def wait_until_sealed(collector_dir: str, timeout_s: float = 150.0) -> None:
     open_dir = Path(collector_dir) / OPEN
     deadline = time.monotonic() + timeout_s
     while True:
-        busy = [p for p in open_dir.glob("*.jsonl") if not p.name.startswith(".") and p.stat().st_size > 0] \
-            if open_dir.exists() else []
+        busy = [p for p in open_dir.glob("*.jsonl") if _written_by_a_live_service(p)] if open_dir.exists() else []
         if not busy:
             return
         if time.monotonic() > deadline:

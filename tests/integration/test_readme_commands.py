@@ -34,7 +34,8 @@ SKIP = {
 # what a command's output must contain (a command can exit 0 and still be wrong, e.g. curl on an HTTP 500)
 EXPECT = {"curl -X POST localhost:5001/invocations": '"predictions"', "recsys --help": "Usage: recsys",
           "curl -s -X POST http://127.0.0.1:8000/events": '"accepted":2,"rejected":1',
-          "curl -s http://127.0.0.1:8000/recommendations/u000001": '"live_events":1'}
+          "curl -s http://127.0.0.1:8000/recommendations/u000001": '"live_events":1',
+          "recsys simulate --days 2": "quarantined"}
 # a server command -> the port it listens on (default when the line does not set one)
 SERVERS = [(re.compile(r"^mlflow ui\b"), 5000), (re.compile(r"^mlflow/start-local\.sh\b"), 5000),
            (re.compile(r"^mlflow models serve\b"), 5000), (re.compile(r"^recsys serve\b"), 8000)]
