@@ -76,14 +76,14 @@ def simulate(params: SimulateParams = SimulateParams()) -> dict:
     history: list = []
     running = ab and sim.alias_exists(params.model_name, "challenger")  # an experiment in progress
     with contextlib.ExitStack() as stack:
-        url = params.url
-        if url is None:
-            port = sim.free_port()
-            proc = sim.start_service(port, recsys_home() / "logs" / f"simulate-serve-{port}.log", params.model_name,
-                                     params.ab_share, collector, impressions)
-            stack.callback(sim.stop_service, proc)
-            url = f"http://127.0.0.1:{port}"
         try:
+            url = params.url
+            if url is None:
+                port = sim.free_port()
+                proc = sim.start_service(port, recsys_home() / "logs" / f"simulate-serve-{port}.log",
+                                         params.model_name, params.ab_share, collector, impressions)
+                stack.callback(sim.stop_service, proc)
+                url = f"http://127.0.0.1:{port}"
             # what an earlier run left in the collector is brought in first and not counted
             sim.wait_until_sealed(collector)
             collect(CollectParams(collector_dir=collector, data_dir=data))
