@@ -104,20 +104,27 @@ def close(fig) -> None:
 
 
 def simulation_figure(days: list[dict]):
-    """Simulated days: CTR and purchase conversion per arm, and the champion version."""
+    """Simulated days: CTR and purchase conversion per arm (95% binomial intervals over shown items, which
+    ignore that one shopper sees many items: a little narrow), and the champion version."""
     x = np.arange(1, len(days) + 1)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
-    for ax, key, title in ((axes[0], "ctr", "CTR (clicks / shown items)"),
-                           (axes[1], "conversion", "purchase conversion (buying sessions)")):
-        for arm in ("champion", "challenger"):
-            values = [d["arms"][arm][key] if d["arms"][arm]["sessions"] else np.nan for d in days]
-            if not np.all(np.isnan(values)):
-                ax.plot(x, values, marker="o", label=arm)
+    for ax, key, count, title in ((axes[0], "ctr", "clicks", "CTR (clicks / shown items)"),
+                                  (axes[1], "conversion", "purchases", "purchase conversion (purchases / shown items)")):
+        for shift, arm in ((-0.08, "champion"), (0.08, "challenger")):
+            shown = np.array([d["arms"][arm]["impressions"] for d in days], float)
+            if not shown.any():
+                continue
+            rate = np.divide([d["arms"][arm][count] for d in days], shown, out=np.full(len(days), np.nan),
+                             where=shown > 0)
+            half = 1.96 * np.sqrt(np.divide(rate * (1 - rate), shown, out=np.full(len(days), np.nan), where=shown > 0))
+            ax.errorbar(x + shift, rate, yerr=half, marker="o", capsize=3, label=arm)
         ax.set_title(title)
         ax.set_xlabel("simulated day")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[2].step(x, [float(d["versions"]["champion"] or 0) for d in days], where="mid")
+    champions = [int(d["versions"]["champion"] or 0) for d in days]
+    axes[2].step(x, champions, where="mid")
+    axes[2].set_yticks(sorted(set(champions)))
     axes[2].set_title("champion version")
     axes[2].set_xlabel("simulated day")
     return fig
