@@ -266,3 +266,18 @@ def decide(arms: dict[str, dict[str, ArmStats]], config: ABConfig,
         return Decision(False, STOP_NOT_BETTER, f"{summary}; the challenger does not clear the margin: keep "
                         "the champion", **nums)
     return Decision(False, CONTINUE, f"{summary}; not yet conclusive: keep collecting", **nums)
+
+
+def stats_by_arm(per_user, metrics: dict[str, str], arm_col: str = "variant",
+                 denominator: str = "shown") -> dict[str, dict[str, ArmStats]]:
+    """`{arm: {metric: ArmStats}}` from a frame of one row per user and arm (`features.attribution.
+    per_user_outcomes`): metric = sum(outcome column) / sum(`denominator`) over the arm's users."""
+    out: dict[str, dict[str, ArmStats]] = {}
+    for arm, rows in per_user.groupby(arm_col, sort=True):
+        y = rows[denominator].to_numpy(float)
+        out[str(arm)] = {m: ArmStats.from_users(rows[col].to_numpy(float), y) for m, col in metrics.items()}
+    return out
+
+
+def empty_stats() -> ArmStats:
+    return ArmStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
