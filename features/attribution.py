@@ -118,3 +118,34 @@ def per_user_outcomes(attributed: pd.DataFrame, k: int = 10,
             .agg(shown=(S.ITEM_ID, "size"), clicked=(CLICKED, "sum"), carted=(CARTED, "sum"),
                  bought=(BOUGHT, "sum"), revenue=(REVENUE, "sum"))
             .reset_index())
+
+
+LINK_KEY = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.TS)
+
+
+def request_links(collected: pd.DataFrame) -> pd.DataFrame:
+    """From events as the collector took them (text columns, `request_id`): the event's key in the event store
+    (ids, type and time normalised as ingest does) and its `request_id`; rows without one are left out."""
+    from recsys.features.validation import normalise_ids, parse_timestamps
+
+    if S.REQUEST_ID not in collected or collected.empty:
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in (*LINK_KEY, S.REQUEST_ID)}).astype(
+            {S.TS: "datetime64[us, UTC]"})
+    out = pd.DataFrame({S.USER_ID: normalise_ids(collected[S.USER_ID]), S.ITEM_ID: normalise_ids(collected[S.ITEM_ID]),
+                        S.EVENT_TYPE: collected[S.EVENT_TYPE].astype("string").str.strip().str.lower(),
+                        S.TS: parse_timestamps(collected[S.TS]),
+                        S.REQUEST_ID: collected[S.REQUEST_ID].astype("string").str.strip()})
+    out = out.dropna()
+    return out[out[S.REQUEST_ID] != ""].drop_duplicates(list(LINK_KEY), keep="last").reset_index(drop=True)
+
+
+def link_request_ids(events: pd.DataFrame, links: pd.DataFrame) -> pd.DataFrame:
+    """`events` with a `request_id` column from the side table (null where the event had none)."""
+    ev = events.drop(columns=[S.REQUEST_ID], errors="ignore")
+    if links.empty:
+        return ev.assign(**{S.REQUEST_ID: pd.Series(pd.NA, index=ev.index, dtype="string")})
+    right = links.drop_duplicates(list(LINK_KEY), keep="last").astype(
+        {S.USER_ID: "string", S.ITEM_ID: "string", S.EVENT_TYPE: "string"})
+    left = ev.astype({S.USER_ID: "string", S.ITEM_ID: "string", S.EVENT_TYPE: "string"})
+    right = right.assign(**{S.TS: pd.to_datetime(right[S.TS], utc=True).astype(left[S.TS].dtype)})
+    return left.merge(right, on=list(LINK_KEY), how="left")

@@ -281,3 +281,18 @@ def stats_by_arm(per_user, metrics: dict[str, str], arm_col: str = "variant",
 
 def empty_stats() -> ArmStats:
     return ArmStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def summary_rows(per_user, metrics: dict[str, str], by: list[str], confidence: float = 0.95,
+                 denominator: str = "shown") -> list[dict]:
+    """One row per group of `by` and metric: rate with its fixed-horizon interval, users, shown items (for the
+    report tables and the plots by day and arm)."""
+    rows = []
+    for key, part in per_user.groupby(by, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        y = part[denominator].to_numpy(float)
+        for metric, col in metrics.items():
+            s = rate_summary(ArmStats.from_users(part[col].to_numpy(float), y), confidence)
+            rows.append({**dict(zip(by, map(str, key))), "metric": metric, "rate": s.rate, "ci_low": s.ci_low,
+                         "ci_high": s.ci_high, "users": s.users, "shown": int(s.denominator)})
+    return rows

@@ -81,3 +81,23 @@ def test_per_user_outcomes_and_arm_stats():
     stats = stats_by_arm(per_user, {"ctr": "clicked"})
     assert stats["champion"]["ctr"].rate == pytest.approx(0.5) and stats["challenger"]["ctr"].rate == 0.0
     assert stats["champion"]["ctr"].users == 1
+
+
+def test_request_links_reach_the_stored_events():
+    """The collector's raw rows (text, untrimmed ids, naive ISO times) link to the store's normalised events."""
+    from recsys.features.attribution import link_request_ids, request_links
+
+    collected = pd.DataFrame({"user_id": [" u1", "u2", "u3"], "item_id": ["a", "b", "c"],
+                              "event_type": ["View", "purchase", "view"],
+                              "ts": ["2026-03-01T10:05:00", "2026-03-01T10:06:00+00:00", "2026-03-01T10:07:00Z"],
+                              "request_id": ["r1", None, "r9"]})
+    links = request_links(collected)
+    assert links["request_id"].tolist() == ["r1", "r9"]
+    store = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["a", "b", "c"],
+                          "event_type": ["view", "purchase", "view"],
+                          "ts": pd.to_datetime(["2026-03-01 10:05", "2026-03-01 10:06", "2026-03-01 10:08"],
+                                               utc=True).astype("datetime64[us, UTC]")})
+    out = link_request_ids(store, links)
+    assert len(out) == 3
+    assert out["request_id"].tolist()[0] == "r1"
+    assert out["request_id"].isna().tolist()[1:] == [True, True]  # no request_id; another time
