@@ -379,6 +379,15 @@ def rollback(model_name: str = typer.Option("recsys"),
 
 def _online_options(model_name: str, days: int, k: int, attribution_hours: float,
                     impressions_dir: Optional[Path], data_dir: Optional[Path]) -> dict:
+    """The flows' common parameters, directories checked before any work (call after _env)."""
+    from recsys.tasks.paths import recsys_home
+
+    imp = impressions_dir or recsys_home() / "impressions"
+    if not imp.is_dir():
+        _fail(f"--impressions-dir {imp}: no such directory; `recsys serve` logs every answer there (unless "
+              "--no-impressions), so serve some traffic first or pass the service's --impressions-dir")
+    if data_dir is not None and not data_dir.is_dir():
+        _fail(f"--data-dir {data_dir}: no such directory")
     return dict(model_name=model_name, days=days, k=k, attribution_hours=attribution_hours,
                 impressions_dir=str(impressions_dir) if impressions_dir else None,
                 data_dir=str(data_dir) if data_dir else None)
@@ -427,19 +436,22 @@ def online_metrics(
 @app.command("ab-start")
 @_one_line_errors
 def ab_start(
-    version: str = typer.Option(..., help="model version to test against the champion"),
+    version: str = typer.Option(..., help="model version to test against the champion (`newest`: the newest "
+                                          "registered version)"),
     share: float = typer.Option(..., min=0.001, max=0.999, help="share of users it gets: the same value as "
                                                                "`recsys serve --ab-share`"),
     model_name: str = typer.Option("recsys"),
 ) -> None:
     """Start an A/B experiment: point the `challenger` alias at a version and record the start and the share."""
-    if not version.isdigit() or int(version) < 1:
-        _fail(f"--version must be a model version number such as 3, not '{version}'")
+    if version != "newest" and (not version.isdigit() or int(version) < 1):
+        _fail(f"--version must be a model version number such as 3 (or newest), not '{version}'")
     _env()
     from recsys.tasks import tracking
     from recsys.tasks.feedback import start_experiment
 
     versions = tracking.version_numbers(model_name)
+    if version == "newest" and versions:
+        version = versions[-1]
     if version not in versions:
         have = f"its versions are {_ranges(versions)}" if versions else "it has no versions (train one first)"
         _fail(f"model '{model_name}' has no version {version}: {have}")
@@ -471,6 +483,10 @@ def ab_decision(
 ) -> None:
     """Decide the running A/B experiment with an always-valid sequential test (mSPRT): promote the challenger
     when its lift clears the margin and no guardrail vetoes; a sample-ratio mismatch stops the decision."""
+    from recsys.features.attribution import METRIC_OUTCOMES
+
+    if metric not in METRIC_OUTCOMES:
+        _fail(f"--metric '{metric}' is not an online metric: use one of {', '.join(METRIC_OUTCOMES)}")
     _env()
     from recsys.flows.feedback import ab_decision as flow
     from recsys.models.online_config import ABDecisionParams

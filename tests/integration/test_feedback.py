@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import small_config, wait_ready
+from tests.integration.test_cli_failures import one_error_line
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,9 @@ def test_ab_experiment_from_service_to_promotion(two_versions, service, tmp_path
     assert started.returncode == 0, started.stderr
     assert tracking.alias_version(MODEL, "challenger") == "2"
     bad = _recsys("ab-decision", "--model-name", MODEL, "--metric", "clicks")
-    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "metric" in bad.stderr
+    assert "metric" in one_error_line(bad) and "clicks" in bad.stderr
+    missing = _recsys("online-metrics", "--impressions-dir", str(tmp_path / "nowhere"))
+    assert f"--impressions-dir {tmp_path / 'nowhere'}: no such directory" in one_error_line(missing)
 
     imp, coll, data = tmp_path / "impressions", tmp_path / "collector", two_versions / "data"
     url, proc = service("--model-name", MODEL, "--ab-share", "0.5", "--impressions-dir", str(imp),
