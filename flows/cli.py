@@ -393,22 +393,22 @@ def _online_options(model_name: str, days: int, k: int, attribution_hours: float
                 data_dir=str(data_dir) if data_dir else None)
 
 
-_ONLINE_HELP = dict(
-    days="impressions of the last N days (UTC)", k="positions 1..k count as shown",
-    attribution_hours="an event counts for a shown item this many hours after it was shown",
-    impressions_dir="the service's impressions; default $RECSYS_HOME/impressions",
-    data_dir="event store; default $RECSYS_HOME/data")
+# the options both online commands take (one OptionInfo may serve several commands)
+_ONLINE = dict(
+    days=typer.Option(14, min=1, max=366, help="impressions of the last N days (UTC)"),
+    k=typer.Option(10, min=1, max=100, help="positions 1..k count as shown"),
+    attribution_hours=typer.Option(24.0, min=0.001, help="an event counts for a shown item this many hours "
+                                                         "after it was shown"),
+    impressions_dir=typer.Option(None, help="the service's impressions; default $RECSYS_HOME/impressions"),
+    data_dir=typer.Option(None, help="event store; default $RECSYS_HOME/data"))
 
 
 @app.command("online-metrics")
 @_one_line_errors
 def online_metrics(
     model_name: str = typer.Option("recsys", help="registered model"),
-    days: int = typer.Option(14, min=1, max=366, help=_ONLINE_HELP["days"]),
-    k: int = typer.Option(10, min=1, max=100, help=_ONLINE_HELP["k"]),
-    attribution_hours: float = typer.Option(24.0, min=0.001, help=_ONLINE_HELP["attribution_hours"]),
-    impressions_dir: Optional[Path] = typer.Option(None, help=_ONLINE_HELP["impressions_dir"]),
-    data_dir: Optional[Path] = typer.Option(None, help=_ONLINE_HELP["data_dir"]),
+    days: int = _ONLINE["days"], k: int = _ONLINE["k"], attribution_hours: float = _ONLINE["attribution_hours"],
+    impressions_dir: Optional[Path] = _ONLINE["impressions_dir"], data_dir: Optional[Path] = _ONLINE["data_dir"],
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Online metrics per arm and model version (CTR@k, add-to-cart and purchase conversion, revenue per
@@ -474,11 +474,8 @@ def ab_decision(
                                                      "ab-start` recorded it"),
     min_users: int = typer.Option(100, help="users per arm before any decision"),
     promote: bool = typer.Option(True, help="move `champion` when the test clears (--no-promote: only report)"),
-    days: int = typer.Option(14, min=1, max=366, help=_ONLINE_HELP["days"]),
-    k: int = typer.Option(10, min=1, max=100, help=_ONLINE_HELP["k"]),
-    attribution_hours: float = typer.Option(24.0, min=0.001, help=_ONLINE_HELP["attribution_hours"]),
-    impressions_dir: Optional[Path] = typer.Option(None, help=_ONLINE_HELP["impressions_dir"]),
-    data_dir: Optional[Path] = typer.Option(None, help=_ONLINE_HELP["data_dir"]),
+    days: int = _ONLINE["days"], k: int = _ONLINE["k"], attribution_hours: float = _ONLINE["attribution_hours"],
+    impressions_dir: Optional[Path] = _ONLINE["impressions_dir"], data_dir: Optional[Path] = _ONLINE["data_dir"],
     as_json: bool = typer.Option(False, "--json", help="print the decision as JSON"),
 ) -> None:
     """Decide the running A/B experiment with an always-valid sequential test (mSPRT): promote the challenger
