@@ -52,7 +52,9 @@ def test_ab_experiment_from_service_to_promotion(two_versions, service, tmp_path
     missing = _recsys("online-metrics", "--impressions-dir", str(tmp_path / "nowhere"))
     assert f"--impressions-dir {tmp_path / 'nowhere'}: no such directory" in one_error_line(missing)
 
-    imp, coll, data = tmp_path / "impressions", tmp_path / "collector", two_versions / "data"
+    # the collected events go to a store of their own: events dated today in the session's shared store would
+    # move the newest day, and with it the split, of every later training test
+    imp, coll, data = tmp_path / "impressions", tmp_path / "collector", tmp_path / "data"
     url, proc = service("--model-name", MODEL, "--ab-share", "0.5", "--impressions-dir", str(imp),
                         "--collector-dir", str(coll), "--poll-interval", "0")
     wait_ready(f"{url}/ready", proc)
@@ -76,11 +78,12 @@ def test_ab_experiment_from_service_to_promotion(two_versions, service, tmp_path
     proc.terminate()  # seals the open segment and flushes the impressions
     proc.wait(timeout=30)
 
-    collected = collect(params=CollectParams(collector_dir=str(coll)))
+    collected = collect(params=CollectParams(collector_dir=str(coll), data_dir=str(data)))
+    assert len(list((data / "request_links").glob("*.parquet"))) == 1
     assert collected["events"] == sent
     assert sum(b["request_links"] for b in collected["batches"]) == 2 * arms["challenger"]
 
-    report = online_metrics(params=OnlineParams(model_name=MODEL, impressions_dir=str(imp)))
+    report = online_metrics(params=OnlineParams(model_name=MODEL, impressions_dir=str(imp), data_dir=str(data)))
     rows = {(r["variant"], r["metric"]): r for r in report["rows"]}
     chal, champ = rows[("challenger", "purchase_conversion")], rows[("champion", "purchase_conversion")]
     assert chal["rate"] == pytest.approx(0.1)  # one of 10 shown items bought by every challenger user
@@ -94,11 +97,12 @@ def test_ab_experiment_from_service_to_promotion(two_versions, service, tmp_path
     assert "plots/online_by_day.png" in artifacts
 
     # a configured share the split does not match: the sample-ratio check stops the decision, nothing moves
-    srm = ab_decision(params=ABDecisionParams(model_name=MODEL, impressions_dir=str(imp), challenger_share=0.9))
+    where = dict(model_name=MODEL, impressions_dir=str(imp), data_dir=str(data))
+    srm = ab_decision(params=ABDecisionParams(**where, challenger_share=0.9))
     assert srm["outcome"] == "stop_srm" and not srm["promoted"]
     assert tracking.alias_version(MODEL) == "1" and tracking.alias_version(MODEL, "challenger") == "2"
 
-    decided = ab_decision(params=ABDecisionParams(model_name=MODEL, impressions_dir=str(imp)))
+    decided = ab_decision(params=ABDecisionParams(**where))
     assert decided["outcome"] == "promoted", decided["reason"]
     assert decided["lift"] > 1 and decided["p_value"] <= 0.05 and decided["ci_low"] > 0
     assert tracking.alias_version(MODEL) == "2" and tracking.alias_version(MODEL, "challenger") is None
@@ -108,4 +112,4 @@ def test_ab_experiment_from_service_to_promotion(two_versions, service, tmp_path
     assert v1["ab.vs_v2"] == "replaced" and "clears the margin" in v1["ab.vs_v2.reason"]
     assert v1["ab.vs_v2.run_id"] == decided["run_id"]
     # no challenger any more: the next daily decision says so and changes nothing
-    assert ab_decision(params=ABDecisionParams(model_name=MODEL, impressions_dir=str(imp)))["outcome"] == "no_experiment"
+    assert ab_decision(params=ABDecisionParams(**where))["outcome"] == "no_experiment"
