@@ -77,8 +77,7 @@ def load_attributed(params: OnlineParams, now: str | None = None) -> pd.DataFram
     imp = imp[imp[S.TS] >= since]
     base = _base(params.data_dir)
     try:
-        events = read_events(base)
-        events = events[events[S.TS] >= since]
+        events = read_events(base, start=since)
     except ValueError as exc:
         if "has no events" not in str(exc):
             raise
