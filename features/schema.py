@@ -9,6 +9,9 @@ SESSION_ID = "session_id"
 QUERY = "query"
 QUANTITY = "quantity"
 PRICE = "price"
+# optional: the request_id of the service response that led to the event (POST /events); not stored in the
+# event store's partitions but in its side table `request_links/` (tasks/feedback.py), read by attribution
+REQUEST_ID = "request_id"
 # partition column of the event store (UTC date of `ts`)
 DAY = "day"
 

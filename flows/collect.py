@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recsys.features.mapping import IngestParams, SourceKind
 from recsys.flows.ingest import ingest
 from recsys.tasks.collector import build_batch_input, finish_batch, plan_batches, seal_orphans
+from recsys.tasks.feedback import store_request_links
 
 
 class CollectParams(BaseModel):
@@ -36,8 +37,10 @@ def collect(params: CollectParams = CollectParams()) -> dict:
                                           max_rejected_share=params.max_rejected_share, pseudonymise=False,
                                           experiment=params.experiment))
             built.update(accepted=summary["accepted"], already_stored=summary["already_stored"],
-                         quarantined={**summary["excluded_by_adapter"], **summary["rejected_by_validation"]}, store=summary["store"],
-                         mlflow_run_id=summary["mlflow_run_id"])
+                         quarantined={**summary["excluded_by_adapter"], **summary["rejected_by_validation"]},
+                         store=summary["store"], mlflow_run_id=summary["mlflow_run_id"])
+            # request_id is not a store column: a side table keyed like the stored events (tasks/feedback.py)
+            built["request_links"] = store_request_links(built["input"], params.data_dir)
         finish_batch(manifest, params.collector_dir)
         batches.append(built)
     events = sum(b["events"] for b in batches)

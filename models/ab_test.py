@@ -266,3 +266,33 @@ def decide(arms: dict[str, dict[str, ArmStats]], config: ABConfig,
         return Decision(False, STOP_NOT_BETTER, f"{summary}; the challenger does not clear the margin: keep "
                         "the champion", **nums)
     return Decision(False, CONTINUE, f"{summary}; not yet conclusive: keep collecting", **nums)
+
+
+def stats_by_arm(per_user, metrics: dict[str, str], arm_col: str = "variant",
+                 denominator: str = "shown") -> dict[str, dict[str, ArmStats]]:
+    """`{arm: {metric: ArmStats}}` from a frame of one row per user and arm (`features.attribution.
+    per_user_outcomes`): metric = sum(outcome column) / sum(`denominator`) over the arm's users."""
+    out: dict[str, dict[str, ArmStats]] = {}
+    for arm, rows in per_user.groupby(arm_col, sort=True):
+        y = rows[denominator].to_numpy(float)
+        out[str(arm)] = {m: ArmStats.from_users(rows[col].to_numpy(float), y) for m, col in metrics.items()}
+    return out
+
+
+def empty_stats() -> ArmStats:
+    return ArmStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def summary_rows(per_user, metrics: dict[str, str], by: list[str], confidence: float = 0.95,
+                 denominator: str = "shown") -> list[dict]:
+    """One row per group of `by` and metric: rate with its fixed-horizon interval, users, shown items (for the
+    report tables and the plots by day and arm)."""
+    rows = []
+    for key, part in per_user.groupby(by, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        y = part[denominator].to_numpy(float)
+        for metric, col in metrics.items():
+            s = rate_summary(ArmStats.from_users(part[col].to_numpy(float), y), confidence)
+            rows.append({**dict(zip(by, map(str, key))), "metric": metric, "rate": s.rate, "ci_low": s.ci_low,
+                         "ci_high": s.ci_high, "users": s.users, "shown": int(s.denominator)})
+    return rows

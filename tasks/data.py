@@ -61,13 +61,17 @@ def write_synthetic_dataset(base: Path, params: SyntheticParams,
             "path": str(base)}
 
 
-def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-    """All events (ts < end when given) from the store, with contract dtypes."""
+def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] | None = None,
+                start: pd.Timestamp | None = None) -> pd.DataFrame:
+    """All events (start <= ts < end, each bound when given) from the store, with contract dtypes."""
     path = events_dir(base)
     if not path.exists():
         raise FileNotFoundError(f"no event store at {path}: run `recsys generate` or `recsys ingest` first")
     dataset = ds.dataset(path, format="parquet", partitioning="hive", schema=EVENT_ARROW_SCHEMA)
     flt = ds.field(S.TS) < pa.scalar(end.to_pydatetime(), pa.timestamp("us", tz="UTC")) if end is not None else None
+    if start is not None:  # the scan skips row groups (and their bytes) outside the range
+        low = ds.field(S.TS) >= pa.scalar(start.to_pydatetime(), pa.timestamp("us", tz="UTC"))
+        flt = low if flt is None else flt & low
     try:
         table = dataset.to_table(columns=columns or list(S.EVENT_COLUMNS), filter=flt)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
@@ -77,7 +81,8 @@ def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] 
         raise ValueError(f"unreadable file in the event store {path} (move it out of the store, or re-ingest "
                          f"its source, and rerun): {' '.join(str(exc).split())[:400]}") from exc
     if table.num_rows == 0:
-        raise ValueError(f"the event store at {path} has no events" + (f" before {end}" if end is not None else ""))
+        raise ValueError(f"the event store at {path} has no events" + (f" before {end}" if end is not None else "")
+                         + (f" since {start}" if start is not None else ""))
     return table.to_pandas()
 
 
