@@ -353,6 +353,8 @@ def simulate(
                                                                 "and the online A/B decision promotes"),
     retrain: bool = typer.Option(True, help="retrain and gate every simulated night"),
     faulty_per_day: int = typer.Option(5, min=0, help="known-bad events posted per day (checks quarantine)"),
+    position_decay: float = typer.Option(1.0, min=0.0, help="position bias: a shopper looks at slot r with "
+                                                           "probability r ** -position_decay"),
     url: Optional[str] = typer.Option(None, help="use this running service (default: start one)"),
     model_name: str = typer.Option("recsys", help="registered model the service follows"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
@@ -367,7 +369,8 @@ def simulate(
 
     params = SimulateParams(days=days, sessions_per_day=sessions_per_day, seed=seed, users=users, items=items,
                             world_days=world_days, world_seed=world_seed, start=start, ab_share=ab_share,
-                            retrain=retrain, faulty_per_day=faulty_per_day, url=url, model_name=model_name)
+                            retrain=retrain, faulty_per_day=faulty_per_day, position_decay=position_decay, url=url,
+                            model_name=model_name)
     _guard("simulate")
     result = simulate_flow(params=params)
     if as_json:
