@@ -249,8 +249,7 @@ def store_counts(collected: dict) -> dict:
 def prepare_world(users: int, items: int, world_days: int, world_seed: int, start: str, days: int,
                   data_dir: str) -> tuple[SyntheticWorld, int, list[str]]:
     """The generator's world as it was at the end of the stored data (checked against the store's
-    catalogue), the world-day index of the first simulated day (the day after the store's last day) and
-    the simulated dates."""
+    catalogue), the world-day index of the first simulated day and the simulated dates."""
     world = SyntheticWorld(SyntheticParams(n_users=users, n_items=items, n_days=world_days, seed=world_seed,
                                            start=start))
     cat_file = catalog_path(Path(data_dir))
@@ -261,7 +260,14 @@ def prepare_world(users: int, items: int, world_days: int, world_seed: int, star
         raise ValueError(f"{cat_file}: the catalogue is not the synthetic world of --users {users} --items "
                          f"{items} --seed {world_seed}; simulate with the settings `recsys generate` used")
     world.advance(world_days)
-    stored = sorted(p.name.removeprefix("day=") for p in events_dir(Path(data_dir)).glob("day=*"))
+    # the world's clock: the day after the last stored day before today (events a storefront posted
+    # today are not the world's; earlier simulations are, and are continued, not repeated)
+    today = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d")
+    stored = sorted(d for d in (p.name.removeprefix("day=") for p in events_dir(Path(data_dir)).glob("day=*"))
+                    if d < today)
+    if not stored:
+        raise FileNotFoundError(f"{events_dir(Path(data_dir))}: no stored days before today; generate the world "
+                                "first (`recsys generate`)")
     first = pd.Timestamp(stored[-1], tz="UTC") + pd.Timedelta(days=1)
     dates = [(first + pd.Timedelta(days=d)).strftime("%Y-%m-%d") for d in range(days)]
     if pd.Timestamp(dates[-1], tz="UTC") + pd.Timedelta(days=1) > pd.Timestamp.now(tz="UTC"):
