@@ -27,7 +27,9 @@ def test_two_simulated_days_keep_every_event_and_log_both_arms(first_run, tmp_pa
         c.set_registered_model_alias(MODEL, alias, same)
     data = tmp_path / "data"
     shutil.copytree(data_dir(), data)
-    before = len(list((data / "events").glob("day=*")))
+    generated = sorted(p.name for p in (data / "events").glob("day=*"))
+    # a storefront's event of today (the README posts one with curl) does not move the world's clock
+    (data / "events" / f"day={pd.Timestamp.now(tz='UTC'):%Y-%m-%d}").mkdir()
 
     params = SimulateParams(days=2, sessions_per_day=120, seed=3, users=TINY.n_users, items=TINY.n_items,
                             world_days=TINY.n_days, world_seed=TINY.seed, start=TINY.start, ab_share=0.5,
@@ -50,8 +52,9 @@ def test_two_simulated_days_keep_every_event_and_log_both_arms(first_run, tmp_pa
         assert day["decision"]["outcome"] in ("not_enough_data", "continue", "stop_not_better", "promote")
 
     # the event store holds exactly the stored events, on the simulated days after the generated ones
-    new_days = sorted((data / "events").glob("day=*"))[before:]
-    assert [p.name for p in new_days] == [f"day={d['date']}" for d in days]
+    first = pd.Timestamp(generated[-1].removeprefix("day="), tz="UTC") + pd.Timedelta(days=1)
+    assert [d["date"] for d in days] == [f"{first:%Y-%m-%d}", f"{first + pd.Timedelta(days=1):%Y-%m-%d}"]
+    new_days = [data / "events" / f"day={d['date']}" for d in days]
     stored = sum(len(pd.read_parquet(f)) for p in new_days for f in p.glob("*.parquet"))
     assert stored == sum(d["stored"] for d in days)
     # the rejected-at-the-door events are kept, with their rule
