@@ -139,8 +139,8 @@ SEEN_DROP_BELOW = 0.05
 def repeat_purchase_share(data: InteractionData, label_events: pd.DataFrame) -> float | None:
     """Share of the window's purchases by users known at the cutoff that were of items they had touched."""
     buys = label_events.loc[label_events[S.EVENT_TYPE] == S.PURCHASE]
-    u = data.users.index_of(buys[S.USER_ID].to_numpy(dtype=object))
-    i = data.items.index_of(buys[S.ITEM_ID].to_numpy(dtype=object))
+    u = data.users.index_of(buys[S.USER_ID])
+    i = data.items.index_of(buys[S.ITEM_ID])
     ok = (u >= 0) & (i >= 0)
     if not ok.any():
         return None

@@ -61,12 +61,42 @@ def write_synthetic_dataset(base: Path, params: SyntheticParams,
             "path": str(base)}
 
 
-def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-    """All events (ts < end when given) from the store, with contract dtypes."""
+# text columns read as pandas categoricals: one int32 code per row and each distinct string once (Parquet
+# stores them dictionary-encoded already), instead of a string per row
+COMPACT_COLUMNS = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.SESSION_ID, S.QUERY)
+COMPACT_ARROW_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()))
+                                  if f.name in COMPACT_COLUMNS else f for f in EVENT_ARROW_SCHEMA])
+
+
+def event_dataset(path, compact: bool = True, filesystem=None) -> ds.Dataset:
+    """The event store as a pyarrow dataset (hive `day=` partitions), text columns dictionary-encoded
+    when `compact`. `path` may be a local directory or a path on `filesystem` (e.g. S3)."""
+    if not compact:
+        return ds.dataset(path, format="parquet", partitioning="hive", schema=EVENT_ARROW_SCHEMA,
+                          filesystem=filesystem)
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=list(COMPACT_COLUMNS)))
+    return ds.dataset(path, format=fmt, partitioning="hive", schema=COMPACT_ARROW_SCHEMA, filesystem=filesystem)
+
+
+def compact_frame(table: pa.Table) -> pd.DataFrame:
+    """A dictionary-encoded table as pandas, categoricals with one dictionary per column whose
+    categories are sorted (so grouping and sorting by an id give the order the strings would)."""
+    frame = table.unify_dictionaries().to_pandas()
+    for col in frame.columns:
+        if isinstance(frame[col].dtype, pd.CategoricalDtype):
+            cats = frame[col].cat.categories
+            frame[col] = frame[col].cat.set_categories(cats.sort_values())
+    return frame
+
+
+def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] | None = None,
+                compact: bool = True) -> pd.DataFrame:
+    """All events (ts < end when given) from the store, with contract dtypes; text columns as
+    categoricals (`compact`, the default) or strings."""
     path = events_dir(base)
     if not path.exists():
         raise FileNotFoundError(f"no event store at {path}: run `recsys generate` or `recsys ingest` first")
-    dataset = ds.dataset(path, format="parquet", partitioning="hive", schema=EVENT_ARROW_SCHEMA)
+    dataset = event_dataset(path, compact)
     flt = ds.field(S.TS) < pa.scalar(end.to_pydatetime(), pa.timestamp("us", tz="UTC")) if end is not None else None
     try:
         table = dataset.to_table(columns=columns or list(S.EVENT_COLUMNS), filter=flt)
@@ -78,7 +108,7 @@ def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] 
                          f"its source, and rerun): {' '.join(str(exc).split())[:400]}") from exc
     if table.num_rows == 0:
         raise ValueError(f"the event store at {path} has no events" + (f" before {end}" if end is not None else ""))
-    return table.to_pandas()
+    return compact_frame(table) if compact else table.to_pandas()
 
 
 def read_catalog(base: Path) -> pd.DataFrame:
