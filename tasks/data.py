@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from recsys.features import schema as S
 from recsys.features.synthetic import SyntheticParams, SyntheticWorld
 from recsys.features.validation import split_valid_rows
-from recsys.tasks.paths import catalog_path, events_dir, quarantine_dir
+from recsys.tasks.paths import catalog_path, events_dir, quarantine_dir, recsys_home
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +90,41 @@ def compact_frame(table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] | None = None,
+def is_remote(base) -> bool:
+    """An object-store location (s3://bucket/prefix), not a local directory."""
+    return "://" in str(base)
+
+
+def store_location(base) -> tuple[pafs.FileSystem | None, str]:
+    """(filesystem, root path) of a store: None + the local directory, or pyarrow's filesystem for a URL
+    (S3 credentials and endpoint from the standard AWS_* variables, e.g. AWS_ENDPOINT_URL for MinIO/moto)."""
+    if not is_remote(base):
+        return None, str(base)
+    try:
+        fs, root = pafs.FileSystem.from_uri(str(base))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"cannot open the event store {base}: {' '.join(str(exc).split())[:300]}") from exc
+    return fs, root.rstrip("/")
+
+
+def _store_path(base, name: str) -> tuple[pafs.FileSystem | None, str]:
+    fs, root = store_location(base)
+    return fs, f"{root}/{name}"
+
+
+def _exists(fs: pafs.FileSystem | None, path: str) -> bool:
+    return Path(path).exists() if fs is None else fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_events(base: Path | str, end: pd.Timestamp | None = None, columns: list[str] | None = None,
                 compact: bool = True) -> pd.DataFrame:
-    """All events (ts < end when given) from the store, with contract dtypes; text columns as
-    categoricals (`compact`, the default) or strings."""
-    path = events_dir(base)
-    if not path.exists():
-        raise FileNotFoundError(f"no event store at {path}: run `recsys generate` or `recsys ingest` first")
-    dataset = event_dataset(path, compact)
+    """All events (ts < end when given) from the store (a directory or s3://bucket/prefix), with contract
+    dtypes; text columns as categoricals (`compact`, the default) or strings."""
+    fs, path = _store_path(base, "events") if is_remote(base) else (None, str(events_dir(base)))
+    if not _exists(fs, path):
+        where = f"{str(base).rstrip('/')}/events" if fs is not None else path
+        raise FileNotFoundError(f"no event store at {where}: run `recsys generate` or `recsys ingest` first")
+    dataset = event_dataset(path, compact, filesystem=fs)
     flt = ds.field(S.TS) < pa.scalar(end.to_pydatetime(), pa.timestamp("us", tz="UTC")) if end is not None else None
     try:
         table = dataset.to_table(columns=columns or list(S.EVENT_COLUMNS), filter=flt)
@@ -111,11 +139,19 @@ def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] 
     return compact_frame(table) if compact else table.to_pandas()
 
 
-def read_catalog(base: Path) -> pd.DataFrame:
-    path = catalog_path(base)
-    if not path.exists():
+def read_catalog(base: Path | str) -> pd.DataFrame:
+    fs, path = _store_path(base, "catalog.parquet") if is_remote(base) else (None, str(catalog_path(base)))
+    if not _exists(fs, path):
         raise FileNotFoundError(f"no catalog at {path}: run `recsys generate` or `recsys ingest` first")
-    return pd.read_parquet(path)
+    return pd.read_parquet(path, filesystem=fs)
+
+
+def local_side(base) -> Path:
+    """Where a store's local by-products go (quarantine): the store itself, or for an object-store
+    location (read-only to training) a folder named after it under RECSYS_HOME/remote."""
+    if not is_remote(base):
+        return Path(base)
+    return recsys_home() / "remote" / str(base).replace("://", "/").strip("/")
 
 
 def validate_and_quarantine(events: pd.DataFrame, base: Path, source: str,
@@ -124,7 +160,7 @@ def validate_and_quarantine(events: pd.DataFrame, base: Path, source: str,
     valid, rejected = split_valid_rows(events, now=pd.Timestamp.now(tz="UTC"))
     counts = rejected["reject_rule"].value_counts().to_dict() if len(rejected) else {}
     if len(rejected):
-        qdir = quarantine_dir(base)
+        qdir = quarantine_dir(local_side(base))
         qdir.mkdir(parents=True, exist_ok=True)
         out = rejected.assign(source_file=source)
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
@@ -137,7 +173,8 @@ def validate_and_quarantine(events: pd.DataFrame, base: Path, source: str,
         raise ValueError(
             f"{source}: {len(rejected)} of {len(events)} rows ({share:.1%}) were rejected, over the "
             f"{max_rejected_share:.1%} threshold; most common rule '{worst}' ({counts[worst]} rows), "
-            f"e.g. source rows {examples['source_row'].tolist()}. Rejected rows are in {quarantine_dir(base)}.")
+            f"e.g. source rows {examples['source_row'].tolist()}. Rejected rows are in "
+            f"{quarantine_dir(local_side(base))}.")
     return valid, {str(k): int(v) for k, v in counts.items()}
 
 

@@ -29,7 +29,7 @@ from recsys.tasks.retry import retry_transient
 from recsys.tasks.reporting import markdown_table, metric_rows, text_table
 from recsys.models.distributed import recommend_on_cluster
 from recsys.tasks.cluster import cluster_client
-from recsys.tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
+from recsys.tasks.data import dataset_digest, is_remote, read_catalog, read_events, validate_and_quarantine
 from recsys.tasks.logs import run_logger
 from recsys.tasks.paths import data_dir
 
@@ -47,14 +47,21 @@ class LoadedData:
 
 
 
+def store_base(config: TrainConfig) -> Path | str:
+    """The event store of a run: config.data_dir (a directory or s3://bucket/prefix), else $RECSYS_HOME/data."""
+    if config.data_dir and is_remote(config.data_dir):
+        return config.data_dir
+    return Path(config.data_dir) if config.data_dir else data_dir()
+
+
 @task(name="load-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def load_data(config: TrainConfig) -> LoadedData:
-    base = Path(config.data_dir) if config.data_dir else data_dir()
+    base = store_base(config)
     end = None
     if config.split.cutoff is not None:
         end = temporal_split(pd.Timestamp.now(tz="UTC"), config.split).test_end
     events = read_events(base, end=end)
-    events, rejected = validate_and_quarantine(events, base, source=str(base / "events"),
+    events, rejected = validate_and_quarantine(events, base, source=f"{str(base).rstrip('/')}/events",
                                                max_rejected_share=config.max_rejected_share)
     catalog = read_catalog(base)
     run_logger().info("loaded %d events (%d rejected), %d catalog items from %s",
@@ -176,7 +183,7 @@ def _windows(split: Split) -> dict[str, tuple]:
 
 def _dataset_inputs(config: TrainConfig, split: Split, data: LoadedData) -> list[dict]:
     """train / label / test windows as MLflow dataset inputs: real digest and profile, schema from a sample."""
-    source = str((Path(config.data_dir) if config.data_dir else data_dir()) / "events")
+    source = f"{str(store_base(config)).rstrip('/')}/events"
     out = []
     for context, (start, end) in _windows(split).items():
         ts = data.events[S.TS]
