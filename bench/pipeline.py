@@ -6,6 +6,7 @@ peak RSS of the whole flow at several data sizes.
     python bench/pipeline.py --sizes 1e6,3e6,1e7   # + scaling table (each size in its own process)
     python bench/pipeline.py --flow-only           # only the whole flow vs the plain script
     python bench/pipeline.py --json                # the same as one JSON object
+    python bench/pipeline.py --scaling-only --sizes 1e6 --dask-workers 2   # + the flow on 2 Dask workers
 
 Ratios are measured in the same run on the same machine (no stored baselines): pipeline / plain.
 """
@@ -281,6 +282,47 @@ def flow_vs_script(data_dir: Path, work: Path, repeat: int = 2) -> dict:
             "runs_s": runs}
 
 
+# the same flow with `dask.address` set to a LocalCluster of worker processes started here: this process is
+# the driver (and the scheduler); each worker reports its own peak RSS once the flow is done
+DASK_FLOW_SCRIPT = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from recsys.tasks.paths import prepare_environment
+prepare_environment()
+from distributed import Client, LocalCluster
+from recsys.models.config import TrainConfig
+from recsys.flows.train import train
+
+def peak_kib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+if __name__ == "__main__":
+    with LocalCluster(n_workers={workers}, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \\
+            Client(cluster) as client:
+        config = {config!r}
+        config["dask"] = {{"address": cluster.scheduler_address}}
+        t0 = time.perf_counter()
+        train(config=TrainConfig(**config))
+        seconds = time.perf_counter() - t0
+        workers = client.run(peak_kib)
+    print(json.dumps({{"flow_s": seconds, "driver_peak_gib": peak_kib() / 1024 ** 2,
+                      "worker_peak_gib": [v / 1024 ** 2 for v in workers.values()]}}))
+"""
+
+
+def dask_flow(config: dict, workers: int, env: dict, work: Path) -> dict:
+    """The train flow on `workers` local worker processes: seconds, driver peak RSS, each worker's peak RSS."""
+    script = work / "dask_flow.py"  # a file, not -c: worker processes are spawned and re-import __main__
+    script.write_text(DASK_FLOW_SCRIPT.format(root=str(ROOT), config=config, workers=workers))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-3000:], "wall_s": time.perf_counter() - t0}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
 # seconds per task of the train flow, read back from the Prefect database of that run's home
 STAGE_SECONDS_SCRIPT = """
 import json
@@ -311,8 +353,9 @@ def generate(n_events: float, target: Path) -> dict:
     return write_synthetic_dataset(target, synthetic_params(n_events))
 
 
-def scaling(sizes: list[float], work: Path) -> list[dict]:
-    """Whole flow (as `recsys train` would run it) per size, each in a fresh process and home."""
+def scaling(sizes: list[float], work: Path, dask_workers: int = 0) -> list[dict]:
+    """Whole flow (as `recsys train` would run it) per size, each in a fresh process and home; with
+    `dask_workers`, the same flow again on that many local worker processes (a fresh home)."""
     rows = []
     for n in sizes:
         home = work / f"scale-{int(n)}"
@@ -333,6 +376,12 @@ def scaling(sizes: list[float], work: Path) -> list[dict]:
         rows.append({"events": info["events"], "users": info.get("users"), "items": info.get("items"),
                      "flow_s": float(lines[-2]), "wall_s": wall, "peak_rss_gib": int(lines[-1]) / 1024 ** 2,
                      "stage_s": stage_seconds(env)})
+        if dask_workers:
+            dask_home = work / f"scale-{int(n)}-dask"
+            rows[-1]["dask"] = dask_flow(config, dask_workers, flow_env(dask_home), dask_home)
+            if "error" in rows[-1]["dask"]:
+                print(f"the Dask flow at {info['events']:,} events failed:\n{rows[-1]['dask']['error']}",
+                      file=sys.stderr)
         print("\n".join(scaling_table(rows[-1:])), file=sys.stderr)
     done = [r for r in rows if "error" not in r]
     for prev, cur in zip(done, done[1:]):
@@ -393,6 +442,15 @@ def scaling_table(rows: list[dict]) -> list[str]:
             lines.append(f"{r['events']:>12,}{r.get('users') or 0:>9,}{r.get('items') or 0:>8,}{r['flow_s']:>10.1f}{r['peak_rss_gib']:>14.2f}"
                          f"{r.get('events_ratio', float('nan')):>10.2f}{r.get('time_ratio', float('nan')):>8.2f}"
                          f"{r.get('rss_ratio', float('nan')):>8.2f}")
+        for r in rows:  # the same flow on Dask workers
+            d = r.get("dask")
+            if d and "error" not in d:
+                lines.append(f"{r['events']:>12,}  on {len(d['worker_peak_gib'])} Dask workers: flow {d['flow_s']:.1f}s "
+                             f"(single process {r['flow_s']:.1f}s), driver peak {d['driver_peak_gib']:.2f} GiB, "
+                             f"largest worker peak {max(d['worker_peak_gib']):.2f} GiB "
+                             f"(single process {r['peak_rss_gib']:.2f} GiB)")
+            elif d:
+                lines.append(f"{r['events']:>12,}  on Dask: FAILED: {d['error'].strip().splitlines()[-1]}")
         for r in rows:  # where each size spent its time
             stages = r.get("stage_s") or {}
             if stages:
@@ -411,6 +469,8 @@ def main() -> None:
                     help="run script and flows interleaved this many times, keep the best of each")
     ap.add_argument("--flow-only", action="store_true", help="only the whole-flow vs script comparison")
     ap.add_argument("--scaling-only", action="store_true", help="only the --sizes table (no stage/flow comparisons)")
+    ap.add_argument("--dask-workers", type=int, default=0,
+                    help="with --sizes: also run each size's flow on this many local Dask worker processes")
     ap.add_argument("--workdir", default=None, help="where to write generated data (default: a temp dir)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args()
@@ -434,9 +494,9 @@ def main() -> None:
         sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
         if sizes:
             print(f"scaling over {sizes} ...", file=sys.stderr)
-            result["scaling"] = scaling(sizes, work)
+            result["scaling"] = scaling(sizes, work, args.dask_workers)
     print(json.dumps(result, indent=2) if args.json else table(result))
-    if any("error" in r for r in result.get("scaling", [])):
+    if any("error" in r or "error" in r.get("dask", {}) for r in result.get("scaling", [])):
         sys.exit(1)
 
 

@@ -36,11 +36,25 @@ class InteractionParams:
                 S.PURCHASE: self.purchase_weight}.get(event_type, 0.0)
 
 
+def _is_categorical(values) -> bool:
+    return isinstance(getattr(values, "dtype", None), pd.CategoricalDtype)
+
+
+def first_seen_ids(values) -> np.ndarray:
+    """Distinct ids of `values` in order of first appearance (nulls left out of a categorical); a
+    categorical (compact ids) is read by its integer codes, never as one string per row."""
+    if _is_categorical(values):
+        codes = np.asarray(values.cat.codes if isinstance(values, pd.Series) else values.codes)
+        cats = values.cat.categories if isinstance(values, pd.Series) else values.categories
+        return np.asarray(cats, dtype=object)[pd.unique(codes[codes >= 0])]
+    return pd.unique(np.asarray(values, dtype=object))
+
+
 class IdIndex:
     """Bidirectional map between external string ids and dense integer indices."""
 
     def __init__(self, ids):
-        self.ids = np.asarray(pd.Index(pd.unique(np.asarray(ids, dtype=object))).astype(str), dtype=object)
+        self.ids = np.asarray(pd.Index(first_seen_ids(ids)).astype(str), dtype=object)
         self._index = pd.Index(self.ids)
         self._positions: dict[str, int] | None = None
 
@@ -54,7 +68,12 @@ class IdIndex:
         return self._positions.get(value, -1)
 
     def index_of(self, values) -> np.ndarray:
-        """Indices of `values`; -1 for ids not in the map."""
+        """Indices of `values`; -1 for ids not in the map (and for nulls). A categorical is mapped
+        category by category, then read through its codes."""
+        if _is_categorical(values):
+            values = pd.Series(values)
+            per_category = self._index.get_indexer(values.cat.categories.to_numpy(dtype=object))
+            return np.append(per_category, -1)[values.cat.codes.to_numpy()]
         return self._index.get_indexer(np.asarray(values, dtype=object))
 
 
@@ -219,6 +238,13 @@ class InteractionData:
                    item_titles=arrays["item_titles"].astype(object), **kwargs)
 
 
+def event_type_array(values: pd.Series) -> np.ndarray:
+    """Event types as an object array for comparisons (a categorical via its few categories)."""
+    if _is_categorical(values):
+        return np.append(values.cat.categories.to_numpy(dtype=object), None)[values.cat.codes.to_numpy()]
+    return values.to_numpy(dtype=object)
+
+
 def _matrix(rows, cols, values, shape) -> sp.csr_matrix:
     m = sp.csr_matrix((np.asarray(values, dtype=np.float32), (rows, cols)), shape=shape)
     m.sum_duplicates()
@@ -235,13 +261,13 @@ def build_interaction_data(events: pd.DataFrame, catalog: pd.DataFrame, ref_time
     ref_time = pd.Timestamp(ref_time)
     ev = events.loc[(events[S.TS] < ref_time) & events[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES)
                     & events[S.ITEM_ID].notna(), [S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.TS]]
-    items = IdIndex(np.concatenate([catalog[S.ITEM_ID].to_numpy(dtype=object),
-                                    ev[S.ITEM_ID].to_numpy(dtype=object)]))
-    users = IdIndex(ev[S.USER_ID].to_numpy(dtype=object))
+    # compact ids (categoricals) are mapped through their codes: no string per event is materialised
+    items = IdIndex(np.concatenate([catalog[S.ITEM_ID].to_numpy(dtype=object), first_seen_ids(ev[S.ITEM_ID])]))
+    users = IdIndex(ev[S.USER_ID])
     shape = (len(users), len(items))
-    u = users.index_of(ev[S.USER_ID].to_numpy(dtype=object))
-    i = items.index_of(ev[S.ITEM_ID].to_numpy(dtype=object))
-    etype = ev[S.EVENT_TYPE].to_numpy(dtype=object)
+    u = users.index_of(ev[S.USER_ID])
+    i = items.index_of(ev[S.ITEM_ID])
+    etype = event_type_array(ev[S.EVENT_TYPE])
     age_days = ((ref_time - ev[S.TS]).dt.total_seconds().to_numpy() / DAY_SECONDS)
     decay = np.power(0.5, age_days / params.half_life_days)
     type_w = np.select([etype == S.VIEW, etype == S.ADD_TO_CART, etype == S.PURCHASE],

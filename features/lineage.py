@@ -74,8 +74,13 @@ class Lineage:
     @classmethod
     def of(cls, data_dir: str | Path, catalog_item_ids: Iterable, train_end: pd.Timestamp) -> "Lineage":
         ids = list(catalog_item_ids)
-        path = Path(data_dir).expanduser().resolve()
-        return cls(dataset=path.name, data_dir=str(path), catalog_fingerprint=catalog_fingerprint(ids),
+        if "://" in str(data_dir):  # an object-store location (s3://bucket/shop): its last segment names it
+            location = str(data_dir).rstrip("/")
+            name = location.rsplit("/", 1)[-1]
+        else:
+            path = Path(data_dir).expanduser().resolve()
+            location, name = str(path), path.name
+        return cls(dataset=name, data_dir=location, catalog_fingerprint=catalog_fingerprint(ids),
                    catalog_items=len(set(map(str, ids))), catalog_sketch=catalog_sketch(ids),
                    train_end=_utc(train_end))
 

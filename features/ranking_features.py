@@ -125,8 +125,8 @@ def pair_labels(label_events: pd.DataFrame, users: IdIndex, items: IdIndex,
                 pair_users: np.ndarray, pair_items: np.ndarray) -> np.ndarray:
     """Graded label of each pair: the strongest event in the label window (0 = none)."""
     ev = label_events.loc[label_events[S.EVENT_TYPE].isin(LABEL_OF_EVENT) & label_events[S.ITEM_ID].notna()]
-    u = users.index_of(ev[S.USER_ID].to_numpy(dtype=object))
-    i = items.index_of(ev[S.ITEM_ID].to_numpy(dtype=object))
+    u = users.index_of(ev[S.USER_ID])
+    i = items.index_of(ev[S.ITEM_ID])
     grade = ev[S.EVENT_TYPE].map(LABEL_OF_EVENT).to_numpy(dtype=np.int64)
     ok = (u >= 0) & (i >= 0)
     key = u[ok] * len(items) + i[ok]

@@ -69,17 +69,44 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     return out.astype("datetime64[us, UTC]")
 
 
-def _clean_str(values: pd.Series) -> pd.Series:
+def is_categorical(values: pd.Series) -> bool:
+    return isinstance(values.dtype, pd.CategoricalDtype)
+
+
+def _per_category(values: pd.Series, fn: Callable[[pd.Series], pd.Series]) -> pd.Series:
+    """`fn` (text -> text) applied to the categories of a categorical, not to every row: compact ids
+    (recsys.tasks.data.read_events) stay integer codes. Categories that become equal merge; a category
+    that becomes null turns its rows null; the result's categories are sorted (groupby order = text order)."""
+    cats = fn(pd.Series(values.cat.categories, dtype="string"))
+    codes, uniques = pd.factorize(cats, sort=True)  # null -> -1
+    new = np.append(codes, -1)[values.cat.codes.to_numpy()]  # code -1 (null row) stays -1
+    return pd.Series(pd.Categorical.from_codes(new, categories=pd.Index(uniques, dtype="str")), index=values.index)
+
+
+def _flag_per_category(values: pd.Series, fn: Callable[[pd.Series], pd.Series]) -> pd.Series:
+    """A boolean rule computed once per category and read back per row (null rows: False)."""
+    flags = fn(pd.Series(values.cat.categories, dtype="string")).fillna(False).to_numpy(dtype=bool)
+    return pd.Series(np.append(flags, False)[values.cat.codes.to_numpy()], index=values.index)
+
+
+def _strip(values: pd.Series) -> pd.Series:
     out = values.astype("string").str.strip()
     return out.mask(out == "")
+
+
+def _clean_str(values: pd.Series) -> pd.Series:
+    return _per_category(values, _strip) if is_categorical(values) else _strip(values)
 
 
 _FORBIDDEN = re.compile(S.ID_FORBIDDEN_PATTERN)
 
 
 def normalise_ids(values: pd.Series) -> pd.Series:
-    """The id contract's normal form: text, stripped, NFC; empty -> null (ingest, training, service)."""
-    out = _clean_str(values)
+    """The id contract's normal form: text, stripped, NFC; empty -> null (ingest, training, service).
+    A categorical stays categorical (its categories are normalised)."""
+    if is_categorical(values):
+        return _per_category(values, normalise_ids)
+    out = _strip(values)
     ascii_ = out.str.isascii().fillna(True).astype(bool)
     if not ascii_.all():  # NFC only changes non-ASCII text; skipping ASCII keeps this cheap
         out = out.where(ascii_, out.str.normalize(S.ID_NORMAL_FORM))
@@ -88,6 +115,8 @@ def normalise_ids(values: pd.Series) -> pd.Series:
 
 def id_rule_violations(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """(too long, has a control character) per normalised id; nulls break neither."""
+    if is_categorical(values):
+        return tuple(_flag_per_category(values, lambda c, j=j: id_rule_violations(c)[j]) for j in (0, 1))
     too_long = (values.str.len() > S.MAX_ID_LENGTH).fillna(False).astype(bool)
     control = values.str.contains(S.ID_FORBIDDEN_PATTERN, regex=True).fillna(False).astype(bool)
     return too_long, control
@@ -122,7 +151,9 @@ def normalise_events(events: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=events.index)
     out[S.USER_ID] = normalise_ids(events[S.USER_ID])
     out[S.ITEM_ID] = normalise_ids(events[S.ITEM_ID])
-    out[S.EVENT_TYPE] = _clean_str(events[S.EVENT_TYPE]).str.lower()
+    etype = events[S.EVENT_TYPE]
+    out[S.EVENT_TYPE] = (_per_category(etype, lambda c: _strip(c).str.lower()) if is_categorical(etype)
+                         else _strip(etype).str.lower())
     out[S.TS] = parse_timestamps(events[S.TS])
     for col in (S.SESSION_ID, S.QUERY):
         out[col] = _clean_str(events[col]) if col in events else pd.Series(pd.NA, index=events.index, dtype="string")
@@ -165,11 +196,14 @@ def row_checks(now: pd.Timestamp, future_tolerance: pd.Timedelta) -> list[tuple[
     ]
 
 
-def event_schema(now: pd.Timestamp, future_tolerance: pd.Timedelta) -> pa.DataFrameSchema:
-    """The row rules as a pandera schema; every check is named after its rule."""
+def event_schema(now: pd.Timestamp, future_tolerance: pd.Timedelta,
+                 text_dtypes: dict[str, str] | None = None) -> pa.DataFrameSchema:
+    """The row rules as a pandera schema; every check is named after its rule. `text_dtypes` names the
+    columns that are categoricals (compact ids read from the event store) rather than "string"."""
+    text = {c: "string" for c in (S.USER_ID, S.EVENT_TYPE, S.ITEM_ID)} | (text_dtypes or {})
     return pa.DataFrameSchema(
-        {S.USER_ID: pa.Column("string", nullable=True), S.EVENT_TYPE: pa.Column("string", nullable=True),
-         S.TS: pa.Column("datetime64[us, UTC]", nullable=True), S.ITEM_ID: pa.Column("string", nullable=True),
+        {S.USER_ID: pa.Column(text[S.USER_ID], nullable=True), S.EVENT_TYPE: pa.Column(text[S.EVENT_TYPE], nullable=True),
+         S.TS: pa.Column("datetime64[us, UTC]", nullable=True), S.ITEM_ID: pa.Column(text[S.ITEM_ID], nullable=True),
          _BAD_QTY: pa.Column(bool), _BAD_PRICE: pa.Column(bool),
          _BAD_ID_LENGTH: pa.Column(bool), _BAD_ID_CHARS: pa.Column(bool)},
         checks=[pa.Check(fn, name=rule, ignore_na=False) for rule, fn in row_checks(now, future_tolerance)],
@@ -266,7 +300,8 @@ def split_valid_rows(events: pd.DataFrame, now: pd.Timestamp,
     source_rows = events[SOURCE_ROW].to_numpy() if SOURCE_ROW in events else positions
     frame = normalise_events(events)
     frame.index = positions
-    failed = _failed_rows(event_schema(now, future_tolerance), frame)
+    categorical = {c: "category" for c in (S.USER_ID, S.EVENT_TYPE, S.ITEM_ID) if is_categorical(frame[c])}
+    failed = _failed_rows(event_schema(now, future_tolerance, categorical), frame)
     order = {r: i for i, r in enumerate(RULES)}
     rule = pd.Series(pd.NA, index=positions, dtype="object")
     if len(failed):

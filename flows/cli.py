@@ -229,6 +229,10 @@ def train(
     half_life_days: float = typer.Option(30.0, min=0.1, help="recency half-life of the interaction confidence"),
     seen_items: str = typer.Option("auto", help="items a user already touched: keep, drop, or auto (drop when "
                                                 "the label window shows almost no re-purchases)"),
+    dask_workers: int = typer.Option(0, min=0, max=64, help="train on a throwaway local Dask cluster of this many "
+                                                            "worker processes (0: one process)"),
+    dask_address: Optional[str] = typer.Option(None, help="train on the Dask cluster of this scheduler, e.g. "
+                                                          "tcp://scheduler:8786"),
 ) -> None:
     """Run the training flow (Prefect) end to end: data -> recall -> ranker -> evaluation -> MLflow -> gate."""
     # argument errors fail here, before Prefect, MLflow or the data are touched
@@ -251,6 +255,7 @@ def train(
     from recsys.features.split import SplitParams
     from recsys.flows.train import train as train_flow
     from recsys.models.config import TrainConfig
+    from recsys.models.dask_options import DaskOptions
     from recsys.models.evaluation import EvaluationParams
     from recsys.models.gate import GateParams
     from recsys.features.interactions import InteractionParams
@@ -266,7 +271,8 @@ def train(
                              tune_popularity=tune != "off", tune_baselines=tune != "off",
                              seen_items=seen_items),
         evaluation=EvaluationParams(max_users=eval_max_users or None),
-        gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote)
+        gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote,
+        dask=DaskOptions(address=dask_address, local_workers=dask_workers, processes=True))
     _guard("train")
     result = train_flow(config=config)
     typer.echo(json.dumps({k_: v for k_, v in result.items() if k_ != "metrics"}))

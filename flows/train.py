@@ -7,6 +7,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from recsys.models.config import TrainConfig
+from recsys.tasks.cluster import dask_cluster
 from recsys.tasks.gate import promotion_gate
 from recsys.tasks.training import (check_data_identity, evaluate_model, finish_run, load_data, log_results, metric_table,
                                    register_model, split_data, start_run, train_model)
@@ -22,8 +23,9 @@ def train(config: TrainConfig = TrainConfig()) -> dict:
     lineage = check_data_identity(config, data, split)  # another data set's champion: fail before training
     run_id = start_run(config, split, data, flow_run.id, flow_run.ui_url)
     try:
-        rec, ranker = train_model(data, split, config)
-        evaluation = evaluate_model(rec, data, split, config.k, config.evaluation)
+        with dask_cluster(config.dask) as address:  # None: one process (the default)
+            rec, ranker = train_model(data, split, config, dask_address=address)
+            evaluation = evaluate_model(rec, data, split, config.k, config.evaluation, dask_address=address)
         log_results(run_id, rec, ranker, evaluation, config.k, data, split)
         version = register_model(run_id, rec, evaluation, config, split, lineage)
         decision = promotion_gate(run_id, version, data, split, config)

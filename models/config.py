@@ -12,6 +12,7 @@ from recsys.features.split import SplitParams
 from recsys.models.evaluation import EvaluationParams
 from recsys.models.gate import GateParams
 from recsys.models.metrics import gate_metric_problem
+from recsys.models.dask_options import DaskOptions
 from recsys.models.two_stage import TwoStageParams
 
 
@@ -29,6 +30,9 @@ class TrainConfig(BaseModel):
     gate: GateParams = Field(default_factory=GateParams)
     promote: bool = Field(True, description="move the champion alias when the gate passes")
     max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
+    dask: DaskOptions = Field(default_factory=DaskOptions,
+                              description="train on a Dask cluster: {address: tcp://...} or {local_workers: N}; "
+                                          "default: one process")
 
     @model_validator(mode="after")
     def _gate_metric_exists(self) -> "TrainConfig":

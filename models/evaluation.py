@@ -80,10 +80,11 @@ def list_metrics(items2d: np.ndarray, relevant: list[set], ids: np.ndarray, k: i
 
 def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
              baselines: tuple[str, ...] = tuple(BASELINES), curve_max_k: int = 20,
-             params: EvaluationParams = EvaluationParams()) -> Evaluation:
+             params: EvaluationParams = EvaluationParams(), recommend=None) -> Evaluation:
     """Metrics @k of the two-stage model and every baseline on the same users, plus metric@k curves.
 
-    Each model's list is computed once at depth max(k, curve_max_k); a top-k list is a prefix of it."""
+    Each model's list is computed once at depth max(k, curve_max_k); a top-k list is a prefix of it.
+    `recommend(users, depth)` replaces `rec.recommend` (e.g. scoring on a Dask cluster)."""
     truth, n_window = evaluation_truth(test_events, params)
     user_ids = truth.index.astype(str).tolist()
     relevant = truth.tolist()
@@ -98,7 +99,7 @@ def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
                   item_category=rec.data.item_category, segments=segments)
 
     depth = max(k, curve_max_k)
-    lists = {"two-stage": rec.recommend(idx, depth)[0]}
+    lists = {"two-stage": (recommend or rec.recommend)(idx, depth)[0]}
     m, per_user = list_metrics(lists["two-stage"][:, :k], prefix="test.", **common)
     metrics.update(m)
     baseline_per_user = {}

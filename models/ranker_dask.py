@@ -50,19 +50,25 @@ def train_ranker_dask(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_val: n
     LightGBM's Dask interface has no early stopping: all `n_estimators` rounds run and `best_iteration`
     is the validation optimum from the recorded history (used at predict time like the local ranker).
     """
-    import lightgbm.dask as lgb_dask
-
     check_groups(y, groups, params.label_gain)
     check_groups(y_val, groups_val, params.label_gain)
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    dx, dy, dg = _to_dask(x, y, groups, n_partitions or n_workers)
-    has_val = len(groups_val) > 0
+    val = _to_dask(x_val, y_val, groups_val, n_partitions or n_workers) if len(groups_val) > 0 else None
+    return fit_dask_ranker(*_to_dask(x, y, groups, n_partitions or n_workers), val, feature_names, params, client)
+
+
+def fit_dask_ranker(dx, dy, dg, val: tuple | None, feature_names: list[str], params: RankerParams,
+                    client) -> RankerResult:
+    """`DaskLGBMRanker` on dask arrays (x, y, group; each chunk whole query groups) that may live only on
+    the workers; `val` the same triple for validation or None."""
+    import lightgbm.dask as lgb_dask
+
     fit_kwargs: dict = {"group": dg, "feature_name": list(feature_names)}
-    if has_val:
-        vx, vy, vg = _to_dask(x_val, y_val, groups_val, n_partitions or n_workers)
+    if val is not None:
+        vx, vy, vg = val
         fit_kwargs.update(eval_X=(vx,), eval_y=(vy,), eval_group=[vg], eval_names=["valid"], eval_at=[params.eval_at])
     model = lgb_dask.DaskLGBMRanker(
-        client=client, objective="lambdarank", n_estimators=params.n_estimators,
+        client=client, objective=params.objective, n_estimators=params.n_estimators,
         learning_rate=params.learning_rate, num_leaves=params.num_leaves,
         min_child_samples=params.min_child_samples, colsample_bytree=params.colsample_bytree,
         label_gain=list(params.label_gain), random_state=params.seed, verbose=-1,

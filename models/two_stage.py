@@ -139,8 +139,8 @@ SEEN_DROP_BELOW = 0.05
 def repeat_purchase_share(data: InteractionData, label_events: pd.DataFrame) -> float | None:
     """Share of the window's purchases by users known at the cutoff that were of items they had touched."""
     buys = label_events.loc[label_events[S.EVENT_TYPE] == S.PURCHASE]
-    u = data.users.index_of(buys[S.USER_ID].to_numpy(dtype=object))
-    i = data.items.index_of(buys[S.ITEM_ID].to_numpy(dtype=object))
+    u = data.users.index_of(buys[S.USER_ID])
+    i = data.items.index_of(buys[S.ITEM_ID])
     ok = (u >= 0) & (i >= 0)
     if not ok.any():
         return None
@@ -271,12 +271,16 @@ class TwoStageRecommender:
             users = np.sort(rng.choice(users, self.params.max_train_users, replace=False))
         return users
 
-    def split_ranking_sets(self, label_events: pd.DataFrame, seed: int) -> tuple[RankingSet, RankingSet]:
-        """(train, validation) ranking sets of this cutoff, validation a random share of users."""
+    def split_users(self, label_events: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) users of this cutoff, validation a random share of them."""
         label_users = self.label_users(label_events, seed)
         is_val = np.random.default_rng(seed).random(len(label_users)) < self.params.ranker.validation_share
-        return (self.ranking_set(label_events, label_users[~is_val]),
-                self.ranking_set(label_events, label_users[is_val]))
+        return label_users[~is_val], label_users[is_val]
+
+    def split_ranking_sets(self, label_events: pd.DataFrame, seed: int) -> tuple[RankingSet, RankingSet]:
+        """(train, validation) ranking sets of this cutoff, validation a random share of users."""
+        train_users, val_users = self.split_users(label_events, seed)
+        return self.ranking_set(label_events, train_users), self.ranking_set(label_events, val_users)
 
     def fit_ranker(self, label_events: pd.DataFrame, seed: int = 42,
                    extra: tuple[tuple[RankingSet, RankingSet], ...] = ()) -> RankerResult:
@@ -493,12 +497,16 @@ def mmr_rerank(items: np.ndarray, scores: np.ndarray, item_category: np.ndarray,
 
 
 def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.Timestamp,
-                    label_end: pd.Timestamp, params: TwoStageParams) -> tuple[TwoStageRecommender, RankerResult]:
+                    label_end: pd.Timestamp, params: TwoStageParams,
+                    client=None) -> tuple[TwoStageRecommender, RankerResult]:
     """Ranker learnt at `train_end` (labels from [train_end, label_end)); recall refit at `label_end`.
 
     With `train_windows` > 1 the ranking sets of earlier cutoffs (train_end - w * window,
     labelled by the window after each) are stacked; each window holds out the same share of
-    its users for validation (early stopping on all windows' held-out users)."""
+    its users for validation (early stopping on all windows' held-out users).
+
+    With a Dask `client` the ranking sets are built on its workers and the ranker is trained by
+    `lightgbm.dask` (recsys.models.distributed); the same users, candidates and features."""
     span = pd.Timestamp(label_end) - pd.Timestamp(train_end)
     stride = pd.Timedelta(days=params.train_window_stride_days) if params.train_window_stride_days > 0 else span
     data_train = build_interaction_data(events, catalog, train_end, params.interactions)
@@ -518,13 +526,20 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
             break
         learner_w = TwoStageRecommender(data_w, fit_sources(data_w, params), params)
         labels_w = events.loc[(events[S.TS] >= start) & (events[S.TS] < start + span)]
-        extra.append(learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
+        extra.append((learner_w, labels_w, params.ranker.seed + w) if client is not None
+                     else learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
     progress.note(f"stage 1/3: recall sources on events before {pd.Timestamp(train_end):%Y-%m-%d} "
                   f"({data_train.n_users:,} users, {data_train.n_items:,} items)")
     learner = TwoStageRecommender(data_train, fit_sources(data_train, params), params)
     progress.note(f"stage 2/3: ranking sets (candidates + features) and the ranker on {len(label_events):,} "
                   "label-window events")
-    result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra=tuple(extra))
+    if client is not None:
+        from recsys.models.distributed import fit_ranker_on_cluster
+
+        result = fit_ranker_on_cluster(client, [(learner, label_events, params.ranker.seed), *extra],
+                                       FEATURE_NAMES, params.ranker)
+    else:
+        result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra=tuple(extra))
     data_final = build_interaction_data(events, catalog, label_end, params.interactions)
     progress.note(f"stage 3/3: recall sources refit on events before {pd.Timestamp(label_end):%Y-%m-%d} "
                   f"(ranker: best iteration {result.best_iteration})")

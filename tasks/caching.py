@@ -86,8 +86,11 @@ def model_fingerprint(rec) -> str:
 
 def train_key(context, parameters: dict) -> str:
     """train-two-stage(data, split, config): same data, same window, same model params -> same model."""
+    config = parameters["config"]
+    # the Dask path trains its ranker with lightgbm.dask (equal within a tolerance, not bit for bit)
+    runner = {"runner": "dask"} if getattr(config, "dask", None) is not None and config.dask.enabled else {}
     return make_key("train-two-stage", data=data_fingerprint(parameters["data"]), split=parameters["split"],
-                    model=parameters["config"].model)
+                    model=config.model, **runner)
 
 
 def evaluate_key(context, parameters: dict) -> str:

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from recsys.features import schema as S
 from recsys.features.synthetic import SyntheticParams, SyntheticWorld
 from recsys.features.validation import split_valid_rows
-from recsys.tasks.paths import catalog_path, events_dir, quarantine_dir
+from recsys.tasks.paths import catalog_path, events_dir, quarantine_dir, recsys_home
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,69 @@ def write_synthetic_dataset(base: Path, params: SyntheticParams,
             "path": str(base)}
 
 
-def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] | None = None,
-                start: pd.Timestamp | None = None) -> pd.DataFrame:
-    """All events (start <= ts < end, each bound when given) from the store, with contract dtypes."""
-    path = events_dir(base)
-    if not path.exists():
-        raise FileNotFoundError(f"no event store at {path}: run `recsys generate` or `recsys ingest` first")
-    dataset = ds.dataset(path, format="parquet", partitioning="hive", schema=EVENT_ARROW_SCHEMA)
+# text columns read as pandas categoricals: one int32 code per row and each distinct string once (Parquet
+# stores them dictionary-encoded already), instead of a string per row
+COMPACT_COLUMNS = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.SESSION_ID, S.QUERY)
+COMPACT_ARROW_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()))
+                                  if f.name in COMPACT_COLUMNS else f for f in EVENT_ARROW_SCHEMA])
+
+
+def event_dataset(path, compact: bool = True, filesystem=None) -> ds.Dataset:
+    """The event store as a pyarrow dataset (hive `day=` partitions), text columns dictionary-encoded
+    when `compact`. `path` may be a local directory or a path on `filesystem` (e.g. S3)."""
+    if not compact:
+        return ds.dataset(path, format="parquet", partitioning="hive", schema=EVENT_ARROW_SCHEMA,
+                          filesystem=filesystem)
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=list(COMPACT_COLUMNS)))
+    return ds.dataset(path, format=fmt, partitioning="hive", schema=COMPACT_ARROW_SCHEMA, filesystem=filesystem)
+
+
+def compact_frame(table: pa.Table) -> pd.DataFrame:
+    """A dictionary-encoded table as pandas, categoricals with one dictionary per column whose
+    categories are sorted (so grouping and sorting by an id give the order the strings would)."""
+    frame = table.unify_dictionaries().to_pandas()
+    for col in frame.columns:
+        if isinstance(frame[col].dtype, pd.CategoricalDtype):
+            cats = frame[col].cat.categories
+            frame[col] = frame[col].cat.set_categories(cats.sort_values())
+    return frame
+
+
+def is_remote(base) -> bool:
+    """An object-store location (s3://bucket/prefix), not a local directory."""
+    return "://" in str(base)
+
+
+def store_location(base) -> tuple[pafs.FileSystem | None, str]:
+    """(filesystem, root path) of a store: None + the local directory, or pyarrow's filesystem for a URL
+    (S3 credentials and endpoint from the standard AWS_* variables, e.g. AWS_ENDPOINT_URL for MinIO/moto)."""
+    if not is_remote(base):
+        return None, str(base)
+    try:
+        fs, root = pafs.FileSystem.from_uri(str(base))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"cannot open the event store {base}: {' '.join(str(exc).split())[:300]}") from exc
+    return fs, root.rstrip("/")
+
+
+def _store_path(base, name: str) -> tuple[pafs.FileSystem | None, str]:
+    fs, root = store_location(base)
+    return fs, f"{root}/{name}"
+
+
+def _exists(fs: pafs.FileSystem | None, path: str) -> bool:
+    return Path(path).exists() if fs is None else fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_events(base: Path | str, end: pd.Timestamp | None = None, columns: list[str] | None = None,
+                compact: bool = True, start: pd.Timestamp | None = None) -> pd.DataFrame:
+    """All events (start <= ts < end, each bound when given) from the store (a directory or
+    s3://bucket/prefix), with contract dtypes; text columns as categoricals (`compact`, the default) or strings."""
+    fs, path = _store_path(base, "events") if is_remote(base) else (None, str(events_dir(base)))
+    if not _exists(fs, path):
+        where = f"{str(base).rstrip('/')}/events" if fs is not None else path
+        raise FileNotFoundError(f"no event store at {where}: run `recsys generate` or `recsys ingest` first")
+    dataset = event_dataset(path, compact, filesystem=fs)
     flt = ds.field(S.TS) < pa.scalar(end.to_pydatetime(), pa.timestamp("us", tz="UTC")) if end is not None else None
     if start is not None:  # the scan skips row groups (and their bytes) outside the range
         low = ds.field(S.TS) >= pa.scalar(start.to_pydatetime(), pa.timestamp("us", tz="UTC"))
@@ -83,14 +140,22 @@ def read_events(base: Path, end: pd.Timestamp | None = None, columns: list[str] 
     if table.num_rows == 0:
         raise ValueError(f"the event store at {path} has no events" + (f" before {end}" if end is not None else "")
                          + (f" since {start}" if start is not None else ""))
-    return table.to_pandas()
+    return compact_frame(table) if compact else table.to_pandas()
 
 
-def read_catalog(base: Path) -> pd.DataFrame:
-    path = catalog_path(base)
-    if not path.exists():
+def read_catalog(base: Path | str) -> pd.DataFrame:
+    fs, path = _store_path(base, "catalog.parquet") if is_remote(base) else (None, str(catalog_path(base)))
+    if not _exists(fs, path):
         raise FileNotFoundError(f"no catalog at {path}: run `recsys generate` or `recsys ingest` first")
-    return pd.read_parquet(path)
+    return pd.read_parquet(path, filesystem=fs)
+
+
+def local_side(base) -> Path:
+    """Where a store's local by-products go (quarantine): the store itself, or for an object-store
+    location (read-only to training) a folder named after it under RECSYS_HOME/remote."""
+    if not is_remote(base):
+        return Path(base)
+    return recsys_home() / "remote" / str(base).replace("://", "/").strip("/")
 
 
 def validate_and_quarantine(events: pd.DataFrame, base: Path, source: str,
@@ -99,7 +164,7 @@ def validate_and_quarantine(events: pd.DataFrame, base: Path, source: str,
     valid, rejected = split_valid_rows(events, now=pd.Timestamp.now(tz="UTC"))
     counts = rejected["reject_rule"].value_counts().to_dict() if len(rejected) else {}
     if len(rejected):
-        qdir = quarantine_dir(base)
+        qdir = quarantine_dir(local_side(base))
         qdir.mkdir(parents=True, exist_ok=True)
         out = rejected.assign(source_file=source)
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
@@ -112,7 +177,8 @@ def validate_and_quarantine(events: pd.DataFrame, base: Path, source: str,
         raise ValueError(
             f"{source}: {len(rejected)} of {len(events)} rows ({share:.1%}) were rejected, over the "
             f"{max_rejected_share:.1%} threshold; most common rule '{worst}' ({counts[worst]} rows), "
-            f"e.g. source rows {examples['source_row'].tolist()}. Rejected rows are in {quarantine_dir(base)}.")
+            f"e.g. source rows {examples['source_row'].tolist()}. Rejected rows are in "
+            f"{quarantine_dir(local_side(base))}.")
     return valid, {str(k): int(v) for k, v in counts.items()}
 
 

@@ -27,7 +27,9 @@ from recsys.models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_tw
 from recsys.tasks import caching, plots, tracking
 from recsys.tasks.retry import retry_transient
 from recsys.tasks.reporting import markdown_table, metric_rows, text_table
-from recsys.tasks.data import dataset_digest, read_catalog, read_events, validate_and_quarantine
+from recsys.models.distributed import recommend_on_cluster
+from recsys.tasks.cluster import cluster_client
+from recsys.tasks.data import dataset_digest, is_remote, read_catalog, read_events, validate_and_quarantine
 from recsys.tasks.logs import run_logger
 from recsys.tasks.paths import data_dir
 
@@ -45,14 +47,21 @@ class LoadedData:
 
 
 
+def store_base(config: TrainConfig) -> Path | str:
+    """The event store of a run: config.data_dir (a directory or s3://bucket/prefix), else $RECSYS_HOME/data."""
+    if config.data_dir and is_remote(config.data_dir):
+        return config.data_dir
+    return Path(config.data_dir) if config.data_dir else data_dir()
+
+
 @task(name="load-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def load_data(config: TrainConfig) -> LoadedData:
-    base = Path(config.data_dir) if config.data_dir else data_dir()
+    base = store_base(config)
     end = None
     if config.split.cutoff is not None:
         end = temporal_split(pd.Timestamp.now(tz="UTC"), config.split).test_end
     events = read_events(base, end=end)
-    events, rejected = validate_and_quarantine(events, base, source=str(base / "events"),
+    events, rejected = validate_and_quarantine(events, base, source=f"{str(base).rstrip('/')}/events",
                                                max_rejected_share=config.max_rejected_share)
     catalog = read_catalog(base)
     run_logger().info("loaded %d events (%d rejected), %d catalog items from %s",
@@ -100,9 +109,13 @@ def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
 
 
 @task(name="train-two-stage", cache_key_fn=caching.train_key, persist_result=True, result_storage=caching.RESULTS)
-def train_model(data: LoadedData, split: Split, config: TrainConfig) -> tuple[TwoStageRecommender, RankerResult]:
-    with progress.reporting(run_logger().info):  # ALS iterations, candidate blocks, ranker iterations
-        rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model)
+def train_model(data: LoadedData, split: Split, config: TrainConfig,
+                dask_address: str | None = None) -> tuple[TwoStageRecommender, RankerResult]:
+    """The two-stage model (+ search model); ranking sets and the ranker on the Dask cluster at
+    `dask_address` when given (recsys.tasks.cluster)."""
+    with progress.reporting(run_logger().info), cluster_client(dask_address) as client:
+        rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model,
+                                      client=client)
     run_logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
     rec.search_model, search = train_search(data, split, config, rec)
     run_logger().info("search: %s; ranker %s", rec.search_model.describe()["retrieval"],
@@ -119,10 +132,12 @@ def train_search(data: LoadedData, split: Split, config: TrainConfig, rec: TwoSt
 
 @task(name="evaluate", cache_key_fn=caching.evaluate_key, persist_result=True, result_storage=caching.RESULTS)
 def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: int,
-                   params: EvaluationParams = EvaluationParams()) -> Evaluation:
+                   params: EvaluationParams = EvaluationParams(), dask_address: str | None = None) -> Evaluation:
+    """Metrics on the test window; the model's lists scored on the Dask cluster at `dask_address` if given."""
     test = window(data.events, split.label_end, split.test_end)
-    with progress.reporting(run_logger().info):
-        result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params)
+    with progress.reporting(run_logger().info), cluster_client(dask_address) as client:
+        on_cluster = (lambda users, depth: recommend_on_cluster(client, rec, users, depth)) if client else None
+        result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params, recommend=on_cluster)
     result.metrics.update(search_metrics(search_quality(rec, search_sessions(test), k)))
     run_logger().info("test.ndcg_at_%d = %.4f over %d of the window's %d users", k,
                    result.metrics.get(f"test.ndcg_at_{k}", 0.0), len(result.user_ids),
@@ -168,7 +183,7 @@ def _windows(split: Split) -> dict[str, tuple]:
 
 def _dataset_inputs(config: TrainConfig, split: Split, data: LoadedData) -> list[dict]:
     """train / label / test windows as MLflow dataset inputs: real digest and profile, schema from a sample."""
-    source = str((Path(config.data_dir) if config.data_dir else data_dir()) / "events")
+    source = f"{str(store_base(config)).rstrip('/')}/events"
     out = []
     for context, (start, end) in _windows(split).items():
         ts = data.events[S.TS]
@@ -189,6 +204,7 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
     full_commit = git_commit(short=False)
     tags = {"flow": "train", "data_window": f"..{split.test_end:%Y-%m-%d}", "dataset_digest": data.digest,
             "code_version": commit, "config_hash": config.config_hash(), "als_device.requested": config.model.als.device,
+            "train.runner": "dask" if config.dask.enabled else "single-process",
             "split.train_end": f"{split.train_end:%Y-%m-%d}", "split.label_end": f"{split.label_end:%Y-%m-%d}",
             "split.test_end": f"{split.test_end:%Y-%m-%d}", "registered_model": config.registered_model}
     if full_commit != "unknown":

@@ -1,0 +1,88 @@
+"""The Dask path (recsys.models.distributed) against the single-process path on a LocalCluster: the same
+ranking-set rows (candidates + features + labels), the same lists, metrics within a stated tolerance."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.features import schema as S
+from recsys.features.interactions import build_interaction_data
+from recsys.features.split import SplitParams, temporal_split, window
+from recsys.features.synthetic import SyntheticParams
+from recsys.features.validation import split_valid_rows
+from recsys.models.evaluation import evaluate
+from recsys.models.ranker import RankerParams
+from recsys.models.recall import ALSParams
+from recsys.models.two_stage import TwoStageParams, TwoStageRecommender, fit_sources, train_two_stage
+from recsys.tasks.data import read_catalog, read_events, write_synthetic_dataset
+
+distributed = pytest.importorskip("distributed")
+
+# distributed LightGBM (data-parallel tree learner, no early stopping: best iteration read from the recorded
+# validation curve) may grow other trees than the serial learner; on this data it grows the same ones, and the
+# metrics may differ by at most this much (absolute, on [0, 1] metrics)
+METRIC_TOLERANCE = 0.02
+PARAMS = TwoStageParams(als=ALSParams(factors=8, iterations=3, device="cpu", num_threads=1),
+                        ranker=RankerParams(n_estimators=40, num_threads=1), tune_baselines=False)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("store")
+    write_synthetic_dataset(base, SyntheticParams(n_users=600, n_items=300, n_days=28, seed=3))
+    events, _ = split_valid_rows(read_events(base), pd.Timestamp("2026-06-01", tz="UTC"))
+    return events, read_catalog(base), temporal_split(events[S.TS].max(), SplitParams())
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def test_ranking_sets_built_on_workers_equal_the_single_process_rows(world, client):
+    from recsys.models.distributed import ranking_sets_on_cluster
+
+    events, catalog, split = world
+    data = build_interaction_data(events, catalog, split.train_end, PARAMS.interactions)
+    learner = TwoStageRecommender(data, fit_sources(data, PARAMS), PARAMS)
+    labels = window(events, split.train_end, split.label_end)
+    users = learner.label_users(labels, seed=1)
+    local = learner.ranking_set(labels, users)
+    blocks = ranking_sets_on_cluster(client, learner, labels, users, block_users=60)
+    assert len(blocks.futures) == -(-len(users) // 60) > 2
+    x, y, groups = (a.compute() for a in blocks.dask_arrays())
+    assert len(local.groups) > 20
+    np.testing.assert_array_equal(x, local.x)
+    np.testing.assert_array_equal(y, local.y)
+    np.testing.assert_array_equal(groups, local.groups)
+
+
+@pytest.mark.filterwarnings("ignore:Parameter n_jobs will be ignored")
+def test_train_and_evaluate_on_the_cluster_match_the_single_process_run(world, client):
+    from recsys.models.distributed import recommend_on_cluster
+
+    events, catalog, split = world
+    test = window(events, split.label_end, split.test_end)
+    rec_d, res_d = train_two_stage(events, catalog, split.train_end, split.label_end, PARAMS, client=client)
+    rec_l, res_l = train_two_stage(events, catalog, split.train_end, split.label_end, PARAMS)
+    users = np.arange(rec_d.data.n_users)
+    # the candidates do not depend on the ranker: the same table on both paths
+    t_d, t_l = rec_d.candidate_table(users), rec_l.candidate_table(users)
+    np.testing.assert_array_equal(t_d.items, t_l.items)
+    np.testing.assert_array_equal(t_d.source_features, t_l.source_features)
+    # scoring on the workers gives the driver's lists for the same model
+    on_cluster = recommend_on_cluster(client, rec_d, np.r_[users[:50], -1], 10, block_users=16)
+    local_lists = rec_d.recommend(np.r_[users[:50], -1], 10)
+    np.testing.assert_array_equal(on_cluster[0], local_lists[0])
+    ev_d = evaluate(rec_d, test, 10, recommend=lambda u, k: recommend_on_cluster(client, rec_d, u, k, 64))
+    ev_l = evaluate(rec_l, test, 10)
+    assert ev_d.user_ids == ev_l.user_ids and len(ev_l.user_ids) > 20
+    assert ev_l.metrics["test.ndcg_at_10"] > ev_l.metrics["baseline.popularity.ndcg_at_10"]
+    for key in ("test.ndcg_at_10", "test.map_at_10", "test.recall_at_10", "test.hitrate_at_10"):
+        assert abs(ev_d.metrics[key] - ev_l.metrics[key]) <= METRIC_TOLERANCE, key
+    assert {k: v for k, v in ev_d.metrics.items() if k.startswith("recall.")} == \
+        {k: v for k, v in ev_l.metrics.items() if k.startswith("recall.")}
+    assert res_d.booster.num_trees() == PARAMS.ranker.n_estimators  # lightgbm.dask ran every round
+    assert 1 <= res_d.best_iteration <= PARAMS.ranker.n_estimators
