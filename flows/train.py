@@ -11,6 +11,7 @@ from recsys.tasks.gate import promotion_gate
 from recsys.tasks.training import (check_data_identity, evaluate_model, finish_run, load_data, log_results, metric_table,
                                    register_model, split_data, start_run, train_model)
 from recsys.tasks.reporting import publish_summary
+from recsys.tasks.tuning import tune_settings
 
 
 @flow(name="train", log_prints=True)
@@ -22,6 +23,7 @@ def train(config: TrainConfig = TrainConfig()) -> dict:
     lineage = check_data_identity(config, data, split)  # another data set's champion: fail before training
     run_id = start_run(config, split, data, flow_run.id, flow_run.ui_url)
     try:
+        config = tune_settings(run_id, data, split, config)  # --tune full: the settings chosen on earlier windows
         rec, ranker = train_model(data, split, config)
         evaluation = evaluate_model(rec, data, split, config.k, config.evaluation)
         log_results(run_id, rec, ranker, evaluation, config.k, data, split)
