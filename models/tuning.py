@@ -204,6 +204,15 @@ def validation_score(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.
         f"test.{VALIDATION_METRIC}", 0.0))
 
 
+def earlier_window_problem(events: pd.DataFrame, train_end: pd.Timestamp, label_end: pd.Timestamp) -> str | None:
+    """Why the search cannot train one window earlier (no events before that window's start), or None."""
+    start = pd.Timestamp(train_end) - (pd.Timestamp(label_end) - pd.Timestamp(train_end))
+    if not (events[S.TS] < start).any():
+        return (f"no events before {start:%Y-%m-%d}, the start of the window before the label window: "
+                "the search needs one more label window of history")
+    return None
+
+
 def search_settings(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.Timestamp, label_end: pd.Timestamp,
                     base, search: SearchParams, on_trial=None, score=validation_score,
                     space: dict[str, tuple] = SEARCH_SPACE) -> SearchResult:

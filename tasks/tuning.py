@@ -13,8 +13,8 @@ from recsys.features import schema as S
 from recsys.features.split import Split
 from recsys.models import progress
 from recsys.models.config import TrainConfig
-from recsys.models.tuning import (TrialRecord, data_fingerprint, fingerprint_change, search_settings,
-                                  tuned_params)
+from recsys.models.tuning import (TrialRecord, data_fingerprint, earlier_window_problem, fingerprint_change,
+                                  search_settings, tuned_params)
 from recsys.tasks import tracking
 from recsys.tasks.logs import run_logger
 
@@ -65,6 +65,11 @@ def tune_settings(run_id: str, data, split: Split, config: TrainConfig) -> Train
     if config.tuning.mode != "full":
         return config
     log = run_logger()
+    problem = earlier_window_problem(data.events, split.train_end, split.label_end)
+    if problem:  # short data: the quick grids still run inside training
+        log.warning("tuning: full search skipped, --tune quick instead: %s", problem)
+        tracking.log_tags(run_id, {TAG_MODE: "quick", "tuning.decision": f"quick: {problem}"})
+        return config
     seen = data.events.loc[data.events[S.TS] < split.label_end]  # the fingerprint of what tuning may see
     fingerprint = data_fingerprint(seen)
     record, why = None, "no earlier full tuning of this model"

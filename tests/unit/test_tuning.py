@@ -11,7 +11,8 @@ from recsys.features.split import SplitParams, temporal_split
 from recsys.features.synthetic import SyntheticParams, SyntheticWorld
 from recsys.models.ranker import RankerParams
 from recsys.models.recall import ALSParams
-from recsys.models.tuning import (SEARCH_SPACE, SearchParams, apply_settings, data_fingerprint, fingerprint_change,
+from recsys.models.tuning import (SEARCH_SPACE, SearchParams, apply_settings, data_fingerprint, earlier_window_problem,
+                                  fingerprint_change,
                                   get_setting, search_settings, sketch_jaccard, starting_point, tuned_params,
                                   validation_score)
 from recsys.models.two_stage import TwoStageParams
@@ -119,6 +120,9 @@ def test_validation_score_never_sees_the_label_window_while_training(tiny_world)
     b = validation_score(pd.concat([events[events[S.TS] < split.label_end], shuffled]), catalog, split.train_end,
                          split.label_end, base)
     assert 0 < a <= 1 and a == b
+    assert earlier_window_problem(events, split.train_end, split.label_end) is None
+    short = events[events[S.TS] >= split.train_end - (split.label_end - split.train_end)]
+    assert "needs one more label window" in earlier_window_problem(short, split.train_end, split.label_end)
 
 
 def test_fingerprint_reuse_rule(tiny_world):
