@@ -13,7 +13,7 @@ from recsys.features import schema as S
 from recsys.features.split import Split
 from recsys.models import progress
 from recsys.models.config import TrainConfig
-from recsys.models.tuning import (TrialRecord, data_fingerprint, earlier_window_problem, fingerprint_change,
+from recsys.models.tuning import (SEARCH_SPACE, TrialRecord, data_fingerprint, earlier_window_problem, fingerprint_change,
                                   search_settings, tuned_params)
 from recsys.tasks import tracking
 from recsys.tasks.logs import run_logger
@@ -77,6 +77,8 @@ def tune_settings(run_id: str, data, split: Split, config: TrainConfig) -> Train
         previous = previous_tuning(config.experiment, config.registered_model, run_id)
         if previous is not None:
             why = fingerprint_change(previous[1].get("fingerprint", {}), fingerprint)
+            if why is None and set(previous[1].get("settings", {})) != set(SEARCH_SPACE):
+                why = "the search space changed since that run"
             if why is None:
                 # the searched run's fingerprint stays the reference: slow drift adds up to a new search
                 record = previous[1]
