@@ -278,7 +278,8 @@ def data_fingerprint(events: pd.DataFrame) -> dict:
     ts = events[S.TS]
     return {"events": int(len(events)), "users": int(events[S.USER_ID].nunique()),
             "items": int(events[S.ITEM_ID].nunique()),
-            "first_day": str(ts.min().date()) if len(events) else "", "last_day": str(ts.max().date()) if len(events) else "",
+            "first_day": str(ts.min().date()) if len(events) else "",
+            "last_day": str(ts.max().date()) if len(events) else "",
             "user_sketch": _sketch(events[S.USER_ID]), "item_sketch": _sketch(events[S.ITEM_ID].dropna())}
 
 
@@ -286,8 +287,9 @@ def sketch_jaccard(a: list[int], b: list[int]) -> float:
     """Bottom-k estimate of |A & B| / |A | B| from two sketches."""
     if not a or not b:
         return 0.0
-    union = np.union1d(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))[:SKETCH_SIZE]
-    return float((np.isin(union, np.asarray(a, dtype=np.uint64)) & np.isin(union, np.asarray(b, dtype=np.uint64))).mean())
+    a, b = np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64)
+    union = np.union1d(a, b)[:SKETCH_SIZE]
+    return float((np.isin(union, a) & np.isin(union, b)).mean())
 
 
 def fingerprint_change(old: dict, new: dict, rule: dict = REUSE_RULE) -> str | None:

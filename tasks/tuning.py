@@ -13,8 +13,8 @@ from recsys.features import schema as S
 from recsys.features.split import Split
 from recsys.models import progress
 from recsys.models.config import TrainConfig
-from recsys.models.tuning import (SEARCH_SPACE, TrialRecord, data_fingerprint, earlier_window_problem, fingerprint_change,
-                                  search_settings, tuned_params)
+from recsys.models.tuning import (SEARCH_SPACE, TrialRecord, data_fingerprint, earlier_window_problem,
+                                  fingerprint_change, search_settings, tuned_params)
 from recsys.tasks import tracking
 from recsys.tasks.logs import run_logger
 
