@@ -106,8 +106,6 @@ SEARCH_SPACE: dict[str, tuple] = {
     "recall.popular": ("int", (10, 100), {"step": 10}),
     "recall.trending": ("int", (10, 60), {"step": 10}),
     "interactions.half_life_days": ("float", (7.0, 180.0), {"log": True}),
-    "popularity.window_days": ("categorical", (7, 28)),
-    "popularity.purchases_only": ("categorical", (False, True)),
     "seen_items": ("categorical", ("keep", "drop")),
     "train_windows": ("categorical", (1, 2)),
 }
@@ -217,14 +215,16 @@ def search_settings(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
                     base, search: SearchParams, on_trial=None, score=validation_score,
                     space: dict[str, tuple] = SEARCH_SPACE) -> SearchResult:
     """The Optuna (TPE, seeded) search: the configured settings first, then at most `max_trials` points
-    while `budget_s` lasts. Each trial trains with the quick grids off (the space holds their choices).
+    while `budget_s` lasts. Each trial trains without the EASE/RP3beta grids (evaluation only); the popularity
+    grid stays (it is tuned on new buyers, which the overall score hardly sees).
     `on_trial(TrialRecord)` is called after every trial (the flow logs it as an MLflow child run)."""
     import time
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trial_base = replace(base, tune_popularity=False, tune_baselines=False)
+    # the popularity list (new users' fallback) keeps its own grid on the window's new buyers in every trial
+    trial_base = replace(base, tune_baselines=False)
     records: list[TrialRecord] = []
 
     def objective(trial) -> float:
@@ -256,9 +256,9 @@ def search_settings(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
 
 
 def tuned_params(base, settings: dict):
-    """The final run's params: the chosen settings, the popularity/seen-items grids off (the search chose
-    them); the item-item baselines keep their quick grid (evaluation only)."""
-    return replace(apply_settings(base, settings), tune_popularity=False)
+    """The final run's params: the chosen settings (seen items among them). The popularity list keeps its
+    quick grid on the label window's new buyers, the item-item baselines theirs (evaluation only)."""
+    return apply_settings(base, settings)
 
 
 # ---- whether a previous run's chosen settings still fit this data ---------------------------------------

@@ -45,8 +45,8 @@ def test_settings_round_trip_through_the_nested_params():
     assert get_setting(changed, "interactions.half_life_days") == 90.0
     with pytest.raises(KeyError, match="nope"):
         apply_settings(base, {"als.nope": 1})
-    final = tuned_params(base, {"popularity.window_days": 28})
-    assert final.popularity.window_days == 28 and final.tune_popularity is False and final.tune_baselines
+    final = tuned_params(base, {"recall.als": 150, "seen_items": "drop"})
+    assert final.recall.als == 150 and final.seen_items == "drop" and final.tune_popularity and final.tune_baselines
 
 
 def test_search_params_reject_bad_values():
@@ -64,7 +64,7 @@ def test_search_starts_from_the_configured_settings_and_keeps_the_best(tiny_worl
 
     def score(ev, cat, train_end, label_end, params):
         seen_windows.append((ev[S.TS].max(), train_end, label_end))
-        assert params.tune_popularity is False and params.tune_baselines is False  # the space holds their choices
+        assert params.tune_baselines is False and params.tune_popularity  # popularity: its own new-buyer grid
         return -abs(np.log(params.als.regularization / 0.2))
 
     result = search_settings(events, catalog, split.train_end, split.label_end, _params(),
@@ -113,7 +113,7 @@ def test_validation_score_never_sees_the_label_window_while_training(tiny_world)
     """The real objective: trained one window earlier, scored on the label window's buyers (a value in
     [0, 1]); events of the test window change nothing."""
     events, catalog, split = tiny_world
-    base = replace(_params(), tune_popularity=False, tune_baselines=False)
+    base = replace(_params(), tune_baselines=False)
     a = validation_score(events, catalog, split.train_end, split.label_end, base)
     test_window = events[events[S.TS] >= split.label_end]
     shuffled = test_window.assign(**{S.ITEM_ID: test_window[S.ITEM_ID].sample(frac=1, random_state=1).to_numpy()})
