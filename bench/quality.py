@@ -33,6 +33,7 @@ from recsys.features.synthetic import SyntheticParams, SyntheticWorld  # noqa: E
 from recsys.models.config import TrainConfig  # noqa: E402
 from recsys.models.evaluation import BASELINES, evaluate  # noqa: E402
 from recsys.models.gate import paired_bootstrap_ci  # noqa: E402
+from recsys.models.tuning import SearchParams, search_settings, tuned_params  # noqa: E402
 from recsys.models.two_stage import train_two_stage  # noqa: E402
 
 # the shared data next to the repository (../shared, as the README says) unless RECSYS_SHARED points elsewhere
@@ -69,11 +70,16 @@ def load_online_retail(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def run_dataset(name: str, events: pd.DataFrame, catalog: pd.DataFrame, split_params: SplitParams,
-                k: int) -> dict:
+                k: int, tuning: SearchParams = SearchParams()) -> dict:
     t0 = time.time()
-    config = TrainConfig(split=split_params)  # the CLI's defaults
+    config = TrainConfig(split=split_params, tuning=tuning)  # the CLI's defaults (and its --tune options)
     split = temporal_split(events[S.TS].max(), split_params)
-    rec, result = train_two_stage(events, catalog, split.train_end, split.label_end, config.model)
+    model, search = config.model, None
+    if tuning.mode == "full":  # what the flow's tune-settings task does, without MLflow (never the test window)
+        search = search_settings(events, catalog, split.train_end, split.label_end, model, tuning)
+        model = tuned_params(model, search.settings)
+    tune_s = time.time() - t0
+    rec, result = train_two_stage(events, catalog, split.train_end, split.label_end, model)
     train_s = time.time() - t0
     test = window(events, split.label_end, split.test_end)
     ev = evaluate(rec, test, k, curve_max_k=0, params=config.evaluation)
@@ -107,7 +113,11 @@ def run_dataset(name: str, events: pd.DataFrame, catalog: pd.DataFrame, split_pa
             "tuned": {n: dataclasses.asdict(t.params) for n, t in rec.baseline_tuning.items()},
             "seen_items": rec.params.seen_items, "text_source": "text" in rec.sources,
             "recall": {key_: v for key_, v in m.items() if key_.startswith("recall.")},
-            "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
+            "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1),
+            "tune": tuning.mode, "tune_seconds": round(tune_s, 1),
+            "search": None if search is None else {"settings": search.settings, "validation_ndcg": search.value,
+                                                   "start_validation_ndcg": search.start_value,
+                                                   "trials": len(search.trials)}}
 
 
 def table(res: dict) -> str:
@@ -128,6 +138,10 @@ def table(res: dict) -> str:
                          + ", ".join(f"{b} {v:.4f}" for b, v in vals.items() if b != "two-stage" and v is not None))
     lines.append("tuned on the label window: " + "; ".join(f"{n} {p}" for n, p in res["tuned"].items())
                  + f"; seen items: {res['seen_items']}; text source: {'on' if res['text_source'] else 'off'}")
+    if res.get("search"):
+        lines.append(f"--tune full: {res['search']['trials']} trials in {res['tune_seconds']}s, validation NDCG@10 "
+                     f"{res['search']['validation_ndcg']:.4f} (configured {res['search']['start_validation_ndcg']}); "
+                     f"chosen {res['search']['settings']}")
     lines.append("recall: " + ", ".join(f"{key[7:]}={v:.3f}" for key, v in res["recall"].items()))
     return "\n".join(lines)
 
@@ -140,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="42,7,13", help="synthetic worlds to draw (42 = the `recsys generate` one)")
     ap.add_argument("--holdout-shift-days", type=int, default=0,
                     help="end the data this many days before the last day (an earlier test window)")
+    ap.add_argument("--tune", default="quick", choices=("off", "quick", "full"), help="as `recsys train --tune`")
+    ap.add_argument("--tune-budget-s", type=float, default=SearchParams().budget_s, help="as `recsys train`")
+    ap.add_argument("--tune-trials", type=int, default=SearchParams().max_trials, help="as `recsys train`")
     args = ap.parse_args(argv)
+    tuning = SearchParams(mode=args.tune, budget_s=args.tune_budget_s, max_trials=args.tune_trials)
     out: dict = {}
     runs = []
     for name in args.datasets.split(","):
@@ -165,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             end = temporal_split(events[S.TS].max(), split_params).test_end
             split_params = dataclasses.replace(
                 split_params, cutoff=str((end - pd.Timedelta(days=args.holdout_shift_days)).date()))
-        out[label] = run_dataset(label, events, catalog, split_params, args.k)
+        out[label] = run_dataset(label, events, catalog, split_params, args.k, tuning)
         if not args.json:
             print(table(out[label]), flush=True)
     if args.json:

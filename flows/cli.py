@@ -223,7 +223,14 @@ def train(
     eval_max_users: int = typer.Option(20_000, min=0, help="evaluation and the gate score a seeded sample of at "
                                                           "most this many test-window users (0: all)"),
     tune: str = typer.Option("quick", help="quick: pick the popularity list and the EASE/RP3beta baselines' "
-                                           "settings on the label window; off: use the settings as given"),
+                                           "settings on the label window; full: also an Optuna search on earlier "
+                                           "windows over ALS, ranker, candidate budgets, half-life, popularity and "
+                                           "seen items (reused by the next run while the data fits); off: use "
+                                           "the settings as given"),
+    tune_budget_s: float = typer.Option(600.0, help="--tune full: seconds after which no trial starts"),
+    tune_trials: int = typer.Option(40, help="--tune full: at most this many trials"),
+    tune_reuse: bool = typer.Option(True, help="--tune full: reuse the previous full run's settings while the "
+                                               "data changed little (sizes, dates, user/item overlap)"),
     popularity_days: int = typer.Option(7, help="new users' popularity list: last 7 or 28 days (tuning may change it)"),
     popularity_purchases_only: bool = typer.Option(False, help="popularity counts purchases only"),
     half_life_days: float = typer.Option(30.0, min=0.1, help="recency half-life of the interaction confidence"),
@@ -248,8 +255,12 @@ def train(
         _fail(f"--gate-metric {problem}")
     if data_dir is not None and not data_dir.is_dir():
         _fail(f"--data-dir {data_dir}: no such directory (create it with `recsys generate --out` or `recsys ingest`)")
-    if tune not in ("off", "quick") or popularity_days not in (7, 28) or seen_items not in ("auto", "keep", "drop"):
-        _fail(f"--tune must be off or quick (not '{tune}'), --popularity-days 7 or 28 (not {popularity_days}), "
+    if tune not in ("off", "quick", "full"):
+        _fail(f"--tune must be off, quick or full, not '{tune}'")
+    if not tune_budget_s > 0 or tune_trials < 1:
+        _fail(f"--tune-budget-s must be > 0 (not {tune_budget_s}) and --tune-trials >= 1 (not {tune_trials})")
+    if popularity_days not in (7, 28) or seen_items not in ("auto", "keep", "drop"):
+        _fail(f"--popularity-days must be 7 or 28 (not {popularity_days}), "
               f"--seen-items auto, keep or drop (not '{seen_items}')")
     _env()
     from recsys.features.split import SplitParams
@@ -260,6 +271,7 @@ def train(
     from recsys.models.gate import GateParams
     from recsys.features.interactions import InteractionParams
     from recsys.models.recall import ALSParams, PopularityParams
+    from recsys.models.tuning import SearchParams
     from recsys.models.two_stage import TwoStageParams
 
     config = TrainConfig(
@@ -271,6 +283,7 @@ def train(
                              tune_popularity=tune != "off", tune_baselines=tune != "off",
                              seen_items=seen_items),
         evaluation=EvaluationParams(max_users=eval_max_users or None),
+        tuning=SearchParams(mode=tune, budget_s=tune_budget_s, max_trials=tune_trials, reuse=tune_reuse),
         gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote,
         dask=DaskOptions(address=dask_address, local_workers=dask_workers, processes=True))
     _guard("train")

@@ -12,6 +12,7 @@ from recsys.tasks.gate import promotion_gate
 from recsys.tasks.training import (check_data_identity, evaluate_model, finish_run, load_data, log_results, metric_table,
                                    register_model, split_data, start_run, train_model)
 from recsys.tasks.reporting import publish_summary
+from recsys.tasks.tuning import tune_settings
 
 
 @flow(name="train", log_prints=True)
@@ -23,6 +24,7 @@ def train(config: TrainConfig = TrainConfig()) -> dict:
     lineage = check_data_identity(config, data, split)  # another data set's champion: fail before training
     run_id = start_run(config, split, data, flow_run.id, flow_run.ui_url)
     try:
+        config = tune_settings(run_id, data, split, config)  # --tune full: the settings chosen on earlier windows
         with dask_cluster(config.dask) as address:  # None: one process (the default)
             rec, ranker = train_model(data, split, config, dask_address=address)
             evaluation = evaluate_model(rec, data, split, config.k, config.evaluation, dask_address=address)

@@ -13,6 +13,7 @@ from recsys.models.evaluation import EvaluationParams
 from recsys.models.gate import GateParams
 from recsys.models.metrics import gate_metric_problem
 from recsys.models.dask_options import DaskOptions
+from recsys.models.tuning import SearchParams
 from recsys.models.two_stage import TwoStageParams
 
 
@@ -28,6 +29,9 @@ class TrainConfig(BaseModel):
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams,
                                          description="which test-window users evaluation and the gate score")
     gate: GateParams = Field(default_factory=GateParams)
+    tuning: SearchParams = Field(default_factory=SearchParams,
+                                 description="off, quick (small grids on the label window) or full (Optuna search "
+                                             "on earlier windows within a time budget, reused while the data fits)")
     promote: bool = Field(True, description="move the champion alias when the gate passes")
     max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
     dask: DaskOptions = Field(default_factory=DaskOptions,
@@ -44,7 +48,7 @@ class TrainConfig(BaseModel):
 
     def config_hash(self) -> str:
         payload = {"k": self.k, "split": asdict(self.split), "model": asdict(self.model), "gate": asdict(self.gate),
-                   "evaluation": asdict(self.evaluation)}
+                   "evaluation": asdict(self.evaluation), "tuning": asdict(self.tuning)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def flat_params(self) -> dict[str, object]:
@@ -58,6 +62,6 @@ class TrainConfig(BaseModel):
             else:
                 out[prefix] = value
 
-        for section in ("split", "model", "evaluation", "gate"):
+        for section in ("split", "model", "evaluation", "gate", "tuning"):
             walk(section, asdict(getattr(self, section)))
         return out

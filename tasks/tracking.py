@@ -71,14 +71,15 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
 STAGES = ("data", "recall", "rank", "evaluate", "gate")
 
 
-def start_child_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None) -> str:
+def start_child_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None,
+                    run_name: str | None = None) -> str:
     """A child run for one stage, in the parent's experiment; named `<n> <stage>` so the UI lists them in order."""
     c = client()
     parent = c.get_run(parent_run_id)
     order = STAGES.index(stage) + 1 if stage in STAGES else len(STAGES) + 1
     all_tags = {"mlflow.parentRunId": parent_run_id, "stage": stage,
                 **{k: v for k, v in parent.data.tags.items() if k in _INHERITED_TAGS}, **(tags or {})}
-    return c.create_run(parent.info.experiment_id, run_name=f"{order} {stage}", tags=all_tags).info.run_id
+    return c.create_run(parent.info.experiment_id, run_name=run_name or f"{order} {stage}", tags=all_tags).info.run_id
 
 
 _INHERITED_TAGS = ("flow", "data_window", "dataset_digest", "code_version", "config_hash", "prefect.flow_run_id")

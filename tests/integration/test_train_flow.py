@@ -101,7 +101,48 @@ def test_train_rejects_an_unknown_tuning_mode_in_one_line():
 
     from recsys.flows.cli import app
 
-    for args in (["--tune", "always"], ["--popularity-days", "14"], ["--seen-items", "sometimes"]):
+    for args, says in ((["--tune", "always"], "--tune must be off, quick or full, not 'always'"),
+                       (["--popularity-days", "14"], "--popularity-days must be 7 or 28 (not 14)"),
+                       (["--seen-items", "sometimes"], "not 'sometimes'"),
+                       (["--tune", "full", "--tune-budget-s", "0"], "--tune-budget-s must be > 0 (not 0.0)"),
+                       (["--tune-trials", "0"], "--tune-trials >= 1 (not 0)")):
         out = CliRunner().invoke(app, ["train", *args])
         assert out.exit_code != 0 and "Traceback" not in out.output
-        assert "--tune must be off or quick" in out.output and len(out.output.strip().splitlines()) == 1
+        assert says in out.output and len(out.output.strip().splitlines()) == 1, out.output
+
+
+def test_full_tuning_logs_each_trial_and_the_next_run_reuses_the_settings(first_run, tmp_path):
+    """--tune full in the real flow: an Optuna search on earlier windows, one child run per trial, the chosen
+    settings as `tuned.*` params; the next run on the same data reuses them without searching."""
+    import json
+
+    from recsys.flows.train import train
+    from recsys.models.tuning import SearchParams
+
+    client = MlflowClient(tracking_uri())
+    names = dict(experiment="recsys-tuned", registered_model="recsys-tuned")
+    searched = train(config=small_config(tuning=SearchParams(mode="full", max_trials=3), **names))
+    run = client.get_run(searched["run_id"])
+    assert run.data.tags["tuning.decision"].startswith("searched: no earlier full tuning")
+    assert run.data.tags["tuning.settings_from"] == run.info.run_id
+    exp = client.get_experiment_by_name("recsys-tuned").experiment_id
+    trials = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' "
+                                                     "and tags.stage = 'tune'")
+    assert sorted(t.info.run_name for t in trials) == [f"0 tune trial {n}" for n in range(3)]
+    assert all(0 <= t.data.metrics["validation.ndcg_at_10"] <= 1 and "als.factors" in t.data.params for t in trials)
+    best = max(trials, key=lambda t: t.data.metrics["validation.ndcg_at_10"])
+    assert run.data.metrics["tuning.validation.ndcg_at_10"] == best.data.metrics["validation.ndcg_at_10"]
+    for name in ("als.factors", "ranker.num_leaves", "recall.covis", "interactions.half_life_days", "seen_items"):
+        assert run.data.params[f"tuned.{name}"] == best.data.params[name], name
+    with open(client.download_artifacts(run.info.run_id, "tuning/tuned.json", str(tmp_path))) as f:
+        record = json.load(f)
+    assert record["fingerprint"]["events"] > 0 and len(record["fingerprint"]["item_sketch"]) > 0
+
+    reused = train(config=small_config(tuning=SearchParams(mode="full", max_trials=3), **names))
+    again = client.get_run(reused["run_id"])
+    assert again.data.tags["tuning.decision"] == f"reused from run {run.info.run_id}: data still fits"
+    assert again.data.tags["tuning.settings_from"] == run.info.run_id
+    assert not client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{again.info.run_id}' "
+                                                       "and tags.stage = 'tune'")
+    assert {k: v for k, v in again.data.params.items() if k.startswith("tuned.")} \
+        == {k: v for k, v in run.data.params.items() if k.startswith("tuned.")}
