@@ -14,9 +14,8 @@ def ev(user, item, etype="view", **kw):
     return {"user_id": user, "item_id": item, "event_type": etype, "ts": "2026-01-10T10:00:00Z", **kw}
 
 
-def pseudo(ids: pd.Series) -> pd.Series:  # like recsys.features.mapping.pseudonymise: blank stays missing
-    text = ids.astype("string")
-    return ("p-" + text).mask(text.fillna("").str.strip() == "")
+def pseudo(user: str | None) -> str | None:  # like LiveEvents._stored_id: blank stays missing
+    return "p-" + user if user is not None and user.strip() else None
 
 
 def test_accepted_and_rejected_events_are_written_before_the_answer_and_sealed_at_close(tmp_path):
