@@ -59,6 +59,22 @@ def test_sqlite_state_is_shared_windowed_and_capped(tmp_path):
     assert reader.recent("v") == [("x", "purchase")] and reader.recent("w") == []
 
 
+def test_sqlite_state_prunes_expired_rows_in_time_order(tmp_path):
+    store = SqliteUserState(tmp_path / "s.sqlite", LiveStateParams(window_s=60, prune_every_s=0))
+    now = time.time()
+
+    def rows() -> list:
+        return store._con().execute("SELECT item_id FROM recent ORDER BY rowid").fetchall()
+
+    store.append([{"user_id": "u", "item_id": f"old{n}", "event_type": "view", "_t": now - 200 + n} for n in range(3)])
+    assert rows() == []  # every row expired: all pruned (by the append itself)
+    store.append([{"user_id": "u", "item_id": f"old{n}", "event_type": "view", "_t": now - 200 + n} for n in range(3)])
+    store.append([{"user_id": "u", "item_id": "new", "event_type": "view", "_t": now}])
+    assert rows() == [("new",)]  # the expired rows below the first live one are gone, the live one stays
+    store.append([{"user_id": "v", "item_id": "x", "event_type": "view", "_t": now}])
+    assert rows() == [("new",), ("x",)]
+
+
 def test_first_broken_rule_takes_raw_frames_like_ingest():
     from recsys.features.validation import first_broken_rule
 
