@@ -129,9 +129,11 @@ def attach_events(app, collector_dir: str | os.PathLike, state_url: str, pseudon
     async def post_events(request: Request, body: EventBatch):
         """Collect a batch of behaviour events; answered once they are durably written."""
         rows = [e.model_dump() for e in body.events]
+        sent = None
         for row in rows:
             if row[S.TS] is None:  # an event without a time happened when it was sent
-                row[S.TS] = pd.Timestamp.now(tz="UTC").isoformat()
+                sent = sent or pd.Timestamp.now(tz="UTC").isoformat()
+                row[S.TS] = sent
         try:
             rules = await live.collector.collect(rows)
         except Exception as exc:
