@@ -173,7 +173,8 @@ def prepare_home(home: Path | None, env: dict, log) -> Path:
     return home
 
 
-def workloads(home: Path, n: int, seed: int = 0, event_batch: int = 50, search_distinct: int = 0) -> dict[str, list[bytes]]:
+def workloads(home: Path, n: int, seed: int = 0, event_batch: int = 50,
+              search_distinct: int = 0) -> dict[str, list[bytes]]:
     import pandas as pd
 
     rng = random.Random(seed)

@@ -160,7 +160,8 @@ def export_onnx(path: Path, model=None) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))
+    example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long),
+               torch.zeros(2, 8, dtype=torch.long))
     names = ["input_ids", "attention_mask", "token_type_ids"]
     try:
         with torch.no_grad():

@@ -80,7 +80,8 @@ class _Segment:
 
 class EventCollector:
     """`submit(events)` -> a Future of the first broken rule per event (None = accepted), resolved only
-    once the batch is durably written. `user_key` maps one raw user id to what is stored (the pseudonym; None for a missing/blank id)."""
+    once the batch is durably written. `user_key` maps one raw user id to what is stored (the pseudonym;
+    None for a missing or blank id)."""
 
     def __init__(self, directory: Path, params: CollectorParams = CollectorParams(), user_key=None,
                  on_written=None):
