@@ -12,10 +12,11 @@ POST /recommendations (3-5 event sessions), /search (title words, half of them w
 `events`: POST /events batches (--event-rate events/s in batches of --event-batch) and GET
 /recommendations at --rate for the same users, both at once, each with its own latency figures; then
 `recommendations-live`, GET /recommendations alone for those users (their real-time state now full),
-whose server CPU per request minus the plain scenario's is the cost of the real-time state. Finally a
+whose server CPU per request minus the plain scenario's is the cost of the real-time state
+(--search-distinct N cycles N distinct /search requests: the warm query-vector cache). Finally a
 rate ladder for GET /recommendations finds the highest rate whose p99 stays under 50 ms with no errors.
-Only 127.0.0.1 is ever contacted. The client shares the CPU with the server: on a small machine the
-numbers include the client's own cost.
+Only 127.0.0.1 is ever contacted. The client shares the CPU with the server: each scenario reports the
+client's own CPU (ms per request, and cores used) and the 1-minute load average next to its latencies.
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ def measured(port: int, pid: int, requests: list[bytes], rate: float, duration: 
     sent = int((warmup + duration) * rate)
     r["server_cpu_ms_per_req"] = round((cpu_seconds(pid) - c0) * 1000 / max(sent, 1), 3)
     r["client_cpu_ms_per_req"] = round((time.process_time() - p0) * 1000 / max(sent, 1), 3)
+    r["client_cpu_share"] = round((time.process_time() - p0) / (warmup + duration), 3)  # cores the bench itself ate
+    r["load_avg_1m"] = round(os.getloadavg()[0], 2)
     return r
 
 
@@ -170,7 +173,8 @@ def prepare_home(home: Path | None, env: dict, log) -> Path:
     return home
 
 
-def workloads(home: Path, n: int, seed: int = 0, event_batch: int = 50) -> dict[str, list[bytes]]:
+def workloads(home: Path, n: int, seed: int = 0, event_batch: int = 50,
+              search_distinct: int = 0) -> dict[str, list[bytes]]:
     import pandas as pd
 
     rng = random.Random(seed)
@@ -187,7 +191,7 @@ def workloads(home: Path, n: int, seed: int = 0, event_batch: int = 50) -> dict[
                           for _ in range(rng.randint(3, 5))], "k": 10}) for _ in range(n)],
            "search": [get(f"/search?q={quote(' '.join(rng.sample(words, rng.randint(1, 2))))}&k=10"
                           + (f"&user_id={rng.choice(user_ids)}" if rng.random() < 0.5 else ""))
-                      for _ in range(n)]}
+                      for _ in range(search_distinct or n)]}
     hot = rng.sample(user_ids, min(300, len(user_ids)))  # the users that are shopping right now
     batches = []
     for _ in range(max(1, n // 20)):
@@ -268,6 +272,9 @@ def main() -> None:
     ap.add_argument("--event-rate", type=float, default=1000.0, help="events/s in the events scenario")
     ap.add_argument("--event-batch", type=int, default=50, help="events per POST /events")
     ap.add_argument("--workers", type=int, default=1, help="`recsys serve --workers`")
+    ap.add_argument("--search-distinct", type=int, default=0,
+                    help="cycle this many distinct /search requests (0 = every request new: a cold query-vector "
+                         "cache; N: after the first N requests every query repeats, the warm case)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args()
 
@@ -282,14 +289,14 @@ def main() -> None:
     proc = start_service(env, port, args.workers)
     try:
         wait_ready(port, proc)
-        loads = workloads(home, 4000, event_batch=args.event_batch)
+        loads = workloads(home, 4000, event_batch=args.event_batch, search_distinct=args.search_distinct)
         results: dict[str, dict] = {}
         for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
             if name == "events":
                 batch_rate = args.event_rate / args.event_batch
                 log(f"events: {args.event_rate:g} events/s ({batch_rate:g} batches/s of {args.event_batch}) with "
                     f"GET /recommendations at {args.rate:g} req/s, {args.duration:g}s ...")
-                c0 = cpu_seconds(proc.pid)
+                c0, p0 = cpu_seconds(proc.pid), time.process_time()
                 both = asyncio.run(together(port, {"events": (loads["events"], batch_rate),
                                                    "recommendations-during-events": (loads["recommendations-live"],
                                                                                      args.rate)},
@@ -297,6 +304,9 @@ def main() -> None:
                 both["events"]["events_per_s"] = round(both["events"]["throughput_rps"] * args.event_batch, 1)
                 both["events"]["server_cpu_s_per_s_both_streams"] = round(
                     (cpu_seconds(proc.pid) - c0) / (args.duration + args.warmup), 3)
+                both["events"]["client_cpu_s_per_s_both_streams"] = round(
+                    (time.process_time() - p0) / (args.duration + args.warmup), 3)
+                both["events"]["load_avg_1m"] = round(os.getloadavg()[0], 2)
                 results.update(both)
                 log(f"recommendations-live: {args.rate:g} req/s for {args.duration:g}s ...")
                 results["recommendations-live"] = measured(port, proc.pid, loads["recommendations-live"], args.rate,
@@ -336,11 +346,13 @@ def main() -> None:
         # the two streams of the events scenario share one CPU figure (server_cpu_s_per_s_both_streams)
         print(f"{name:<30}{r['requests']:>7}{r['errors']:>5}{r['throughput_rps']:>8}{r['p50_ms']:>9}"
               f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['max_ms']:>9}{r.get('server_cpu_ms_per_req', '-'):>16}"
-              f"{r.get('client_cpu_ms_per_req', '-'):>12}")
+              f"{r.get('client_cpu_ms_per_req', '-'):>12}{r.get('load_avg_1m', '-'):>7}")
     if "events" in results:
         ev, rl = results["events"], results.get("recommendations-live", {})
         print(f"events: {ev['events_per_s']} events/s in batches of {args.event_batch}, p99 {ev['p99_ms']} ms; "
-              f"GET /recommendations meanwhile p99 {results['recommendations-during-events']['p99_ms']} ms")
+              f"GET /recommendations meanwhile p99 {results['recommendations-during-events']['p99_ms']} ms; "
+              f"CPU cores used: server {ev['server_cpu_s_per_s_both_streams']}, this bench (client) "
+              f"{ev['client_cpu_s_per_s_both_streams']}; load avg {ev['load_avg_1m']}")
         if "recommendations" in results and rl:
             print(f"real-time state per recommendation request: {rl['state_lookup_us']} us lookup; server CPU "
                   f"{rl['server_cpu_ms_per_req']} ms/req with live events vs "

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import weakref
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -146,6 +148,13 @@ def _numbers(frame: pd.DataFrame, col: str) -> tuple[pd.Series, pd.Series]:
     return num.astype("float64"), (given & num.isna()).astype(bool)
 
 
+def _whole(qty: np.ndarray) -> np.ndarray:
+    """A quantity is a whole number an int64 holds exactly (1e308 or inf is no quantity, and no cast error);
+    NaN (not given) passes."""
+    with np.errstate(invalid="ignore"):
+        return np.isnan(qty) | ((qty == np.round(qty)) & (np.abs(qty) < 2.0 ** 53))
+
+
 def normalise_events(events: pd.DataFrame) -> pd.DataFrame:
     """Contract dtypes for every contract column (missing optional ones become null) + parse flags."""
     out = pd.DataFrame(index=events.index)
@@ -158,8 +167,7 @@ def normalise_events(events: pd.DataFrame) -> pd.DataFrame:
     for col in (S.SESSION_ID, S.QUERY):
         out[col] = _clean_str(events[col]) if col in events else pd.Series(pd.NA, index=events.index, dtype="string")
     qty, out[_BAD_QTY] = _numbers(events, S.QUANTITY)
-    # a quantity is a whole number an int64 holds exactly (1e308 or inf is no quantity, and no cast error)
-    whole = qty.isna() | ((qty == np.round(qty)) & (qty.abs() < 2.0 ** 53))
+    whole = pd.Series(_whole(qty.to_numpy()), index=qty.index)
     out[_BAD_QTY] = out[_BAD_QTY] | ~whole
     out[S.QUANTITY] = qty.where(whole).round().astype("Int64")
     out[S.PRICE], out[_BAD_PRICE] = _numbers(events, S.PRICE)
@@ -169,31 +177,58 @@ def normalise_events(events: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _one_of(values: np.ndarray, allowed: tuple[str, ...]) -> np.ndarray:
+    """Elementwise membership for an object array that may hold None (None is in nothing)."""
+    out = np.zeros(len(values), dtype=bool)
+    for v in allowed:
+        out |= values == v
+    return out
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    return np.not_equal(values, None)
+
+
 def row_checks(now: pd.Timestamp, future_tolerance: pd.Timedelta) -> list[tuple[str, Callable]]:
     """The row rules of the data contract, in RULES order (all but the cross-row `duplicate`): each a
-    rule name and a predicate over a `normalise_events` frame that is True where a row passes. File
-    ingest runs them inside a pandera schema (`event_schema`), the service's collector directly
-    (`first_broken_rule`): one definition of each rule for both."""
-    limit = now + future_tolerance
-
-    def flag(values: pd.Series) -> pd.Series:
-        return values.fillna(False).astype(bool)
+    rule name and a predicate that is True where a row passes. A predicate reads normalised columns as
+    plain numpy arrays (ids/types: object arrays with None; ts: datetime64[us] UTC with NaT; quantity,
+    price: float64 with NaN; the parse flags: bool), produced either from a `normalise_events` frame
+    (`frame_columns`, file ingest inside the pandera schema `event_schema`) or straight from the posted
+    rows (`normalise_rows`, the service's collector): one definition of each rule for both paths, with
+    no pandas fixed cost per call on the small batches of the request path."""
+    limit = np.datetime64((now + future_tolerance).tz_convert("UTC").tz_localize(None).as_unit("us"), "us")
 
     return [
-        (EMPTY_USER_ID, lambda d: d[S.USER_ID].notna()),
+        (EMPTY_USER_ID, lambda c: _present(c[S.USER_ID])),
         # both ids: the contract of recsys.features.schema.MAX_ID_LENGTH / ID_FORBIDDEN_PATTERN
-        (ID_TOO_LONG, lambda d: ~d[_BAD_ID_LENGTH]),
-        (ID_CONTROL_CHARACTER, lambda d: ~d[_BAD_ID_CHARS]),
-        (UNKNOWN_EVENT_TYPE, lambda d: flag(d[S.EVENT_TYPE].isin(S.EVENT_TYPES))),
-        (UNPARSEABLE_TIMESTAMP, lambda d: d[S.TS].notna()),
-        (TIMESTAMP_IN_FUTURE, lambda d: ~flag(d[S.TS] > limit)),
-        (EMPTY_ITEM_ID, lambda d: ~(flag(d[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES)) & d[S.ITEM_ID].isna())),
-        (NON_NUMERIC_QUANTITY, lambda d: ~d[_BAD_QTY]),
-        (NON_POSITIVE_QUANTITY, lambda d: ~(flag(d[S.EVENT_TYPE].isin((S.PURCHASE, S.ADD_TO_CART)))
-                                           & flag(d[S.QUANTITY] <= 0))),
-        (NON_NUMERIC_PRICE, lambda d: ~d[_BAD_PRICE]),
-        (NON_POSITIVE_PRICE, lambda d: ~(flag(d[S.EVENT_TYPE] == S.PURCHASE) & flag(d[S.PRICE] <= 0))),
+        (ID_TOO_LONG, lambda c: ~c[_BAD_ID_LENGTH]),
+        (ID_CONTROL_CHARACTER, lambda c: ~c[_BAD_ID_CHARS]),
+        (UNKNOWN_EVENT_TYPE, lambda c: _one_of(c[S.EVENT_TYPE], S.EVENT_TYPES)),
+        (UNPARSEABLE_TIMESTAMP, lambda c: ~np.isnat(c[S.TS])),
+        (TIMESTAMP_IN_FUTURE, lambda c: ~(c[S.TS] > limit)),  # NaT compares False
+        (EMPTY_ITEM_ID, lambda c: ~(_one_of(c[S.EVENT_TYPE], S.ITEM_EVENT_TYPES) & ~_present(c[S.ITEM_ID]))),
+        (NON_NUMERIC_QUANTITY, lambda c: ~c[_BAD_QTY]),
+        (NON_POSITIVE_QUANTITY, lambda c: ~(_one_of(c[S.EVENT_TYPE], (S.PURCHASE, S.ADD_TO_CART))
+                                           & (c[S.QUANTITY] <= 0))),  # NaN compares False
+        (NON_NUMERIC_PRICE, lambda c: ~c[_BAD_PRICE]),
+        (NON_POSITIVE_PRICE, lambda c: ~((c[S.EVENT_TYPE] == S.PURCHASE) & (c[S.PRICE] <= 0))),
     ]
+
+
+_RULE_COLUMNS = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.TS, S.QUANTITY, S.PRICE,
+                 _BAD_QTY, _BAD_PRICE, _BAD_ID_LENGTH, _BAD_ID_CHARS)
+
+
+def frame_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The columns the rules read, as numpy arrays, from a `normalise_events` frame."""
+    out = {c: frame[c].to_numpy(dtype=object, na_value=None) for c in (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE)}
+    out[S.TS] = frame[S.TS].dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
+    for c in (S.QUANTITY, S.PRICE):
+        out[c] = frame[c].to_numpy(dtype="float64", na_value=np.nan)
+    for c in (_BAD_QTY, _BAD_PRICE, _BAD_ID_LENGTH, _BAD_ID_CHARS):
+        out[c] = frame[c].to_numpy(dtype=bool)
+    return out
 
 
 def event_schema(now: pd.Timestamp, future_tolerance: pd.Timedelta,
@@ -201,26 +236,122 @@ def event_schema(now: pd.Timestamp, future_tolerance: pd.Timedelta,
     """The row rules as a pandera schema; every check is named after its rule. `text_dtypes` names the
     columns that are categoricals (compact ids read from the event store) rather than "string"."""
     text = {c: "string" for c in (S.USER_ID, S.EVENT_TYPE, S.ITEM_ID)} | (text_dtypes or {})
+    memo: list = [lambda: None, None]  # (weak ref to the frame, its columns): converted once per validation
+
+    def columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        if memo[0]() is not frame:
+            memo[:] = [weakref.ref(frame), frame_columns(frame)]
+        return memo[1]
+
+    def check(fn: Callable) -> Callable:
+        return lambda frame: pd.Series(fn(columns(frame)), index=frame.index)
+
     return pa.DataFrameSchema(
         {S.USER_ID: pa.Column(text[S.USER_ID], nullable=True), S.EVENT_TYPE: pa.Column(text[S.EVENT_TYPE], nullable=True),
          S.TS: pa.Column("datetime64[us, UTC]", nullable=True), S.ITEM_ID: pa.Column(text[S.ITEM_ID], nullable=True),
          _BAD_QTY: pa.Column(bool), _BAD_PRICE: pa.Column(bool),
          _BAD_ID_LENGTH: pa.Column(bool), _BAD_ID_CHARS: pa.Column(bool)},
-        checks=[pa.Check(fn, name=rule, ignore_na=False) for rule, fn in row_checks(now, future_tolerance)],
+        checks=[pa.Check(check(fn), name=rule, ignore_na=False) for rule, fn in row_checks(now, future_tolerance)],
         strict=False, coerce=False)
+
+
+def _first_broken(columns: dict[str, np.ndarray], n: int, now: pd.Timestamp,
+                  future_tolerance: pd.Timedelta) -> list[str | None]:
+    broken = np.full(n, None, dtype=object)
+    for rule, passes in row_checks(now, future_tolerance):
+        fails = ~np.asarray(passes(columns), dtype=bool) & (broken == None)  # noqa: E711 (elementwise)
+        broken[fails] = rule
+    return broken.tolist()
 
 
 def first_broken_rule(events: pd.DataFrame, now: pd.Timestamp,
                       future_tolerance: pd.Timedelta = pd.Timedelta(hours=1)) -> list[str | None]:
     """Per raw event (contract-named columns), the first row rule it breaks, None if it passes: the
-    same rules as `split_valid_rows` without pandera's per-call overhead (a few events per call on
-    the service's request path). The cross-row `duplicate` rule is left to ingest."""
-    frame = normalise_events(events)
-    broken = np.full(len(frame), None, dtype=object)
-    for rule, passes in row_checks(now, future_tolerance):
-        fails = ~passes(frame).to_numpy(dtype=bool) & (broken == None)  # noqa: E711 (elementwise)
-        broken[fails] = rule
-    return broken.tolist()
+    same rules as `split_valid_rows` without pandera. The cross-row `duplicate` rule is left to ingest."""
+    return _first_broken(frame_columns(normalise_events(events)), len(events), now, future_tolerance)
+
+
+def first_broken_rule_rows(rows: list[dict], now: pd.Timestamp,
+                           future_tolerance: pd.Timedelta = pd.Timedelta(hours=1)) -> list[str | None]:
+    """`first_broken_rule` for raw events as dicts (the service's posted batches): the same rule
+    functions over `normalise_rows`: ~0.5 ms CPU for 50 events instead of ~10 ms through a DataFrame."""
+    return _first_broken(normalise_rows(rows), len(rows), now, future_tolerance)
+
+
+# ---- the same normalisation per row, for a few events at a time (no pandas fixed cost) -------------------
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def _clean_value(value) -> str | None:
+    """`_clean_str` for one value: text, stripped, empty -> None."""
+    if _missing(value):
+        return None
+    return str(value).strip() or None
+
+
+def _id_value(value) -> str | None:
+    """`normalise_ids` for one value."""
+    out = _clean_value(value)
+    if out is not None and not out.isascii():
+        out = unicodedata.normalize(S.ID_NORMAL_FORM, out)
+    return out
+
+
+# ISO 8601 as storefronts send it; `datetime.fromisoformat` reads these exactly as pandas does, anything
+# else goes to the same pandas parser as file ingest (`parse_timestamps`)
+_ISO = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:?\d{2})?")
+
+
+def _timestamps(values: list) -> np.ndarray:
+    """UTC datetime64[us] (NaT = unparseable) per value, as `parse_timestamps` reads them."""
+    out = np.full(len(values), np.datetime64("NaT", "us"))
+    slow = []
+    for i, v in enumerate(values):
+        if isinstance(v, str) and _ISO.fullmatch(v.strip()):
+            try:
+                t = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+            except ValueError:
+                slow.append(i)
+                continue
+            if t.tzinfo is not None:
+                t = t.astimezone(timezone.utc).replace(tzinfo=None)
+            out[i] = np.datetime64(t, "us")
+        elif not _missing(v):
+            slow.append(i)
+    if slow:
+        parsed = parse_timestamps(pd.Series([values[i] for i in slow], dtype=object))
+        out[slow] = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
+    return out
+
+
+def _number_values(values: list) -> tuple[np.ndarray, np.ndarray]:
+    """`_numbers` for a list of values: (float64, flag: given but not a number)."""
+    raw = np.array([None if _missing(v) else v for v in values], dtype=object)
+    num = pd.to_numeric(raw, errors="coerce").astype("float64") if len(raw) else np.zeros(0)
+    given = np.array([v is not None and str(v).strip() != "" for v in raw], dtype=bool)
+    return num, given & np.isnan(num)
+
+
+def normalise_rows(rows: list[dict]) -> dict[str, np.ndarray]:
+    """`frame_columns(normalise_events(frame))` computed row by row, for a few events at a time."""
+    out: dict[str, np.ndarray] = {}
+    for col in (S.USER_ID, S.ITEM_ID):
+        out[col] = np.array([_id_value(r.get(col)) for r in rows], dtype=object)
+    types = [_clean_value(r.get(S.EVENT_TYPE)) for r in rows]
+    out[S.EVENT_TYPE] = np.array([t.lower() if t is not None else None for t in types], dtype=object)
+    out[S.TS] = _timestamps([r.get(S.TS) for r in rows])
+    qty, bad_qty = _number_values([r.get(S.QUANTITY) for r in rows])
+    whole = _whole(qty)
+    out[S.QUANTITY], out[_BAD_QTY] = np.where(whole, np.round(qty), np.nan), bad_qty | ~whole
+    out[S.PRICE], out[_BAD_PRICE] = _number_values([r.get(S.PRICE) for r in rows])
+    long_, ctrl = [], []
+    for user, item in zip(out[S.USER_ID], out[S.ITEM_ID]):
+        ids = [v for v in (user, item) if v is not None]
+        long_.append(any(len(v) > S.MAX_ID_LENGTH for v in ids))
+        ctrl.append(any(_FORBIDDEN.search(v) is not None for v in ids))
+    out[_BAD_ID_LENGTH], out[_BAD_ID_CHARS] = np.array(long_, dtype=bool), np.array(ctrl, dtype=bool)
+    return out
 
 
 def duplicate_schema(columns: list[str]) -> pa.DataFrameSchema:

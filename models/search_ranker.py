@@ -204,9 +204,12 @@ class SearchModel:
 
     def describe(self) -> dict:
         hybrid = "hybrid (bm25 + embeddings, reciprocal rank fusion)"
-        return {"retrieval": hybrid if self.semantic else "lexical (bm25)",
-                "ranker": "lambdarank" if self.booster is not None else "none",
-                "semantic": "on" if self.semantic else f"off: {self.semantic_note}"}
+        out = {"retrieval": hybrid if self.semantic else "lexical (bm25)",
+               "ranker": "lambdarank" if self.booster is not None else "none",
+               "semantic": "on" if self.semantic else f"off: {self.semantic_note}"}
+        if self.semantic:  # how the query is embedded (models/semantic.py: onnx or torch)
+            out["semantic_backend"] = getattr(self.encoder, "backend", "torch")
+        return out
 
     def retrieve(self, query: str, semantic: bool = True) -> Retrieved:
         p = self.params

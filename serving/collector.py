@@ -32,8 +32,8 @@ import orjson
 import pandas as pd
 
 from recsys.features import schema as S
-from recsys.features.validation import REJECT_RULE, first_broken_rule
-from recsys.tasks.collected_log import COLLECTED_FIELDS, FAILED, OPEN, RECEIVED_AT, SEALED, fsync_dir
+from recsys.features.validation import REJECT_RULE, first_broken_rule_rows
+from recsys.tasks.collected_log import FAILED, OPEN, RECEIVED_AT, SEALED, fsync_dir
 
 log = logging.getLogger("recsys.serving.collector")
 
@@ -80,7 +80,8 @@ class _Segment:
 
 class EventCollector:
     """`submit(events)` -> a Future of the first broken rule per event (None = accepted), resolved only
-    once the batch is durably written. `user_key` maps raw user ids to what is stored (the pseudonym)."""
+    once the batch is durably written. `user_key` maps one raw user id to what is stored (the pseudonym;
+    None for a missing or blank id)."""
 
     def __init__(self, directory: Path, params: CollectorParams = CollectorParams(), user_key=None,
                  on_written=None):
@@ -161,15 +162,13 @@ class EventCollector:
     def _validate_and_write(self, events: list[dict]) -> tuple[list, list[dict], list[dict]]:
         now = time.time()
         received = _utc(now, "%Y-%m-%dT%H:%M:%S") + f".{int(now % 1 * 1e6):06d}Z"
-        frame = pd.DataFrame.from_records(events, columns=list(COLLECTED_FIELDS))
         if self.user_key is not None:  # pseudonymised before anything is written
-            frame[S.USER_ID] = self.user_key(frame[S.USER_ID])
-        users = frame[S.USER_ID].astype(object).where(frame[S.USER_ID].notna(), None).tolist()
-        rules = first_broken_rule(frame, pd.Timestamp(now, unit="s", tz="UTC"),
-                                  pd.Timedelta(hours=self.params.future_tolerance_hours))
+            events = [{**e, S.USER_ID: self.user_key(e.get(S.USER_ID))} for e in events]
+        rules = first_broken_rule_rows(events, pd.Timestamp(now, unit="s", tz="UTC"),
+                                       pd.Timedelta(hours=self.params.future_tolerance_hours))
         good, bad = [], []
-        for e, user, rule in zip(events, users, rules):
-            row = {**e, S.USER_ID: user, RECEIVED_AT: received, "_t": now}
+        for e, rule in zip(events, rules):
+            row = {**e, RECEIVED_AT: received, "_t": now}
             if rule is None:
                 good.append(row)
             else:

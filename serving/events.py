@@ -71,7 +71,7 @@ class LiveEvents:
         self.state_url = state_url
         self.state = None
         self.collector = EventCollector(collector_dir, collector,
-                                        user_key=self.pseudonyms if salt else None, on_written=self._on_written)
+                                        user_key=self._stored_id if salt else None, on_written=self._on_written)
         self.user_key = lru_cache(maxsize=200_000)(self._user_key)
 
     def start(self) -> None:
@@ -94,6 +94,10 @@ class LiveEvents:
             return user_id
         out = self.pseudonyms(pd.Series([user_id]))[0]
         return user_id if pd.isna(out) else str(out)
+
+    def _stored_id(self, user_id: str | None) -> str | None:
+        """The collector's view of `user_key`: a missing or blank id stays missing (its rule rejects it)."""
+        return self.user_key(user_id) if user_id is not None and user_id.strip() else None
 
     def _on_written(self, events: list[dict]) -> None:
         self.state.append(events)
@@ -126,9 +130,11 @@ def attach_events(app, collector_dir: str | os.PathLike, state_url: str, pseudon
     async def post_events(request: Request, body: EventBatch):
         """Collect a batch of behaviour events; answered once they are durably written."""
         rows = [e.model_dump() for e in body.events]
+        sent = None
         for row in rows:
             if row[S.TS] is None:  # an event without a time happened when it was sent
-                row[S.TS] = pd.Timestamp.now(tz="UTC").isoformat()
+                sent = sent or pd.Timestamp.now(tz="UTC").isoformat()
+                row[S.TS] = sent
         try:
             rules = await live.collector.collect(rows)
         except Exception as exc:

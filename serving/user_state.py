@@ -29,6 +29,7 @@ LIVE_EVENT_TYPES = S.ITEM_EVENT_TYPES
 class LiveStateParams:
     window_s: float = 1800.0  # 30 minutes: a session
     max_events: int = 50  # recsys.models.session.SessionParams.max_session_events
+    prune_every_s: float = 5.0  # expired rows deleted this often (a few thousand at most: no long write lock)
 
 
 def _live(events: list[dict]) -> list[tuple[str, float, str, str]]:
@@ -70,8 +71,12 @@ class SqliteUserState:
         with con:
             con.execute("BEGIN IMMEDIATE")
             con.executemany("INSERT INTO recent VALUES (?, ?, ?, ?)", rows)
-            if now - self._last_prune > 60:
-                con.execute("DELETE FROM recent WHERE t < ?", (now - self.params.window_s,))
+            if now - self._last_prune > self.params.prune_every_s:
+                # rows are appended in time order, so the expired ones are the lowest rowids: find the first
+                # live row by rowid and delete the range below it (cost ~ the expired rows, not the table)
+                con.execute("DELETE FROM recent WHERE rowid < coalesce((SELECT rowid FROM recent WHERE t >= ? "
+                            "ORDER BY rowid LIMIT 1), (SELECT max(rowid) + 1 FROM recent), 0)",
+                            (now - self.params.window_s,))
                 self._last_prune = now
         return len(rows)
 

@@ -14,9 +14,8 @@ def ev(user, item, etype="view", **kw):
     return {"user_id": user, "item_id": item, "event_type": etype, "ts": "2026-01-10T10:00:00Z", **kw}
 
 
-def pseudo(ids: pd.Series) -> pd.Series:  # like recsys.features.mapping.pseudonymise: blank stays missing
-    text = ids.astype("string")
-    return ("p-" + text).mask(text.fillna("").str.strip() == "")
+def pseudo(user: str | None) -> str | None:  # like LiveEvents._stored_id: blank stays missing
+    return "p-" + user if user is not None and user.strip() else None
 
 
 def test_accepted_and_rejected_events_are_written_before_the_answer_and_sealed_at_close(tmp_path):
@@ -58,6 +57,22 @@ def test_sqlite_state_is_shared_windowed_and_capped(tmp_path):
                      {"user_id": "v", "item_id": "x", "event_type": "purchase", "_t": now}])
     assert reader.recent("u") == [("i2", "view"), ("i3", "view"), ("i4", "view")]  # newest 3, oldest first
     assert reader.recent("v") == [("x", "purchase")] and reader.recent("w") == []
+
+
+def test_sqlite_state_prunes_expired_rows_in_time_order(tmp_path):
+    store = SqliteUserState(tmp_path / "s.sqlite", LiveStateParams(window_s=60, prune_every_s=0))
+    now = time.time()
+
+    def rows() -> list:
+        return store._con().execute("SELECT item_id FROM recent ORDER BY rowid").fetchall()
+
+    store.append([{"user_id": "u", "item_id": f"old{n}", "event_type": "view", "_t": now - 200 + n} for n in range(3)])
+    assert rows() == []  # every row expired: all pruned (by the append itself)
+    store.append([{"user_id": "u", "item_id": f"old{n}", "event_type": "view", "_t": now - 200 + n} for n in range(3)])
+    store.append([{"user_id": "u", "item_id": "new", "event_type": "view", "_t": now}])
+    assert rows() == [("new",)]  # the expired rows below the first live one are gone, the live one stays
+    store.append([{"user_id": "v", "item_id": "x", "event_type": "view", "_t": now}])
+    assert rows() == [("new",), ("x",)]
 
 
 def test_first_broken_rule_takes_raw_frames_like_ingest():

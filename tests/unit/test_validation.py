@@ -63,7 +63,7 @@ GOOD = {S.USER_ID: "u1", S.ITEM_ID: "a", S.EVENT_TYPE: "purchase", S.TS: "2026-0
     ({S.USER_ID: "", S.TS: "garbage"}, "empty_user_id"),  # first rule in RULES order wins
 ])
 def test_catalogue_of_bad_rows(change, rule):
-    from recsys.features.validation import first_broken_rule
+    from recsys.features.validation import first_broken_rule, first_broken_rule_rows
 
     raw = pd.DataFrame([GOOD, {**GOOD, **change}])
     valid, rejected = split_valid_rows(raw, now=NOW)
@@ -72,6 +72,7 @@ def test_catalogue_of_bad_rows(change, rule):
     assert len(valid) == 1
     # the service's collector asks the same rules, without pandera, and gets the same answer
     assert first_broken_rule(raw, NOW) == [None, rule]
+    assert first_broken_rule_rows([GOOD, {**GOOD, **change}], NOW) == [None, rule]
 
 
 @pytest.mark.parametrize("change", [
@@ -111,3 +112,74 @@ def test_rules_are_checked_by_pandera_named_after_the_rule():
     schema = event_schema(NOW, pd.Timedelta(hours=1))
     names = {c.name for c in schema.checks} | {c.name for col in schema.columns.values() for c in col.checks}
     assert names == set(RULES) - {"duplicate"}
+
+
+# messy values for the parity test: every field of GOOD varied with what storefronts and files send
+MESSY = {
+    S.USER_ID: ["u1", " u1 ", "", "  ", None, "Cafe\u0301", "caf\u00e9", "x" * 128, "x" * 129, "a\x00b", "tab\tin",
+                "\u00a0u2\u00a0", "u\x85", "\u00e9" * 128, "e\u0301" * 100],
+    S.ITEM_ID: ["a", " a", "", None, "y" * 129, "i\x1f", "\u00c5ngstr\u00f6m"],
+    S.EVENT_TYPE: ["view", " VIEW ", "Purchase", "add_to_cart", "search", "teleport", "", None, "ADD_TO_CART "],
+    S.TS: ["2026-01-10T10:00:00Z", "2026-01-10", "2026-01-10 12:00:00+02:00", "2026-01-10T10:00:00+0200",
+           "2026-01-10T10:00:00.123456Z", " 2026-01-10T10:00 ", "2026-02-01T00:30:00Z", "2026-02-01T01:00:01Z",
+           "2026-02-30T10:00:00Z", "2026-13-01", "Jan 10 2026", "10/01/2026", "31/31/2026", "garbage", "", None,
+           "2027-01-01", "20260110"],
+    S.QUANTITY: ["2", 2, 2.0, " 3 ", "1.5", 1.5, "0", 0, "-3", "two", "", None, "1e308", "inf", float("nan"), "1_000"],
+    S.PRICE: ["3.5", 3.5, 0, "0", "-1.0", "\u20ac3", "", None, " 7 ", "nan", 1e308],
+}
+
+
+def messy_rows(n: int = 400, seed: int = 7) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for field, values in MESSY.items():  # each value once on an otherwise good row
+        rows += [{**GOOD, field: v} for v in values]
+    for _ in range(n):  # and random mixes of several at once
+        rows.append({f: rng.choice(MESSY[f]) if rng.random() < 0.4 else GOOD[f] for f in MESSY} | {
+            S.SESSION_ID: rng.choice(["s1", None, " "])})
+    return rows
+
+
+def test_row_path_and_frame_path_give_the_same_verdicts():
+    """The collector validates posted rows without pandas (`first_broken_rule_rows`); file ingest runs the
+    same rule functions inside pandera (`split_valid_rows`). Same rows in, same verdicts out."""
+    from recsys.features.validation import first_broken_rule, first_broken_rule_rows
+
+    rows = messy_rows()
+    frame = pd.DataFrame(rows)
+    by_rows = first_broken_rule_rows(rows, NOW)
+    assert by_rows == first_broken_rule(frame, NOW)
+    # ingest (pandera + the cross-row duplicate rule): the same verdict wherever ingest does not call it a duplicate
+    valid, rejected = split_valid_rows(frame, now=NOW)
+    by_ingest = [None] * len(rows)
+    for row, rule in zip(rejected[SOURCE_ROW], rejected[REJECT_RULE]):
+        by_ingest[row] = rule
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(by_rows, by_ingest)) if a != b and b != "duplicate"]
+    assert differ == []
+    assert {r for r in by_rows if r} >= set(RULES_WITHOUT_DUPLICATE)  # every rule is exercised
+    assert by_rows.count(None) > 20  # and plenty of rows pass
+
+
+RULES_WITHOUT_DUPLICATE = ("empty_user_id", "id_too_long", "id_control_character", "unknown_event_type",
+                           "unparseable_timestamp", "timestamp_in_future", "empty_item_id", "non_numeric_quantity",
+                           "non_positive_quantity", "non_numeric_price", "non_positive_price")
+
+
+def test_row_path_costs_no_dataframe_per_batch():
+    import time
+
+    from recsys.features.validation import first_broken_rule, first_broken_rule_rows
+
+    rows = messy_rows(50)[-50:]
+    frame = pd.DataFrame(rows)
+    first_broken_rule(frame, NOW), first_broken_rule_rows(rows, NOW)
+
+    def cpu(fn) -> float:
+        t0 = time.process_time()
+        for _ in range(20):
+            fn()
+        return time.process_time() - t0
+
+    assert cpu(lambda: first_broken_rule_rows(rows, NOW)) * 3 < cpu(lambda: first_broken_rule(frame, NOW))
