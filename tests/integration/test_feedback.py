@@ -6,6 +6,7 @@ real MLflow sqlite registry) measure the arms, stop on a sample-ratio mismatch, 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -58,6 +59,10 @@ def test_ab_experiment_from_service_to_promotion(two_versions, service, tmp_path
     url, proc = service("--model-name", MODEL, "--ab-share", "0.5", "--impressions-dir", str(imp),
                         "--collector-dir", str(coll), "--poll-interval", "0")
     wait_ready(f"{url}/ready", proc)
+    # /ready means the champion is loaded; the challenger is loaded next, by the same loader (a poll, not a sleep)
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/version").json()["challenger"]["version"] is None and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert httpx.get(f"{url}/version").json()["challenger"]["version"] == "2"
 
     # shoppers: the challenger's buy the item it shows first (with the request_id), the champion's one in five
