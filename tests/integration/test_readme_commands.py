@@ -32,8 +32,11 @@ SKIP = {
     "pip install dist/": "tests/integration/test_wheel.py (see python -m build)",
 }
 # what a command's output must contain (a command can exit 0 and still be wrong, e.g. curl on an HTTP 500)
+EVENTS_CURL = """curl -s -X POST http://127.0.0.1:8000/events -H 'Content-Type: application/json' -d '{"events": [{"user_id": """
 EXPECT = {"curl -X POST localhost:5001/invocations": '"predictions"', "recsys --help": "Usage: recsys",
-          "curl -s -X POST http://127.0.0.1:8000/events": '"accepted":2,"rejected":1',
+          # two POST /events examples (Serving; Online metrics), told apart by their first user
+          EVENTS_CURL + '"u000001"': '"accepted":2,"rejected":1',
+          EVENTS_CURL + '"u000002"': '"accepted":1,"rejected":0',
           "curl -s http://127.0.0.1:8000/recommendations/u000001": '"live_events":1',
           "recsys simulate --days 2": "quarantined"}
 # a server command -> the port it listens on (default when the line does not set one)
