@@ -32,7 +32,8 @@ import orjson
 import pandas as pd
 
 from recsys.features import schema as S
-from recsys.features.validation import REJECT_RULE, first_broken_rule_rows
+from recsys.features.posted_rows import first_broken_rule_rows
+from recsys.features.validation import REJECT_RULE
 from recsys.tasks.collected_log import FAILED, OPEN, RECEIVED_AT, SEALED, fsync_dir
 
 log = logging.getLogger("recsys.serving.collector")

@@ -63,7 +63,8 @@ GOOD = {S.USER_ID: "u1", S.ITEM_ID: "a", S.EVENT_TYPE: "purchase", S.TS: "2026-0
     ({S.USER_ID: "", S.TS: "garbage"}, "empty_user_id"),  # first rule in RULES order wins
 ])
 def test_catalogue_of_bad_rows(change, rule):
-    from recsys.features.validation import first_broken_rule, first_broken_rule_rows
+    from recsys.features.posted_rows import first_broken_rule_rows
+    from recsys.features.validation import first_broken_rule
 
     raw = pd.DataFrame([GOOD, {**GOOD, **change}])
     valid, rejected = split_valid_rows(raw, now=NOW)
@@ -145,7 +146,8 @@ def messy_rows(n: int = 400, seed: int = 7) -> list[dict]:
 def test_row_path_and_frame_path_give_the_same_verdicts():
     """The collector validates posted rows without pandas (`first_broken_rule_rows`); file ingest runs the
     same rule functions inside pandera (`split_valid_rows`). Same rows in, same verdicts out."""
-    from recsys.features.validation import first_broken_rule, first_broken_rule_rows
+    from recsys.features.posted_rows import first_broken_rule_rows
+    from recsys.features.validation import first_broken_rule
 
     rows = messy_rows()
     frame = pd.DataFrame(rows)
@@ -170,7 +172,8 @@ RULES_WITHOUT_DUPLICATE = ("empty_user_id", "id_too_long", "id_control_character
 def test_row_path_costs_no_dataframe_per_batch():
     import time
 
-    from recsys.features.validation import first_broken_rule, first_broken_rule_rows
+    from recsys.features.posted_rows import first_broken_rule_rows
+    from recsys.features.validation import first_broken_rule
 
     rows = messy_rows(50)[-50:]
     frame = pd.DataFrame(rows)
