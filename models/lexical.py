@@ -78,20 +78,35 @@ class LexicalIndex:
         return cls(bm25, words, _field_matrices(field_stems, bm25.vocab_dict, n))
 
     # ---- queries ------------------------------------------------------------------------
-    def term_ids(self, query: str) -> np.ndarray:
-        """Vocabulary ids of the query's terms: stemmed, and an unknown word replaced by the closest
-        catalogue word within `max_typo_distance` edits (dropped when there is none)."""
+    def _analysed(self, query: str) -> list[tuple[str, str]]:
+        """(surface word, stem) per query word, an unknown word replaced by the closest catalogue word
+        within `max_typo_distance` edits (kept as typed when there is none)."""
         vocab = self.bm25.vocab_dict
-        out: list[int] = []
+        out = []
         words = self.analyzer.words(query)
         for word, stem in zip(words, self.analyzer.stems(words)):
             if stem not in vocab and max_typo_distance(word) > 0:
                 hit = process.extractOne(word, self.words, scorer=OSA.distance,
                                          score_cutoff=max_typo_distance(word))
-                stem = self.analyzer.stems([hit[0]])[0] if hit is not None else stem
+                if hit is not None:
+                    word, stem = hit[0], self.analyzer.stems([hit[0]])[0]
+            out.append((word, stem))
+        return out
+
+    def term_ids(self, query: str) -> np.ndarray:
+        """Vocabulary ids of the query's terms: stemmed, and an unknown word replaced by the closest
+        catalogue word within `max_typo_distance` edits (dropped when there is none)."""
+        vocab = self.bm25.vocab_dict
+        out: list[int] = []
+        for _, stem in self._analysed(query):
             if stem in vocab and vocab[stem] not in out:
                 out.append(vocab[stem])
         return np.asarray(out, dtype=np.int64)
+
+    def corrected(self, query: str) -> str:
+        """The query with its typos corrected to catalogue words (what the semantic encoder reads: a typo
+        would otherwise embed as a different word); words no catalogue word is close to stay as typed."""
+        return " ".join(word for word, _ in self._analysed(query))
 
     def scores(self, term_ids: np.ndarray) -> np.ndarray:
         """BM25 score of every item for the query terms (zeros when there are none)."""

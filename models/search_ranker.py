@@ -219,7 +219,7 @@ class SearchModel:
         emb_all = None
         sem = np.zeros(0, np.int64)
         if semantic and self.semantic:
-            emb_all = self.embeddings @ self.encoder.encode_query(query)
+            emb_all = self.embeddings @ self.encoder.encode_query(self.lexical.corrected(query))
             sem = _top(np.maximum(emb_all, 1e-9), p.semantic_candidates)
         items = np.concatenate([lex, np.setdiff1d(sem, lex)]).astype(np.int64)
         lex_rank = np.full(len(items), np.nan, np.float32)

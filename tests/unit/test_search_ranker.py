@@ -48,6 +48,14 @@ def test_a_typo_finds_the_right_item(lexical, typo, want):
     assert top_items(lexical, typo)[0] == want
 
 
+def test_the_encoder_reads_the_corrected_query(lexical):
+    # a typo embeds as another word: the query embedding is taken of the corrected words; words no catalogue
+    # word is close to (a "sofa" for a catalogue of couches) stay as typed for the encoder to understand
+    assert lexical.corrected("kichen tabel") == "kitchen table"
+    assert lexical.corrected("Bakpack for a sofa") == "backpack sofa"
+    assert lexical.corrected("red lamp") == "red lamp"
+
+
 def test_short_words_and_unknown_words_are_not_guessed(lexical):
     assert len(lexical.term_ids("xq")) == 0  # under 4 letters: no correction
     assert len(lexical.term_ids("zzzzzzzz")) == 0
