@@ -303,18 +303,28 @@ class InteractionSums:
     covis_pairs: sp.csr_matrix | None = None  # covisitation_pairs of the block (blocks split by user)
 
     def __add__(self, other: "InteractionSums") -> "InteractionSums":
-        covis = (self.covis_pairs if other.covis_pairs is None else other.covis_pairs if self.covis_pairs is None
-                 else self.covis_pairs + other.covis_pairs)
-        out = {name: _add_keep_zeros(getattr(self, name), getattr(other, name))
-               for name in ("weighted", "views", "carts", "purchases", "events_any")}
-        r, o = self.recency.tocoo(), other.recency.tocoo()
-        out["recency"] = _max_duplicates(np.r_[r.row, o.row], np.r_[r.col, o.col], np.r_[r.data, o.data], r.shape)
-        out["item_first_age"] = np.maximum(self.item_first_age, other.item_first_age)
-        out["user_last_age"] = np.minimum(self.user_last_age, other.user_last_age)
-        for name in ("item_pop_7d", "item_pop_28d", "item_pop_all", "item_buys_28d", "item_buys_7d",
-                     "user_type_counts", "user_events_7d"):
-            out[name] = getattr(self, name) + getattr(other, name)
-        return InteractionSums(covis_pairs=covis, **out)
+        return combine_sums([self, other])
+
+
+def combine_sums(parts: list[InteractionSums]) -> InteractionSums:
+    """The sums of several blocks in one pass (each matrix's entries concatenated once, then summed)."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def coo(name):
+        ms = [getattr(p, name).tocoo() for p in parts]
+        return (np.concatenate([m.row for m in ms]), np.concatenate([m.col for m in ms]),
+                np.concatenate([m.data for m in ms]), ms[0].shape)
+
+    out = {name: _coo(*coo(name)) for name in ("weighted", "views", "carts", "purchases", "events_any")}
+    out["recency"] = _max_duplicates(*coo("recency"))
+    out["item_first_age"] = np.maximum.reduce([p.item_first_age for p in parts])
+    out["user_last_age"] = np.minimum.reduce([p.user_last_age for p in parts])
+    for name in ("item_pop_7d", "item_pop_28d", "item_pop_all", "item_buys_28d", "item_buys_7d",
+                 "user_type_counts", "user_events_7d"):
+        out[name] = sum(getattr(p, name) for p in parts[1:]) + getattr(parts[0], name)
+    covis = [p.covis_pairs for p in parts if p.covis_pairs is not None]
+    return InteractionSums(covis_pairs=sum(covis[1:], covis[0]) if covis else None, **out)
 
 
 def _state_arrays(ev: pd.DataFrame, users: IdIndex, items: IdIndex, ref_time: pd.Timestamp,
@@ -476,7 +486,10 @@ def finish_interaction_data(sums: InteractionSums, users: IdIndex, items: IdInde
 
 def _max_duplicates(rows, cols, values, shape) -> sp.csr_matrix:
     """CSR where duplicate (row, col) entries keep their maximum instead of their sum."""
-    frame = pd.DataFrame({"r": rows, "c": cols, "v": values}).groupby(["r", "c"], sort=True)["v"].max()
-    r = frame.index.get_level_values(0).to_numpy()
-    c = frame.index.get_level_values(1).to_numpy()
-    return sp.csr_matrix((frame.to_numpy(dtype=np.float64), (r, c)), shape=shape)
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    order = np.lexsort((cols, rows))
+    key = rows[order] * max(shape[1], 1) + cols[order]
+    start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=np.int64)
+    best = np.maximum.reduceat(values[order], start) if len(key) else np.zeros(0)
+    return sp.csr_matrix((best, (rows[order][start], cols[order][start])), shape=shape)

@@ -1,7 +1,7 @@
 """The event store read, validated and reduced on the Dask workers: the driver never holds the events.
 
-One block per day of the store (all of that day's files, so the duplicate rule sees every copy of an event:
-its key includes the timestamp, so copies never span days), read by the worker from the local directory or
+Blocks of consecutive whole days of the store (all of a day's files in one block, so the duplicate rule sees
+every copy of an event: its key includes the timestamp, so copies never span days), read by the worker from the local directory or
 the object store with the same filesystem options as `recsys.tasks.data` (the workers need the AWS_*
 variables of an S3 store). Each block is validated where it was read; its rejected rows (small, bounded by
 the run's threshold) and a few counts come back. A feature state at a cutoff is built in three steps, as the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from recsys.features import schema as S
-from recsys.features.interactions import (IdIndex, InteractionData, InteractionParams, covisitation_inputs,
+from recsys.features.interactions import (IdIndex, InteractionData, InteractionParams, combine_sums, covisitation_inputs,
                                           covisitation_pairs_of, finish_interaction_data, interaction_sums,
                                           state_ids, state_maps)
 from recsys.features.split import window
@@ -45,26 +46,49 @@ def _events_path(base) -> tuple[object, str]:
     return None, str(events_dir(base))
 
 
-def day_files(base) -> list[tuple[str, list[str]]]:
-    """(day, files) of the store in the single-process read order (the dataset's file order)."""
+# Parquet bytes per block: ~19 bytes an event in the synthetic store, so ~3.5M events (a few hundred MiB
+# in memory with compact ids) per task; fewer, larger blocks than days cut the per-task overhead
+BLOCK_BYTES = 64 << 20
+
+
+def day_files(base) -> list[tuple[str, list[str], int]]:
+    """(day, files, bytes) of the store in the single-process read order (the dataset's file order)."""
     fs, path = _events_path(base)
     try:
         files = event_dataset(path, filesystem=fs).files
     except (FileNotFoundError, pa.ArrowInvalid, OSError) as exc:
         raise FileNotFoundError(f"no event store at {path}: run `recsys generate` or `recsys ingest` first "
                                 f"({' '.join(str(exc).split())[:200]})") from exc
-    out: list[tuple[str, list[str]]] = []
-    for f in files:
+    sizes = ([Path(f).stat().st_size for f in files] if fs is None else [i.size for i in fs.get_file_info(files)])
+    out: list[tuple[str, list[str], int]] = []
+    for f, size in zip(files, sizes):
         day = next((p.split("=", 1)[1] for p in f.split("/") if p.startswith(f"{S.DAY}=")), "")
         if out and out[-1][0] == day:
             out[-1][1].append(f)
+            out[-1] = (day, out[-1][1], out[-1][2] + size)
         else:
-            out.append((day, [f]))
+            out.append((day, [f], size))
     return out
 
 
+def day_blocks(days: list[tuple[str, list[str], int]], workers: int, block_bytes: int = BLOCK_BYTES) -> list[list[str]]:
+    """Consecutive whole days grouped into blocks of at most `block_bytes` (a day is never split: the
+    duplicate rule needs all of its files), at least two blocks per worker where there are enough days."""
+    target = min(block_bytes, max(1, sum(d[2] for d in days) // max(1, 2 * workers)))
+    blocks: list[list[str]] = []
+    size = 0
+    for _, files, nbytes in days:
+        if blocks and size + nbytes <= target:
+            blocks[-1].extend(files)
+            size += nbytes
+        else:
+            blocks.append(list(files))
+            size = nbytes
+    return blocks
+
+
 def read_day(base, files: list[str], end: pd.Timestamp | None, now: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(valid events, rejected rows) of one day's files, read on the worker (compact ids)."""
+    """(valid events, rejected rows) of whole days' files, read on the worker (compact ids)."""
     fs, _ = _events_path(base)
     fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=list(COMPACT_COLUMNS)))
     flt = ds.field(S.TS) < pa.scalar(end.to_pydatetime(), pa.timestamp("us", tz="UTC")) if end is not None else None
@@ -123,26 +147,33 @@ def concat_compact(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return frame
 
 
-def tree_sum(client, futures: list):
-    """The sum of the futures' values, added pairwise on the workers (one future)."""
+def _plain_sum(parts: list):
+    return sum(parts[1:], parts[0])
+
+
+def tree_sum(client, futures: list, combine=None, fan_in: int = 8):
+    """The sum of the futures' values, `fan_in` at a time on the workers (one future). `combine` adds a list
+    in one pass (default: `sum`)."""
+    combine = combine or _plain_sum
     futures = list(futures)
     while len(futures) > 1:
-        pairs = [client.submit(operator.add, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2])]
-        futures = pairs + ([futures[-1]] if len(futures) % 2 else [])
+        futures = [client.submit(combine, futures[lo:lo + fan_in], pure=False) for lo in range(0, len(futures), fan_in)]
     return futures[0]
 
 
 class ClusterEvents:
-    """The store's events held by the workers, one validated block per day (futures)."""
+    """The store's events held by the workers, validated blocks of whole days (futures)."""
 
     def __init__(self, client, blocks: list, infos: list[BlockInfo], catalog: pd.DataFrame):
         self.client, self.blocks, self.infos, self.catalog = client, blocks, infos, catalog
 
     @classmethod
     def load(cls, client, base, catalog: pd.DataFrame, end: pd.Timestamp | None = None,
-             now: pd.Timestamp | None = None) -> "ClusterEvents":
+             now: pd.Timestamp | None = None, block_bytes: int = BLOCK_BYTES) -> "ClusterEvents":
         now = now if now is not None else pd.Timestamp.now(tz="UTC")
-        reads = [client.submit(read_day, base, files, end, now, pure=False) for _, files in day_files(base)]
+        workers = len(client.scheduler_info()["workers"])
+        reads = [client.submit(read_day, base, files, end, now, pure=False)
+                 for files in day_blocks(day_files(base), workers, block_bytes)]
         blocks = [client.submit(_valid, r, pure=False) for r in reads]
         infos = client.gather([client.submit(_info, r, pure=False) for r in reads])
         del reads  # the (valid, rejected) pairs: the workers keep the valid blocks only
@@ -190,7 +221,7 @@ class ClusterEvents:
         pairs = [client.submit(covisitation_pairs_of,
                                client.submit(_bucket, [client.submit(operator.getitem, p, b, pure=False) for p in pieces],
                                              pure=False), len(items), params, pure=False) for b in range(n_buckets)]
-        total, covis = client.gather([tree_sum(client, sums), tree_sum(client, pairs)])
+        total, covis = client.gather([tree_sum(client, sums, combine_sums), tree_sum(client, pairs)])
         total.covis_pairs = covis
         return finish_interaction_data(total, users, items, self.catalog, ref_time, params)
 

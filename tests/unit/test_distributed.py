@@ -90,7 +90,8 @@ def test_store_read_validated_and_reduced_on_the_workers_gives_the_single_proces
     from recsys.tasks.cluster_events import ClusterEvents
 
     events, catalog, split = world
-    on_cluster = ClusterEvents.load(client, store, catalog, now=NOW)
+    on_cluster = ClusterEvents.load(client, store, catalog, now=NOW, block_bytes=1)  # a block per day
+    assert len(on_cluster.blocks) == 28
     _, rejected = split_valid_rows(read_events(store), NOW)
     assert on_cluster.n_events == len(events)
     assert on_cluster.rejected_counts() == {"duplicate": 1, "empty_user_id": 1} == \
