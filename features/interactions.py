@@ -406,12 +406,15 @@ def build_interaction_data(events: pd.DataFrame, catalog: pd.DataFrame, ref_time
 
 
 def finish_interaction_data(sums: InteractionSums, users: IdIndex, items: IdIndex, catalog: pd.DataFrame,
-                            ref_time: pd.Timestamp, params: InteractionParams = InteractionParams()) -> InteractionData:
-    """The state from the summed blocks of its events (`sums.covis_pairs` summed over user-disjoint blocks)."""
+                            ref_time: pd.Timestamp, params: InteractionParams = InteractionParams(),
+                            covis: sp.csr_matrix | None = None) -> InteractionData:
+    """The state from the summed blocks of its events (`sums.covis_pairs` summed over user-disjoint blocks,
+    or `covis`: `covisitation_from_pairs` of them, computed elsewhere)."""
     ref_time = pd.Timestamp(ref_time)
     f32 = np.float32
-    covis = covisitation_from_pairs(sums.covis_pairs if sums.covis_pairs is not None
-                                    else sp.csr_matrix((len(items), len(items))), params.covisitation)
+    if covis is None:
+        covis = covisitation_from_pairs(sums.covis_pairs if sums.covis_pairs is not None
+                                        else sp.csr_matrix((len(items), len(items))), params.covisitation)
     weighted, views, carts, purchases = (m.astype(f32) for m in (sums.weighted, sums.views, sums.carts, sums.purchases))
     recency = sums.recency.copy()
     recency.data = (1e6 - recency.data + 1.0).astype(np.float32)

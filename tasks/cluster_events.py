@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from recsys.features import schema as S
+from recsys.features.covisitation import covisitation_from_pairs
 from recsys.features.interactions import (IdIndex, InteractionData, InteractionParams, combine_sums, covisitation_inputs,
                                           covisitation_pairs_of, finish_interaction_data, interaction_sums,
                                           state_ids, state_maps)
@@ -49,6 +50,8 @@ def _events_path(base) -> tuple[object, str]:
 # Parquet bytes per block: ~19 bytes an event in the synthetic store, so ~3.5M events (a few hundred MiB
 # in memory with compact ids) per task; fewer, larger blocks than days cut the per-task overhead
 BLOCK_BYTES = 64 << 20
+# events per co-visitation bucket (its pairs are counted in one task: ~0.2 KiB per event at the peak)
+BUCKET_EVENTS = 2_000_000
 
 
 def day_files(base) -> list[tuple[str, list[str], int]]:
@@ -214,16 +217,18 @@ class ClusterEvents:
                                            users, items, self.catalog, ref_time, params)
         users_f, items_f = client.scatter([users, items], broadcast=True, hash=False)
         sums = [client.submit(interaction_sums, b, users_f, items_f, ref_time, params, False, pure=False) for b in blocks]
-        n_buckets = n_buckets or max(1, len(client.scheduler_info()["workers"]))
+        n_events = sum(i.rows for i in self.infos if i.ts_min is not None and i.ts_min < ref_time)
+        n_buckets = n_buckets or max(2 * len(client.scheduler_info()["workers"]), -(-n_events // BUCKET_EVENTS))
         pieces = [client.submit(_buckets, client.submit(covisitation_inputs, b, users_f, items_f, ref_time, params,
                                                         pure=False), n_buckets, pure=False) for b in blocks]
         # bucket b meets its piece of every block (in block order: each user's events keep the store's order)
         pairs = [client.submit(covisitation_pairs_of,
                                client.submit(_bucket, [client.submit(operator.getitem, p, b, pure=False) for p in pieces],
                                              pure=False), len(items), params, pure=False) for b in range(n_buckets)]
-        total, covis = client.gather([tree_sum(client, sums, combine_sums), tree_sum(client, pairs)])
-        total.covis_pairs = covis
-        return finish_interaction_data(total, users, items, self.catalog, ref_time, params)
+        # the symmetric, normalised float32 co-visitation is finished on a worker: half the bytes of the pairs
+        covis = client.submit(covisitation_from_pairs, tree_sum(client, pairs), params.covisitation, pure=False)
+        total, covis = client.gather([tree_sum(client, sums, combine_sums), covis])
+        return finish_interaction_data(total, users, items, self.catalog, ref_time, params, covis=covis)
 
     def window(self, start: pd.Timestamp | None, end: pd.Timestamp) -> pd.DataFrame:
         """Events with start <= ts < end gathered on the driver (a label or test window: a few days)."""
