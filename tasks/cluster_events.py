@@ -21,7 +21,7 @@ Label and test windows (a few days of events) are gathered on the driver: the ra
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ import pyarrow.dataset as ds
 
 from recsys.features import schema as S
 from recsys.features.covisitation import covisitation_from_pairs
-from recsys.features.interactions import (IdIndex, InteractionData, InteractionParams, combine_sums, covisitation_inputs,
+from recsys.features.interactions import (IdIndex, InteractionData, InteractionParams, InteractionSums, combine_sums,
+                                          covisitation_inputs,
                                           covisitation_pairs_of, finish_interaction_data, interaction_sums,
                                           state_ids, state_maps)
 from recsys.features.split import window
@@ -150,6 +151,16 @@ def concat_compact(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return frame
 
 
+def as_sent(sums: InteractionSums) -> InteractionSums:
+    """The summed state as the driver needs it: what `finish_interaction_data` casts to float32 cast here
+    (the same values, half the bytes); the last-touch matrix and the ages stay float64 (derived before the cast)."""
+    f32 = np.float32
+    cast = {name: getattr(sums, name).astype(f32) for name in
+            ("weighted", "views", "carts", "purchases", "events_any", "item_pop_7d", "item_pop_28d", "item_pop_all",
+             "item_buys_28d", "item_buys_7d", "user_type_counts", "user_events_7d")}
+    return replace(sums, covis_pairs=None, **cast)
+
+
 def _plain_sum(parts: list):
     return sum(parts[1:], parts[0])
 
@@ -227,7 +238,8 @@ class ClusterEvents:
                                              pure=False), len(items), params, pure=False) for b in range(n_buckets)]
         # the symmetric, normalised float32 co-visitation is finished on a worker: half the bytes of the pairs
         covis = client.submit(covisitation_from_pairs, tree_sum(client, pairs), params.covisitation, pure=False)
-        total, covis = client.gather([tree_sum(client, sums, combine_sums), covis])
+        total = client.submit(as_sent, tree_sum(client, sums, combine_sums), pure=False)
+        total, covis = client.gather([total, covis])
         return finish_interaction_data(total, users, items, self.catalog, ref_time, params, covis=covis)
 
     def window(self, start: pd.Timestamp | None, end: pd.Timestamp) -> pd.DataFrame:
