@@ -111,7 +111,7 @@ def test_store_read_validated_and_reduced_on_the_workers_gives_the_single_proces
 
 
 def test_train_and_evaluate_on_the_cluster_match_the_single_process_run(store, world, client):
-    from recsys.models.distributed import recommend_on_cluster
+    from recsys.models.distributed import recommend_ids_on_cluster, recommend_on_cluster
     from recsys.tasks.cluster_events import ClusterEvents
 
     events, catalog, split = world
@@ -130,6 +130,10 @@ def test_train_and_evaluate_on_the_cluster_match_the_single_process_run(store, w
     on_cluster = recommend_on_cluster(client, rec_d, np.r_[users[:50], -1], 10, block_users=16)
     local_lists = rec_d.recommend(np.r_[users[:50], -1], 10)
     np.testing.assert_array_equal(on_cluster[0], local_lists[0])
+    # the gate's lists (as served, by external id; an unknown user gets the cold-start list) on the workers
+    ids = rec_d.data.users.ids[:40].tolist() + ["nobody"]
+    served = [r["items"] for r in rec_d.recommend_ids(ids, 10)]
+    assert recommend_ids_on_cluster(client, rec_d, ids, 10, block_users=16) == served and len(served[-1]) == 10
     ev_d = evaluate(rec_d, test, 10, recommend=lambda u, k: recommend_on_cluster(client, rec_d, u, k, 64))
     ev_l = evaluate(rec_l, test, 10)
     assert ev_d.user_ids == ev_l.user_ids and len(ev_l.user_ids) > 20
