@@ -29,7 +29,17 @@ def build_covisitation(user_idx: np.ndarray, item_idx: np.ndarray, ts_seconds: n
                        params: CovisitationParams = CovisitationParams()) -> sp.csr_matrix:
     """Symmetric items x items co-visitation weights (zero diagonal) from flat event arrays.
 
-    The caller passes only events before the cutoff (build_interaction_data does).
+    The caller passes only events before the cutoff (build_interaction_data does)."""
+    return covisitation_from_pairs(covisitation_pairs(user_idx, item_idx, ts_seconds, type_weight, n_items, params),
+                                   params)
+
+
+def covisitation_pairs(user_idx: np.ndarray, item_idx: np.ndarray, ts_seconds: np.ndarray,
+                       type_weight: np.ndarray, n_items: int,
+                       params: CovisitationParams = CovisitationParams()) -> sp.csr_matrix:
+    """Unnormalised pair weights as (earlier item, later item), float64. Pairs never cross users, so the
+    events may be split by user into blocks whose results are summed (the Dask path does).
+
     Memory: pairs are summed one lag at a time, one direction only (the matrix is symmetric), so the
     peak is the distinct pairs plus one lag's raw pairs; collecting every lag's raw pairs first peaked
     at 8 GiB for 10M events."""
@@ -53,6 +63,12 @@ def build_covisitation(user_idx: np.ndarray, item_idx: np.ndarray, ts_seconds: n
         weight = np.maximum(w[a][ok], w[b][ok]) * np.power(0.5, gap[ok] / half)
         upper = upper + sp.csr_matrix((weight, (it[a][ok], it[b][ok])), shape=(n_items, n_items))
         del gap, ok, weight
+    return upper
+
+
+def covisitation_from_pairs(upper: sp.csr_matrix, params: CovisitationParams = CovisitationParams()) -> sp.csr_matrix:
+    """The symmetric, normalised float32 matrix from the (summed) pair weights of `covisitation_pairs`."""
+    n_items = upper.shape[0]
     m = (upper + upper.T).tocsr()
     del upper
     m.sum_duplicates()

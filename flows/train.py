@@ -28,9 +28,9 @@ def train(config: TrainConfig = TrainConfig()) -> dict:
         with dask_cluster(config.dask) as address:  # None: one process (the default)
             rec, ranker = train_model(data, split, config, dask_address=address)
             evaluation = evaluate_model(rec, data, split, config.k, config.evaluation, dask_address=address)
-        log_results(run_id, rec, ranker, evaluation, config.k, data, split)
-        version = register_model(run_id, rec, evaluation, config, split, lineage)
-        decision = promotion_gate(run_id, version, data, split, config)
+            log_results(run_id, rec, ranker, evaluation, config.k, data, split)
+            version = register_model(run_id, rec, evaluation, config, split, lineage)
+            decision = promotion_gate(run_id, version, data, split, config, dask_address=address)
     except BaseException as exc:
         finish_run(run_id, exc)
         raise

@@ -128,3 +128,11 @@ def recommend_on_cluster(client, rec, users: np.ndarray, k: int,
     if unknown.any():
         items[unknown], scores[unknown] = rec.cold_start(k)
     return items, scores
+
+
+def recommend_ids_on_cluster(client, rec, user_ids, k: int, block_users: int = CLUSTER_BLOCK_USERS) -> list[list[str]]:
+    """The item ids of `rec.recommend_ids(user_ids, k)` (as served), the known users' lists scored on the
+    workers (`recommend_on_cluster`), unknown users answered by the cold-start list."""
+    users = rec.data.users.index_of(list(user_ids))
+    items, _ = recommend_on_cluster(client, rec, users, k, block_users)
+    return [rec.data.items.ids[its[its >= 0]].tolist() for its in items]

@@ -496,9 +496,22 @@ def mmr_rerank(items: np.ndarray, scores: np.ndarray, item_category: np.ndarray,
     return out_i, out_s
 
 
-def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.Timestamp,
+class FrameEvents:
+    """The events of a run as one frame: feature states and windows computed in this process."""
+
+    def __init__(self, events: pd.DataFrame, catalog: pd.DataFrame):
+        self.events, self.catalog = events, catalog
+
+    def state(self, ref_time: pd.Timestamp, params: InteractionParams) -> InteractionData:
+        return build_interaction_data(self.events, self.catalog, ref_time, params)
+
+    def window(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        return self.events.loc[(self.events[S.TS] >= start) & (self.events[S.TS] < end)]
+
+
+def train_two_stage(events: pd.DataFrame | None, catalog: pd.DataFrame, train_end: pd.Timestamp,
                     label_end: pd.Timestamp, params: TwoStageParams,
-                    client=None) -> tuple[TwoStageRecommender, RankerResult]:
+                    client=None, source=None) -> tuple[TwoStageRecommender, RankerResult]:
     """Ranker learnt at `train_end` (labels from [train_end, label_end)); recall refit at `label_end`.
 
     With `train_windows` > 1 the ranking sets of earlier cutoffs (train_end - w * window,
@@ -506,11 +519,14 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
     its users for validation (early stopping on all windows' held-out users).
 
     With a Dask `client` the ranking sets are built on its workers and the ranker is trained by
-    `lightgbm.dask` (recsys.models.distributed); the same users, candidates and features."""
+    `lightgbm.dask` (recsys.models.distributed); the same users, candidates and features. `source` (in
+    place of `events`: `state(ref_time, params)`, `window(start, end)`) supplies the feature states and
+    label windows, e.g. built on the Dask workers from the store (recsys.tasks.cluster_events)."""
+    source = source if source is not None else FrameEvents(events, catalog)
     span = pd.Timestamp(label_end) - pd.Timestamp(train_end)
     stride = pd.Timedelta(days=params.train_window_stride_days) if params.train_window_stride_days > 0 else span
-    data_train = build_interaction_data(events, catalog, train_end, params.interactions)
-    label_events = events.loc[(events[S.TS] >= train_end) & (events[S.TS] < label_end)]
+    data_train = source.state(train_end, params.interactions)
+    label_events = source.window(train_end, label_end)
     tuning: dict[str, TuningResult] = {}
     if params.tune_popularity:
         tuning["popularity"] = tune_popularity(data_train, label_events, params)
@@ -521,11 +537,11 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
     extra = []
     for w in range(1, max(params.train_windows, 1)):
         start = pd.Timestamp(train_end) - w * stride
-        data_w = build_interaction_data(events, catalog, start, params.interactions)
+        data_w = source.state(start, params.interactions)
         if data_w.n_users == 0:
             break
         learner_w = TwoStageRecommender(data_w, fit_sources(data_w, params), params)
-        labels_w = events.loc[(events[S.TS] >= start) & (events[S.TS] < start + span)]
+        labels_w = source.window(start, start + span)
         extra.append((learner_w, labels_w, params.ranker.seed + w) if client is not None
                      else learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
     progress.note(f"stage 1/3: recall sources on events before {pd.Timestamp(train_end):%Y-%m-%d} "
@@ -540,7 +556,7 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
                                        FEATURE_NAMES, params.ranker)
     else:
         result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra=tuple(extra))
-    data_final = build_interaction_data(events, catalog, label_end, params.interactions)
+    data_final = source.state(label_end, params.interactions)
     progress.note(f"stage 3/3: recall sources refit on events before {pd.Timestamp(label_end):%Y-%m-%d} "
                   f"(ranker: best iteration {result.best_iteration})")
     final = TwoStageRecommender(data_final, fit_sources(data_final, params), params,

@@ -22,8 +22,10 @@ from recsys.models.gate import (NO_FAIR_WINDOW, GateDecision, GuardrailMeasures,
 from recsys.models.metrics import catalog_coverage, per_user_metrics
 from recsys.models.search import search_quality
 from recsys.models.search_ranker import search_sessions
+from recsys.models.distributed import recommend_ids_on_cluster
 from recsys.models.two_stage import TwoStageRecommender
 from recsys.tasks import plots, tracking
+from recsys.tasks.cluster import cluster_client
 from recsys.tasks.logs import run_logger
 from recsys.tasks.training import LoadedData, data_identity_message, run_title, version_description
 
@@ -35,9 +37,11 @@ class _Scored:
 
 
 def _score(rec: TwoStageRecommender, user_ids: list[str], relevant: list[set], new_mask: np.ndarray, k: int,
-           n_items: int) -> _Scored:
-    """Per-user metrics, catalog coverage and new-user NDCG of one model, through `recommend_ids` (as served)."""
-    lists = [r["items"] for r in rec.recommend_ids(user_ids, k)]
+           n_items: int, client=None) -> _Scored:
+    """Per-user metrics, catalog coverage and new-user NDCG of one model, through `recommend_ids` (as served);
+    with a Dask `client` the same lists scored on its workers."""
+    lists = (recommend_ids_on_cluster(client, rec, user_ids, k) if client is not None
+             else [r["items"] for r in rec.recommend_ids(user_ids, k)])
     per_user = per_user_metrics(lists, relevant, k)
     ndcg = per_user[f"ndcg_at_{k}"]
     return _Scored(per_user, catalog_coverage(lists, n_items),
@@ -122,26 +126,29 @@ def _ts(value: pd.Timestamp | None) -> str | None:
 # tag: a Prefect tag concurrency limit `promotion-gate` = 1 (scripts/prefect_up.sh) serialises gates across
 # runs and machines, on top of the file lock below
 @task(name="promotion-gate", tags=["promotion-gate"], cache_policy=NO_CACHE)
-def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, config: TrainConfig) -> GateDecision:
+def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, config: TrainConfig,
+                   dask_address: str | None = None) -> GateDecision:
     """Champion and challenger, both loaded from the registry, scored on the same users of a fair window: it
     starts at or after both models' training ends (no model is scored on events it learnt from); without such
     a window, or when the champion was trained on another data set, they are not compared and the champion
     stays. Otherwise: primary metric by paired bootstrap, then guardrails (coverage, new users, latency) that
     can veto. The decision is serialized (gate lock + compare-and-set of the alias) and recorded in a `gate`
-    child run, on the parent run and on both model versions."""
+    child run, on the parent run and on both model versions. With a Dask cluster at `dask_address` both
+    models' window lists are scored on its workers (the latency guardrail stays on the driver: as served)."""
     name, metric, params = config.registered_model, config.gate.metric, config.gate
     chal_lineage = Lineage.from_tags(tracking.version_tags(name, version))
     windows: dict[pd.Timestamp, _GateWindow] = {}
     seen: dict = {}
 
-    with tracking.child_run(run_id, "gate", {"gate.challenger_version": version}) as gate_run:
+    with cluster_client(dask_address) as client, \
+            tracking.child_run(run_id, "gate", {"gate.challenger_version": version}) as gate_run:
         challenger_rec = tracking.load_recommender(name, version)
         n_items = challenger_rec.data.n_items  # the newest catalog: one denominator for both models
 
         def scored_window(start: pd.Timestamp) -> _GateWindow:
             if start not in windows:
                 w = _gate_window(data, start, split.test_end, config)
-                w.challenger = _score(challenger_rec, w.user_ids, w.relevant, w.new_mask, config.k, n_items)
+                w.challenger = _score(challenger_rec, w.user_ids, w.relevant, w.new_mask, config.k, n_items, client)
                 w.challenger_search = _search_ndcg(challenger_rec, w.searches)
                 if metric not in w.challenger.per_user:
                     raise ValueError(f"gate metric '{metric}' is not one of {sorted(w.challenger.per_user)}")
@@ -170,7 +177,7 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
             chal, chal_search, champ, champ_rec, champ_search = w.challenger, w.challenger_search, None, None, None
             if champ_lineage is not None:
                 champ_rec = tracking.load_recommender(name, champion)
-                champ = _score(champ_rec, w.user_ids, w.relevant, w.new_mask, config.k, n_items)
+                champ = _score(champ_rec, w.user_ids, w.relevant, w.new_mask, config.k, n_items, client)
                 champ_search = _search_ndcg(champ_rec, w.searches)
             lat = _latencies([challenger_rec] + ([champ_rec] if champ_rec is not None else []), w.latency_users,
                              config.k)

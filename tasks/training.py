@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from recsys.features import schema as S
 from recsys.features.lineage import Lineage
-from recsys.features.interactions import build_interaction_data
+from recsys.features.interactions import InteractionData, build_interaction_data
 from recsys.features.split import Split, SplitParams, temporal_split, window
 from recsys.models.config import TrainConfig
 from recsys.models.evaluation import Evaluation, EvaluationParams, data_profile, evaluate
@@ -29,6 +29,7 @@ from recsys.tasks.retry import retry_transient
 from recsys.tasks.reporting import markdown_table, metric_rows, text_table
 from recsys.models.distributed import recommend_on_cluster
 from recsys.tasks.cluster import cluster_client
+from recsys.tasks.cluster_events import ClusterEvents
 from recsys.tasks.data import dataset_digest, is_remote, read_catalog, read_events, validate_and_quarantine
 from recsys.tasks.logs import run_logger
 from recsys.tasks.paths import data_dir
@@ -54,13 +55,15 @@ def store_base(config: TrainConfig) -> Path | str:
     return Path(config.data_dir) if config.data_dir else data_dir()
 
 
+def store_end(config: TrainConfig) -> pd.Timestamp | None:
+    """The end (exclusive) of the events a run reads: the test window's end with a cutoff, else none."""
+    return temporal_split(pd.Timestamp.now(tz="UTC"), config.split).test_end if config.split.cutoff is not None else None
+
+
 @task(name="load-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def load_data(config: TrainConfig) -> LoadedData:
     base = store_base(config)
-    end = None
-    if config.split.cutoff is not None:
-        end = temporal_split(pd.Timestamp.now(tz="UTC"), config.split).test_end
-    events = read_events(base, end=end)
+    events = read_events(base, end=store_end(config))
     events, rejected = validate_and_quarantine(events, base, source=f"{str(base).rstrip('/')}/events",
                                                max_rejected_share=config.max_rejected_share)
     catalog = read_catalog(base)
@@ -111,21 +114,31 @@ def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
 @task(name="train-two-stage", cache_key_fn=caching.train_key, persist_result=True, result_storage=caching.RESULTS)
 def train_model(data: LoadedData, split: Split, config: TrainConfig,
                 dask_address: str | None = None) -> tuple[TwoStageRecommender, RankerResult]:
-    """The two-stage model (+ search model); ranking sets and the ranker on the Dask cluster at
-    `dask_address` when given (recsys.tasks.cluster)."""
+    """The two-stage model (+ search model); with a Dask cluster at `dask_address` the workers read, validate
+    and reduce the store into the feature states (recsys.tasks.cluster_events: only the reduced states and
+    the label windows reach this process), build the ranking sets and train the ranker."""
     with progress.reporting(run_logger().info), cluster_client(dask_address) as client:
-        rec, result = train_two_stage(data.events, data.catalog, split.train_end, split.label_end, config.model,
-                                      client=client)
+        source = None
+        if client is not None:
+            source = ClusterEvents.load(client, data.data_dir or store_base(config), data.catalog, end=store_end(config))
+            if source.n_events != len(data.events):
+                run_logger().warning("the workers read %d valid events, the driver %d: the store changed during "
+                                     "the run", source.n_events, len(data.events))
+        rec, result = train_two_stage(data.events if source is None else None, data.catalog, split.train_end,
+                                      split.label_end, config.model, client=client, source=source)
+        data_train = source.state(split.train_end, config.model.interactions) if source is not None else None
     run_logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
-    rec.search_model, search = train_search(data, split, config, rec)
+    rec.search_model, search = train_search(data, split, config, rec, data_train)
     run_logger().info("search: %s; ranker %s", rec.search_model.describe()["retrieval"],
                    f"best iteration {search.best_iteration}" if search else "not trained (no search with a click)")
     return rec, result
 
 
-def train_search(data: LoadedData, split: Split, config: TrainConfig, rec: TwoStageRecommender):
+def train_search(data: LoadedData, split: Split, config: TrainConfig, rec: TwoStageRecommender,
+                 data_train: InteractionData | None = None):
     """The search model of `rec`: learned on the label window's searches with the state at `train_end`."""
-    data_train = build_interaction_data(data.events, data.catalog, split.train_end, config.model.interactions)
+    if data_train is None:
+        data_train = build_interaction_data(data.events, data.catalog, split.train_end, config.model.interactions)
     return train_search_model(data.events, data.catalog, data_train, rec.data, split.train_end, split.label_end,
                               SearchRankerParams(), encoder=load_encoder())
 
