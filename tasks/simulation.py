@@ -26,6 +26,7 @@ from recsys.models.shopper import (ARMS, ArmTally, Reaction, Session, ShopperPar
                                    react, reaction_events)
 from recsys.tasks import tracking
 from recsys.tasks.collected_log import OPEN
+from recsys.tasks.impressions import EVENT_TIME_HEADER
 from recsys.tasks.logs import run_logger
 from recsys.tasks.paths import catalog_path, events_dir
 
@@ -82,8 +83,8 @@ def stop_service(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def _get(client: httpx.Client, path: str, **params) -> dict:
-    r = client.get(path, params=params)
+def _get(client: httpx.Client, path: str, headers: dict | None = None, **params) -> dict:
+    r = client.get(path, params=params, headers=headers)
     if r.status_code != 200:
         raise SimulationError(f"GET {path} answered {r.status_code}: {r.text[:300]}")
     return r.json()
@@ -174,7 +175,10 @@ def shop_one_day(url: str, world: SyntheticWorld, day: int, date: str, n_session
             user = str(world.user_ids[s.user])
             session_id = f"sim-{seed}-{date}-{n}"
             start = midnight + pd.Timedelta(seconds=s.start_s)
-            answer, items = fetch_list(lambda path, **q: _get(client, path, **q), world, index, s, params.k)
+            # the world's clock rides along, so the impressions log can be joined with the world's events
+            clock = {EVENT_TIME_HEADER: start.isoformat()}
+            answer, items = fetch_list(lambda path, **q: _get(client, path, headers=clock, **q), world, index, s,
+                                       params.k)
             if s.query is not None:
                 outbox.append({S.USER_ID: user, S.EVENT_TYPE: S.SEARCH, S.QUERY: s.query, S.SESSION_ID: session_id,
                                S.TS: start.isoformat(), "request_id": answer["request_id"]})
