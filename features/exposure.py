@@ -59,6 +59,8 @@ class ExposureParams:
     position_decay: float = 1.0  # examination propensity of slot r: r ** -position_decay
     ctr_prior: float = 20.0  # pseudo-examinations at the global rate in the item CTR
     negatives: bool = True  # shown-and-ignored items of the label window join the user's ranking group
+    # ... when the shopper likely looked at them: 1 - prod(1 - examination) over the window's showings
+    negative_min_examination: float = 0.5
     endpoints: tuple[str, ...] = RECOMMENDATION_ENDPOINTS
 
     def __post_init__(self) -> None:
@@ -153,11 +155,17 @@ def exposure_state(impressions: pd.DataFrame, events: pd.DataFrame, cutoff: pd.T
 def ignored_pairs(impressions: pd.DataFrame, label_events: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp,
                   params: ExposureParams = ExposureParams()) -> pd.DataFrame:
     """(user_id, item_id) shown in [start, end) on a recommendation list with no view, cart or purchase of
-    that item by that user in the label window: the extra label-0 candidates of the user's ranking group."""
+    that item by that user in the label window, and likely looked at (the chance that at least one of its
+    showings was examined, by position, is at least `negative_min_examination`): the extra label-0
+    candidates of the user's ranking group. An item at slot 10 was most likely never seen: not a negative."""
     imp = shown_lists(impressions, params)
     ts = pd.to_datetime(imp[S.TS], utc=True)
     imp = imp[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))]
-    shown = imp[[S.USER_ID, S.ITEM_ID]].astype(str).drop_duplicates()
+    miss = pd.DataFrame({S.USER_ID: imp[S.USER_ID].astype(str).values, S.ITEM_ID: imp[S.ITEM_ID].astype(str).values,
+                         "miss": np.log1p(-np.minimum(examination(imp[POSITION].to_numpy(), params.position_decay),
+                                                      1 - 1e-12))})
+    seen = 1 - np.exp(miss.groupby([S.USER_ID, S.ITEM_ID], sort=True)["miss"].sum())
+    shown = seen[seen >= params.negative_min_examination].reset_index()[[S.USER_ID, S.ITEM_ID]]
     acted = label_events.loc[label_events[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES) & label_events[S.ITEM_ID].notna(),
                              [S.USER_ID, S.ITEM_ID]].astype(str).drop_duplicates()
     m = shown.merge(acted, how="left", indicator=True)
