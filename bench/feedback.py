@@ -17,22 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 MODEL = "bench-feedback"
-
-
-def _setup_env(home: Path) -> None:
-    os.environ["RECSYS_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    os.environ["PREFECT_HOME"] = str(home / "prefect")
-    from recsys.tasks.paths import prepare_environment
-
-    prepare_environment()
 
 
 def _fmt(v) -> str:
@@ -57,6 +47,8 @@ def main() -> None:
     args = ap.parse_args()
     home = args.keep or Path(tempfile.mkdtemp(prefix="recsys-bench-feedback-"))
     home.mkdir(parents=True, exist_ok=True)
+    from ab import _setup_env  # bench/ab.py, next to this script
+
     _setup_env(home)
     from recsys.features.synthetic import SyntheticParams
     from recsys.flows.simulate import SimulateParams, format_day, format_pooled, simulate

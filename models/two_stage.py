@@ -12,8 +12,9 @@ import pandas as pd
 
 from recsys.features import schema as S
 from recsys.features.covisitation import CovisitationParams
-from recsys.features.exposure import (EXPOSURE_FEATURES, ExposureIndex, ExposureParams, ExposureState, exposure_features,
-                                      exposure_state, ignored_pairs, index_exposure, monotone_constraints)
+from recsys.features.exposure import (EXPOSURE_FEATURES, ExposureIndex, ExposureParams, ExposureState,
+                                      exposure_features, exposure_state, ignored_pairs, index_exposure,
+                                      monotone_constraints)
 from recsys.features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data, csr_lookup
 from recsys.features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
 from recsys.models import progress
@@ -549,7 +550,8 @@ def mmr_rerank(items: np.ndarray, scores: np.ndarray, item_category: np.ndarray,
 
 
 def with_feedback(learner: TwoStageRecommender, impressions: pd.DataFrame | None, events: pd.DataFrame,
-                  start: pd.Timestamp, end: pd.Timestamp | None, feedback: ExposureParams | None) -> TwoStageRecommender:
+                  start: pd.Timestamp, end: pd.Timestamp | None,
+                  feedback: ExposureParams | None) -> TwoStageRecommender:
     """`learner` with the exposure snapshot at `start` and (when `end` is given and `feedback.negatives`) the
     items shown in [start, end) and ignored as extra label-0 candidates. No impressions: unchanged."""
     if feedback is None or not feedback.enabled or impressions is None or impressions.empty:

@@ -129,7 +129,8 @@ def load_impressions(run_id: str, config: TrainConfig, split: Split) -> pd.DataF
         metrics.update({"feedback.impressions_before_train_end": int((imp[S.TS] < split.train_end).sum()),
                         "feedback.impressions_in_label_window": int(((imp[S.TS] >= split.train_end)
                                                                      & (imp[S.TS] < split.label_end)).sum()),
-                        "feedback.users_shown": imp[S.USER_ID].nunique(), "feedback.items_shown": imp[S.ITEM_ID].nunique()})
+                        "feedback.users_shown": imp[S.USER_ID].nunique(),
+                        "feedback.items_shown": imp[S.ITEM_ID].nunique()})
     tracking.log_metrics(run_id, metrics)
     run_logger().info("feedback: %d recommendation impressions from %s%s", n, directory,
                       "" if n else " (none: training without exposure features)")
