@@ -182,3 +182,23 @@ def test_impressions_alone_never_raise_a_score(looped):
     np.testing.assert_array_equal(after_x[:, :-len(EXPOSURE_FEATURES)], before_x[:, :-len(EXPOSURE_FEATURES)])
     assert (after <= before + 1e-9).all()
     assert (after < before - 1e-6).any()  # the ranker does use them: ignored showings push items down
+
+
+def test_no_impressions_train_the_model_of_today():
+    """Feedback on with nothing shown yet (the first training): the very same ranker as feedback off."""
+    from recsys.features.synthetic import SyntheticParams, SyntheticWorld
+    from recsys.models.ranker import RankerParams
+    from recsys.models.recall import ALSParams
+    from recsys.models.two_stage import FEATURE_NAMES, TwoStageParams, train_two_stage
+
+    world = SyntheticWorld(SyntheticParams(n_users=120, n_items=80, n_days=14, sessions_per_user_day=0.3))
+    events = pd.concat([ev for _, ev in world.iter_days()], ignore_index=True)
+    end = events[S.TS].max().normalize() + pd.Timedelta(days=1)
+    params = TwoStageParams(als=ALSParams(factors=4, iterations=2, device="cpu", num_threads=1),
+                            ranker=RankerParams(n_estimators=10, num_threads=1), tune_baselines=False)
+    args = (events, world.catalog(), end - pd.Timedelta(days=6), end - pd.Timedelta(days=3), params)
+    plain, _ = train_two_stage(*args)
+    for imp in (None, IMPRESSIONS.iloc[:0]):
+        fed, _ = train_two_stage(*args, impressions=imp, feedback=ExposureParams(enabled=True))
+        assert fed.exposure is None and fed.feature_names == FEATURE_NAMES
+        assert fed.booster.model_to_string() == plain.booster.model_to_string()
