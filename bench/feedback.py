@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--pool-from-day", type=int, default=None,
                     help="first day of the pooled comparison (default: when feedback is fully active, "
                          "label days + 3)")
+    ap.add_argument("--no-guard", action="store_true", help="train the feedback model without the monotone "
+                                                            "constraints (to measure what the guard does)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temp dir)")
     args = ap.parse_args()
@@ -74,7 +76,9 @@ def main() -> None:
                                      start=wp.start, ab_share=0.5, compare_feedback=True, model_name=MODEL,
                                      data_dir=str(data), collector_dir=str(home / "collector"),
                                      impressions_dir=str(home / "impressions"),
-                                     train_overrides={"split": split}, pool_from_day=args.pool_from_day))
+                                     train_overrides={"split": split,
+                                                      **({"feedback": {"monotone": False}} if args.no_guard else {})},
+                                     pool_from_day=args.pool_from_day))
     days = result["days"]
     out = {"settings": vars(args) | {"keep": str(args.keep) if args.keep else None}, "first_version": first["version"],
            "days": [{"day": n, "date": d["date"], "versions": d["versions"], "intervals": d["intervals"],

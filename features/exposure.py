@@ -62,6 +62,7 @@ class ExposureParams:
     # ... when the shopper likely looked at them: 1 - prod(1 - examination) over the window's showings
     negative_min_examination: float = 0.5
     endpoints: tuple[str, ...] = RECOMMENDATION_ENDPOINTS
+    monotone: bool = True  # the guard's constraints (off only to measure what the guard does)
 
     def __post_init__(self) -> None:
         if self.half_life_days <= 0 or self.cap <= 0 or self.position_decay < 0 or self.ctr_prior < 0:

@@ -342,7 +342,8 @@ class TwoStageRecommender:
                     np.concatenate([t.groups for t in parts]))
 
         names = self.feature_names
-        monotone = monotone_constraints(names) if self.exposure is not None else None
+        guarded = self.exposure is not None and getattr(self.exposure.params, "monotone", True)
+        monotone = monotone_constraints(names) if guarded else None
         result = train_ranker(*stack(sets), *stack(vals), names, p.ranker, monotone=monotone)
         self.booster, self.best_iteration = result.booster, result.best_iteration
         return result

@@ -18,6 +18,7 @@ def _write_impressions(directory, events: pd.DataFrame, start: pd.Timestamp, end
     """Service-format records: each active user of [start, end) was shown 10 items an hour before one of their
     events, on the events' clock (`event_ts`); the service's own clock (`ts`) is today, as in a simulation."""
     rng = np.random.default_rng(5)
+    events = events[events["item_id"].notna()]
     items = events["item_id"].astype(str).unique()
     w = events[(events["ts"] >= start) & (events["ts"] < end)].drop_duplicates("user_id")
     now = pd.Timestamp.now(tz="UTC")
@@ -39,6 +40,7 @@ def test_train_with_impressions_logs_exposure_features_and_feedback_metrics(recs
     from recsys.models.pyfunc import RecsysModel  # noqa: F401  (the registered flavour)
     from recsys.tasks import tracking
     from recsys.tasks.data import read_events
+    from recsys.tasks.impressions import read_impressions
     from recsys.tasks.paths import data_dir
 
     events = read_events(data_dir())
@@ -59,7 +61,9 @@ def test_train_with_impressions_logs_exposure_features_and_feedback_metrics(recs
     assert run_on.data.params["feedback.enabled"] == "True"
     assert run_on.data.params["feedback.impressions_dir"] == str(imp)
     m = run_on.data.metrics
-    assert m["feedback.impressions"] == 10 * n  # one row per shown item; the broken line is skipped
+    read = read_impressions(imp)
+    assert len(read) == 10 * n and read.attrs["bad_lines"] == 1  # one row per shown item; the broken line skipped
+    assert m["feedback.impressions"] == 10 * n
     assert m["feedback.impressions_before_train_end"] > 0 and m["feedback.impressions_in_label_window"] > 0
     assert m["feedback.negatives"] > 0 and m["feedback.pairs_shown"] > 0
     assert 0 <= m["feedback.exposure_gain_share"] <= 1
