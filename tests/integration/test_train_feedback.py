@@ -67,7 +67,10 @@ def test_train_with_impressions_logs_exposure_features_and_feedback_metrics(recs
     assert m["feedback.impressions_before_train_end"] > 0 and m["feedback.impressions_in_label_window"] > 0
     assert m["feedback.negatives"] > 0 and m["feedback.pairs_shown"] > 0
     assert 0 <= m["feedback.exposure_gain_share"] <= 1
-    importance = c.download_artifacts(run_on.info.run_id, "tables/feature_importance.csv", str(tmp_path))
+    rank = c.search_runs([run_on.info.experiment_id],
+                         f"tags.mlflow.parentRunId = '{run_on.info.run_id}' and tags.stage = 'rank'")
+    assert len(rank) == 1
+    importance = c.download_artifacts(rank[0].info.run_id, "tables/feature_importance.csv", str(tmp_path))
     assert set(EXPOSURE_FEATURES) <= set(pd.read_csv(importance)["feature"])
 
     # the registered model carries the snapshot; a fresh load scores with the exposure features
