@@ -612,6 +612,9 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
                             impressions, events, pd.Timestamp(train_end), pd.Timestamp(label_end), feedback)
     progress.note(f"stage 2/3: ranking sets (candidates + features) and the ranker on {len(label_events):,} "
                   "label-window events")
+    if client is not None and learner.exposure is not None:
+        raise ValueError("feedback is on and impressions were found, but the Dask runner does not apply the "
+                         "exposure guard (monotone constraints) yet: train in one process or with feedback off")
     if client is not None:
         from recsys.models.distributed import fit_ranker_on_cluster
 
