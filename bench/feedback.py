@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,11 +46,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temp dir)")
     args = ap.parse_args()
-    home = args.keep or Path(tempfile.mkdtemp(prefix="recsys-bench-feedback-"))
-    home.mkdir(parents=True, exist_ok=True)
-    from ab import _setup_env  # bench/ab.py, next to this script
+    from ab import work_home  # bench/ab.py, next to this script
 
-    _setup_env(home)
+    home = work_home(args.keep, "recsys-bench-feedback-")
     from recsys.features.synthetic import SyntheticParams
     from recsys.flows.simulate import SimulateParams, format_day, format_pooled, simulate
     from recsys.flows.train import train
