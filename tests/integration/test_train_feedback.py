@@ -34,7 +34,7 @@ def _write_impressions(directory, events: pd.DataFrame, start: pd.Timestamp, end
     return len(lines)
 
 
-def test_train_with_impressions_logs_exposure_features_and_feedback_metrics(recsys_home, tmp_path):
+def test_train_with_impressions_logs_exposure_features_and_feedback_metrics(first_run, tmp_path):
     from recsys.features.exposure import EXPOSURE_FEATURES, ExposureParams
     from recsys.flows.train import train
     from recsys.models.pyfunc import RecsysModel  # noqa: F401  (the registered flavour)
@@ -50,8 +50,7 @@ def test_train_with_impressions_logs_exposure_features_and_feedback_metrics(recs
     n = _write_impressions(imp, events, label_start - pd.Timedelta(days=7), end - pd.Timedelta(days=7))
     assert n > 50
 
-    off = train(config=small_config(registered_model=MODEL, feedback=ExposureParams(enabled=False,
-                                                                                    impressions_dir=str(imp))))
+    off = first_run  # the session's first training: feedback off (the default)
     on = train(config=small_config(registered_model=MODEL, promote=False,
                                    feedback=ExposureParams(enabled=True, impressions_dir=str(imp))))
     c = tracking.client()
