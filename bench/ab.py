@@ -48,6 +48,14 @@ def _setup_env(home: Path) -> None:
     prepare_environment()
 
 
+def work_home(keep: Path | None, prefix: str) -> Path:
+    """The bench's RECSYS_HOME (`keep`, else a temp dir) with its own MLflow and Prefect state."""
+    home = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    home.mkdir(parents=True, exist_ok=True)
+    _setup_env(home)
+    return home
+
+
 def train_models(home: Path, world_params) -> dict:
     """Generate the world, train the two-stage model (champion) and the popularity-only one."""
     import pandas as pd
@@ -141,9 +149,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temp dir)")
     args = ap.parse_args()
-    home = args.keep or Path(tempfile.mkdtemp(prefix="recsys-bench-ab-"))
-    home.mkdir(parents=True, exist_ok=True)
-    _setup_env(home)
+    home = work_home(args.keep, "recsys-bench-ab-")
     from recsys.features.synthetic import SyntheticParams, SyntheticWorld
     from recsys.models.ab_test import ABConfig
     from recsys.tasks import simulation as sim

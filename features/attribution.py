@@ -44,9 +44,10 @@ def attribute(impressions: pd.DataFrame, events: pd.DataFrame,
               params: AttributionParams = AttributionParams()) -> pd.DataFrame:
     """The impressions with `clicked`, `carted`, `bought`, `revenue`, `match` per shown item."""
     imp = impressions.reset_index(drop=True)
-    imp_ts = pd.to_datetime(imp[S.TS], utc=True)
+    # one time unit on both sides (the event store keeps microseconds, impressions read back in nanoseconds)
+    imp_ts = pd.to_datetime(imp[S.TS], utc=True).astype("datetime64[ns, UTC]")
     ev = events[events[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES) & events[S.ITEM_ID].notna()].reset_index(drop=True)
-    ev_ts = pd.to_datetime(ev[S.TS], utc=True)
+    ev_ts = pd.to_datetime(ev[S.TS], utc=True).astype("datetime64[ns, UTC]")
     credit = []  # (event row, impression row, match)
 
     if S.REQUEST_ID in ev and len(imp):

@@ -240,6 +240,10 @@ def train(
                                                             "worker processes (0: one process)"),
     dask_address: Optional[str] = typer.Option(None, help="train on the Dask cluster of this scheduler, e.g. "
                                                           "tcp://scheduler:8786"),
+    feedback: str = typer.Option("off", help="on: learn from the service's impressions (exposure features, "
+                                             "shown-and-ignored items as negatives); no impressions: no effect"),
+    impressions_dir: Optional[Path] = typer.Option(None, help="--feedback on: the service's impressions; "
+                                                              "default $RECSYS_HOME/impressions"),
 ) -> None:
     """Run the training flow (Prefect) end to end: data -> recall -> ranker -> evaluation -> MLflow -> gate."""
     # argument errors fail here, before Prefect, MLflow or the data are touched
@@ -262,7 +266,10 @@ def train(
     if popularity_days not in (7, 28) or seen_items not in ("auto", "keep", "drop"):
         _fail(f"--popularity-days must be 7 or 28 (not {popularity_days}), "
               f"--seen-items auto, keep or drop (not '{seen_items}')")
+    if feedback not in ("on", "off"):
+        _fail(f"--feedback must be on or off, not '{feedback}'")
     _env()
+    from recsys.features.exposure import ExposureParams
     from recsys.features.split import SplitParams
     from recsys.flows.train import train as train_flow
     from recsys.models.config import TrainConfig
@@ -285,6 +292,8 @@ def train(
         evaluation=EvaluationParams(max_users=eval_max_users or None),
         tuning=SearchParams(mode=tune, budget_s=tune_budget_s, max_trials=tune_trials, reuse=tune_reuse),
         gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote,
+        feedback=ExposureParams(enabled=feedback == "on", impressions_dir=str(impressions_dir) if impressions_dir
+                                else None),
         dask=DaskOptions(address=dask_address, local_workers=dask_workers, processes=True))
     _guard("train")
     result = train_flow(config=config)

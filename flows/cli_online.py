@@ -32,6 +32,12 @@ def simulate(
                                                            "probability r ** -position_decay"),
     url: Optional[str] = typer.Option(None, help="use this running service (default: start one)"),
     model_name: str = typer.Option("recsys", help="registered model the service follows"),
+    feedback: str = typer.Option("off", help="nightly training learns from the impressions (on / off)"),
+    compare_feedback: bool = typer.Option(False, help="with --ab-share: each night trains without feedback "
+                                                      "(champion arm) and with it (challenger arm)"),
+    label_days: Optional[int] = typer.Option(None, min=1, help="nightly training's label window (default: "
+                                                               "`recsys train`'s)"),
+    test_days: Optional[int] = typer.Option(None, min=1, help="nightly training's test window"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Simulated shoppers (the synthetic world's users, by their hidden tastes) against the live service:
@@ -39,22 +45,32 @@ def simulate(
     events are collected, the model retrained and gated, and an A/B split decided. Per day: sessions,
     impressions, CTR and conversion per arm, champion version, events sent / stored / quarantined."""
     _check_date("--start", start)
+    if feedback not in ("on", "off"):
+        _fail(f"--feedback must be on or off, not '{feedback}'")
+    if compare_feedback and not ab_share > 0:
+        _fail("--compare-feedback needs --ab-share > 0 (one arm per model)")
+    overrides: dict = {"feedback": {"enabled": True}} if feedback == "on" else {}
+    split = {k_: v for k_, v in (("label_days", label_days), ("test_days", test_days)) if v is not None}
+    if split:
+        overrides["split"] = split
     _env()
     from recsys.flows.simulate import SimulateParams, simulate as simulate_flow
 
     params = SimulateParams(days=days, sessions_per_day=sessions_per_day, seed=seed, users=users, items=items,
                             world_days=world_days, world_seed=world_seed, start=start, ab_share=ab_share,
                             retrain=retrain, faulty_per_day=faulty_per_day, position_decay=position_decay, url=url,
-                            model_name=model_name)
+                            model_name=model_name, train_overrides=overrides, compare_feedback=compare_feedback)
     _guard("simulate")
     result = simulate_flow(params=params)
     if as_json:
         typer.echo(json.dumps(result, default=str))
         return
-    from recsys.flows.simulate import format_day
+    from recsys.flows.simulate import format_day, format_pooled
 
     for n, day in enumerate(result["days"], start=1):
         typer.echo(format_day(n, day))
+    if result.get("pooled", {}).get("challenger"):
+        typer.echo(format_pooled(result["pooled"]))
     typer.echo(f"MLflow run {result['mlflow_run_id']} (experiment simulate)")
 
 

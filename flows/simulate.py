@@ -52,6 +52,10 @@ class SimulateParams(BaseModel):
     train_overrides: dict = Field(default_factory=dict, description="TrainConfig fields for the nightly run")
     min_lift: float = Field(0.0, ge=0.0, description="online decision: relative lift the challenger must clear")
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="online decision: error rate of the sequential test")
+    pool_from_day: int = Field(1, ge=1, description="the pooled per-arm comparison counts this day and later")
+    compare_feedback: bool = Field(False, description="with an A/B split: every night trains twice on the same "
+                                                      "data, without feedback (-> champion) and with it "
+                                                      "(-> challenger); no online decision moves them")
 
 
 @flow(name="simulate", log_prints=True)
@@ -70,9 +74,12 @@ def simulate(params: SimulateParams = SimulateParams()) -> dict:
                                                   params.start, params.days, data)
     shopper = ShopperParams(position_decay=params.position_decay, k=params.k)
     ab = params.ab_share > 0
+    if params.compare_feedback and not (ab and params.retrain):
+        raise ValueError("compare_feedback needs an A/B split (ab_share > 0) and nightly retraining")
     run_id = sim.start_simulation_run({k: v for k, v in params.model_dump().items() if k != "train_overrides"})
     days: list[dict] = []
     per_user: dict = {}
+    every_day: dict = {}  # per-user sums of the days both arms served, by arm (the pooled comparison)
     history: list = []
     running = ab and sim.alias_exists(params.model_name, "challenger")  # an experiment in progress
     with contextlib.ExitStack() as stack:
@@ -92,7 +99,11 @@ def simulate(params: SimulateParams = SimulateParams()) -> dict:
                 versions = sim.wait_for_versions(url, params.model_name, ab)
                 day = sim.shop_one_day(url, world, first_index + d, date, params.sessions_per_day, params.seed,
                                        shopper, params.faulty_per_day)
-                merge_user_sums(per_user, day.pop("per_user"))
+                today = day.pop("per_user")
+                day["intervals"] = sim.arm_intervals(today)
+                merge_user_sums(per_user, today)
+                if day["arms"]["challenger"]["sessions"] and d + 1 >= params.pool_from_day:  # both arms served
+                    merge_user_sums(every_day, today)
                 sim.wait_until_sealed(collector)
                 counts = sim.store_counts(collect(CollectParams(collector_dir=collector, data_dir=data)))
                 day.update(versions=versions, stored=counts["stored"],
@@ -103,16 +114,21 @@ def simulate(params: SimulateParams = SimulateParams()) -> dict:
                         f"day {date}: {day['sent']} events sent, {day['stored']} stored + {day['quarantined']} "
                         f"quarantined ({counts['collected']} collected of {day['door_accepted']} accepted at the "
                         f"door, {counts['already_stored']} already stored): events were lost or added")
-                if ab and params.decide and running and versions.get("challenger"):
+                if ab and params.decide and running and versions.get("challenger") and not params.compare_feedback:
                     day["decision"], look = sim.online_decision(per_user, history, params.model_name, params.ab_share,
                                                                 params.alpha, params.min_lift,
                                                                 versions.get("challenger"))
                     history.append(look)
                     if day["decision"]["outcome"] in FINAL:
                         running, per_user, history = False, {}, []
-                if params.retrain:
-                    result = train(config=TrainConfig(data_dir=data, registered_model=params.model_name,
-                                                      promote=not ab, **params.train_overrides))
+                if params.compare_feedback:
+                    base = train(config=TrainConfig(**nightly_config(params, data, impressions, False)))
+                    fed = train(config=TrainConfig(**nightly_config(params, data, impressions, True)))
+                    sim.set_arms(params.model_name, base["version"], fed["version"])
+                    day["trained"] = {"version": fed["version"], "base_version": base["version"], "promoted": False,
+                                      "reason": "compare_feedback: without feedback -> champion, with -> challenger"}
+                elif params.retrain:
+                    result = train(config=TrainConfig(**nightly_config(params, data, impressions, None)))
                     day["trained"] = {"version": result["version"], "promoted": result["promoted"],
                                       "reason": result["reason"]}
                     if ab and not running:  # a running experiment is not cut short by a newer version
@@ -124,8 +140,22 @@ def simulate(params: SimulateParams = SimulateParams()) -> dict:
         except BaseException as exc:
             sim.finish_simulation_run(run_id, days, exc)
             raise
-    sim.finish_simulation_run(run_id, days)
-    return {"mlflow_run_id": run_id, "days": days, "url": params.url}
+    pooled = sim.arm_intervals(every_day, compare=ab)
+    sim.finish_simulation_run(run_id, days, pooled=pooled)
+    return {"mlflow_run_id": run_id, "days": days, "url": params.url, "pooled": pooled}
+
+
+def nightly_config(params: SimulateParams, data: str, impressions: str, feedback: bool | None) -> dict:
+    """The nightly TrainConfig's fields: `feedback` True/False forces the switch (None: as configured), and
+    a feedback run reads the impressions of the service this simulation serves with."""
+    over = dict(params.train_overrides)
+    fb = dict(over.pop("feedback", {}) or {})
+    if feedback is not None:
+        fb["enabled"] = feedback
+    if fb.get("enabled"):
+        fb.setdefault("impressions_dir", impressions)
+    return {"data_dir": data, "registered_model": params.model_name, "promote": params.ab_share == 0,
+            **over, **({"feedback": fb} if fb else {})}
 
 
 def format_day(n: int, day: dict) -> str:
@@ -134,8 +164,22 @@ def format_day(n: int, day: dict) -> str:
                      for arm, f in day["arms"].items() if f["sessions"])
     line = (f"day {n} {day['date']}: {day['sessions']} sessions; {arms}; champion v{day['versions']['champion']}; "
             f"events sent {day['sent']} = stored {day['stored']} + quarantined {day['quarantined']}")
-    if "trained" in day:
+    if "trained" in day and "base_version" in day["trained"]:
+        line += f"; trained v{day['trained']['base_version']} (champion) and v{day['trained']['version']} (feedback)"
+    elif "trained" in day:
         line += f"; trained v{day['trained']['version']} ({'promoted' if day['trained']['promoted'] else 'kept'})"
     if "decision" in day:
         line += f"; A/B: {day['decision']['outcome']}"
     return line
+
+
+def format_pooled(pooled: dict) -> str:
+    """Conversion per arm over the days both arms served, and challenger - champion, with 95% intervals."""
+    def f(v: list) -> str:
+        return f"{v[0]:.4f} [{v[1]:.4f}, {v[2]:.4f}]"
+
+    parts = [f"{arm} {f(pooled[arm]['purchase_conversion'])} ({pooled[arm]['users']} users)"
+             for arm in ("champion", "challenger") if arm in pooled]
+    if "difference" in pooled:
+        parts.append(f"challenger - champion {f(pooled['difference']['purchase_conversion'])}")
+    return "pooled purchase conversion: " + "; ".join(parts) if parts else ""

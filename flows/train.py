@@ -9,8 +9,8 @@ from prefect.runtime import flow_run
 from recsys.models.config import TrainConfig
 from recsys.tasks.cluster import dask_cluster
 from recsys.tasks.gate import promotion_gate
-from recsys.tasks.training import (check_data_identity, evaluate_model, finish_run, load_data, log_results, metric_table,
-                                   register_model, split_data, start_run, train_model)
+from recsys.tasks.training import (check_data_identity, evaluate_model, finish_run, load_data, load_impressions,
+                                   log_results, metric_table, register_model, split_data, start_run, train_model)
 from recsys.tasks.reporting import publish_summary
 from recsys.tasks.tuning import tune_settings
 
@@ -26,7 +26,8 @@ def train(config: TrainConfig = TrainConfig()) -> dict:
     try:
         config = tune_settings(run_id, data, split, config)  # --tune full: the settings chosen on earlier windows
         with dask_cluster(config.dask) as address:  # None: one process (the default)
-            rec, ranker = train_model(data, split, config, dask_address=address)
+            impressions = load_impressions(run_id, config, split)  # None: feedback off or nothing shown yet
+            rec, ranker = train_model(data, split, config, dask_address=address, impressions=impressions)
             evaluation = evaluate_model(rec, data, split, config.k, config.evaluation, dask_address=address)
             log_results(run_id, rec, ranker, evaluation, config.k, data, split)
             version = register_model(run_id, rec, evaluation, config, split, lineage)

@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from recsys.features.exposure import ExposureParams
 from recsys.features.split import SplitParams
 from recsys.models.evaluation import EvaluationParams
 from recsys.models.gate import GateParams
@@ -32,6 +33,9 @@ class TrainConfig(BaseModel):
     tuning: SearchParams = Field(default_factory=SearchParams,
                                  description="off, quick (small grids on the label window) or full (Optuna search "
                                              "on earlier windows within a time budget, reused while the data fits)")
+    feedback: ExposureParams = Field(default_factory=ExposureParams,
+                                     description="learn from the service's impressions: exposure features and "
+                                                 "shown-and-ignored negatives (no impressions: no effect)")
     promote: bool = Field(True, description="move the champion alias when the gate passes")
     max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
     dask: DaskOptions = Field(default_factory=DaskOptions,
@@ -49,6 +53,8 @@ class TrainConfig(BaseModel):
     def config_hash(self) -> str:
         payload = {"k": self.k, "split": asdict(self.split), "model": asdict(self.model), "gate": asdict(self.gate),
                    "evaluation": asdict(self.evaluation), "tuning": asdict(self.tuning)}
+        if self.feedback.enabled:  # off: the hash of every configuration from before feedback existed
+            payload["feedback"] = asdict(self.feedback)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def flat_params(self) -> dict[str, object]:
@@ -62,6 +68,6 @@ class TrainConfig(BaseModel):
             else:
                 out[prefix] = value
 
-        for section in ("split", "model", "evaluation", "gate", "tuning"):
+        for section in ("split", "model", "evaluation", "gate", "tuning", "feedback"):
             walk(section, asdict(getattr(self, section)))
         return out

@@ -64,8 +64,10 @@ def _progress_callback(n_rows: int, evals: dict):
 
 
 def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                 groups_val: np.ndarray, feature_names: list[str], params: RankerParams) -> RankerResult:
-    """Fit an `LGBMRanker` with early stopping on the validation groups."""
+                 groups_val: np.ndarray, feature_names: list[str], params: RankerParams,
+                 monotone: list[int] | None = None) -> RankerResult:
+    """Fit an `LGBMRanker` with early stopping on the validation groups; `monotone` (one of -1/0/+1 per
+    feature) constrains the score's direction in those features."""
     check_groups(y, groups, params.label_gain)
     check_groups(y_val, groups_val, params.label_gain)
     model = lgb.LGBMRanker(
@@ -73,7 +75,8 @@ def train_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_val: np.nda
         num_leaves=params.num_leaves, min_child_samples=params.min_child_samples,
         colsample_bytree=params.colsample_bytree, label_gain=list(params.label_gain),
         random_state=params.seed, n_jobs=params.num_threads or None, verbose=-1,
-        lambdarank_truncation_level=max(params.eval_at * 2, 20))
+        lambdarank_truncation_level=max(params.eval_at * 2, 20),
+        **({"monotone_constraints": list(monotone)} if monotone is not None and any(monotone) else {}))
     evals: dict = {}
     has_val = len(groups_val) > 0
     model.fit(

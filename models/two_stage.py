@@ -12,6 +12,9 @@ import pandas as pd
 
 from recsys.features import schema as S
 from recsys.features.covisitation import CovisitationParams
+from recsys.features.exposure import (EXPOSURE_FEATURES, ExposureIndex, ExposureParams, ExposureState,
+                                      exposure_features, exposure_state, ignored_pairs, index_exposure,
+                                      monotone_constraints)
 from recsys.features.interactions import IdIndex, InteractionData, InteractionParams, build_interaction_data, csr_lookup
 from recsys.features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
 from recsys.models import progress
@@ -213,6 +216,12 @@ class TwoStageRecommender:
 
     # the learned search model (recsys.models.search_ranker.SearchModel) trained with it, saved in "search/"
     search_model = None
+    # feedback (recsys.features.exposure): the exposure snapshot at this state's cutoff, saved in "exposure/";
+    # None = the ranker has no exposure features (feedback off, no impressions, a model saved before them)
+    exposure: ExposureState | None = None
+    _exposure_index: ExposureIndex | None = None
+    # training only: (user, item) positions shown and ignored in the label window, extra label-0 candidates
+    extra_negatives: tuple[np.ndarray, np.ndarray] | None = None
 
     def __init__(self, data: InteractionData, sources: dict[str, object], params: TwoStageParams,
                  booster: lgb.Booster | None = None, best_iteration: int | None = None):
@@ -224,6 +233,14 @@ class TwoStageRecommender:
         # item-item baselines: settings chosen on the label window ("ease" -> TuningResult), fitted sources
         self.baseline_tuning: dict[str, TuningResult] = {}
         self._baselines: dict[str, object] = {}
+
+    def set_exposure(self, state: ExposureState | None) -> None:
+        self.exposure = state
+        self._exposure_index = None if state is None else index_exposure(state, self.data.users, self.data.items)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return FEATURE_NAMES + list(EXPOSURE_FEATURES) if self.exposure is not None else FEATURE_NAMES
 
     # ---- candidates and features -----------------------------------------------------
     def candidate_table(self, users: np.ndarray) -> CandidateTable:
@@ -238,7 +255,12 @@ class TwoStageRecommender:
         model = np.column_stack([self.sources[_MODEL_FEATURE_SOURCE[f]].score_pairs(table.users, table.items)
                                  if _MODEL_FEATURE_SOURCE[f] in self.sources else nan
                                  for f in MODEL_FEATURES]).astype(np.float32)
-        return np.hstack([table.source_features, pair_features(self.data, table.users, table.items), model])
+        parts = [table.source_features, pair_features(self.data, table.users, table.items), model]
+        if self.exposure is not None:
+            if self._exposure_index is None:
+                self._exposure_index = index_exposure(self.exposure, self.data.users, self.data.items)
+            parts.append(exposure_features(self._exposure_index, table.users, table.items))
+        return np.hstack(parts)
 
     def score(self, table: CandidateTable) -> np.ndarray:
         if self.booster is None:
@@ -251,7 +273,7 @@ class TwoStageRecommender:
     # ---- training ------------------------------------------------------------------
     def ranking_set(self, label_events: pd.DataFrame, users: np.ndarray) -> RankingSet:
         """Candidates of `users` labelled from `label_events`; groups without a positive dropped."""
-        table = self.candidate_table(users)
+        table = self.with_extra_negatives(self.candidate_table(users), users)
         y = pair_labels(label_events, self.data.users, self.data.items, table.users, table.items)
         group_has_pos = pd.Series(y > 0).groupby(table.users).transform("any").to_numpy()
         keep = group_has_pos
@@ -259,6 +281,26 @@ class TwoStageRecommender:
         u = table.users[keep]
         _, groups = np.unique(u, return_counts=True)
         return RankingSet(x=x, y=y[keep], groups=groups, users=np.unique(u))
+
+    def with_extra_negatives(self, table: CandidateTable, users: np.ndarray) -> CandidateTable:
+        """`table` plus the shown-and-ignored items of `users` that no source proposed (NaN source features)."""
+        if self.extra_negatives is None or len(self.extra_negatives[0]) == 0:
+            return table
+        eu, ei = self.extra_negatives
+        mine = np.isin(eu, users)
+        eu, ei = eu[mine], ei[mine]
+        n = self.data.n_items
+        have = (table.users + 1) * n + table.items
+        new = np.setdiff1d(np.unique((eu + 1) * n + ei), have)
+        if len(new) == 0:
+            return table
+        keys = np.concatenate([have, new])
+        order = np.argsort(keys, kind="stable")
+        feats = np.full((len(new), table.source_features.shape[1]), np.nan, dtype=np.float32)
+        feats[:, -1] = 0.0  # src_count: no source proposed it
+        sf = np.vstack([table.source_features, feats])[order]
+        keys = keys[order]
+        return CandidateTable(keys // n - 1, keys % n, sf)
 
     def label_users(self, label_events: pd.DataFrame, seed: int) -> np.ndarray:
         """Users active in `label_events` and known before the cutoff (sampled to max_train_users)."""
@@ -299,7 +341,10 @@ class TwoStageRecommender:
             return (np.vstack([t.x for t in parts]), np.concatenate([t.y for t in parts]),
                     np.concatenate([t.groups for t in parts]))
 
-        result = train_ranker(*stack(sets), *stack(vals), FEATURE_NAMES, p.ranker)
+        names = self.feature_names
+        guarded = self.exposure is not None and getattr(self.exposure.params, "monotone", True)
+        monotone = monotone_constraints(names) if guarded else None
+        result = train_ranker(*stack(sets), *stack(vals), names, p.ranker, monotone=monotone)
         self.booster, self.best_iteration = result.booster, result.best_iteration
         return result
 
@@ -354,7 +399,7 @@ class TwoStageRecommender:
             top = np.argsort(-np.abs(contrib[row]))[:top_features]
             out.append({"item_id": str(self.data.items.ids[table.items[row]]), "score": float(scores[row]),
                         "sources": proposed, "strategy": STRATEGY_MODEL,
-                        "top_features": [{"feature": FEATURE_NAMES[j], "value": float(x[row, j]),
+                        "top_features": [{"feature": self.feature_names[j], "value": float(x[row, j]),
                                           "contribution": float(contrib[row, j])} for j in top]})
         return out
 
@@ -432,8 +477,10 @@ class TwoStageRecommender:
         self.sources["als"].save(directory / "als")
         self.booster.save_model(str(directory / "ranker.txt"), num_iteration=self.best_iteration)
         meta = {"params": asdict(self.params), "best_iteration": self.best_iteration,
-                "feature_names": FEATURE_NAMES, "ref_time": self.data.ref_time.isoformat()}
+                "feature_names": self.feature_names, "ref_time": self.data.ref_time.isoformat()}
         (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        if self.exposure is not None:
+            self.exposure.save(directory / "exposure")
         if self.search_model is not None:
             self.search_model.save(directory / "search")
 
@@ -447,6 +494,13 @@ class TwoStageRecommender:
                    **non_als_sources(data, params)}
         booster = lgb.Booster(model_file=str(directory / "ranker.txt"))
         rec = cls(data, sources, params, booster, None)
+        if (directory / "exposure").is_dir():
+            rec.set_exposure(ExposureState.load(directory / "exposure"))
+        # the feature list saved with the model is the one its ranker expects (older models: no exposure)
+        saved = meta.get("feature_names")
+        if saved is not None and list(saved) != rec.feature_names:
+            raise ValueError(f"{directory}: the saved ranker expects {len(saved)} features, this code builds "
+                             f"{len(rec.feature_names)} ({sorted(set(saved) ^ set(rec.feature_names))})")
         if (directory / "search").is_dir():
             rec.search_model = SearchModel.load(directory / "search")
         return rec
@@ -509,9 +563,34 @@ class FrameEvents:
         return self.events.loc[(self.events[S.TS] >= start) & (self.events[S.TS] < end)]
 
 
+DASK_FEEDBACK_ERROR = ("feedback is on and impressions were found, but the Dask runner does not apply the exposure "
+                       "guard (monotone constraints) yet: train in one process or with feedback off")
+
+
+def with_feedback(learner: TwoStageRecommender, impressions: pd.DataFrame | None, events: pd.DataFrame,
+                  start: pd.Timestamp, end: pd.Timestamp | None,
+                  feedback: ExposureParams | None) -> TwoStageRecommender:
+    """`learner` with the exposure snapshot at `start` and (when `end` is given and `feedback.negatives`) the
+    items shown in [start, end) and ignored as extra label-0 candidates. No impressions: unchanged."""
+    if feedback is None or not feedback.enabled or impressions is None or impressions.empty:
+        return learner
+    if events is None:  # the states were built on Dask workers (recsys.tasks.cluster_events)
+        raise ValueError(DASK_FEEDBACK_ERROR)
+    learner.set_exposure(exposure_state(impressions, events, start, feedback))
+    if end is not None and feedback.negatives:
+        labels = events.loc[(events[S.TS] >= start) & (events[S.TS] < end)]
+        neg = ignored_pairs(impressions, labels, start, end, feedback)
+        u = learner.data.users.index_of(neg[S.USER_ID])
+        i = learner.data.items.index_of(neg[S.ITEM_ID])
+        ok = (u >= 0) & (i >= 0)
+        learner.extra_negatives = (u[ok].astype(np.int64), i[ok].astype(np.int64))
+    return learner
+
+
 def train_two_stage(events: pd.DataFrame | None, catalog: pd.DataFrame, train_end: pd.Timestamp,
                     label_end: pd.Timestamp, params: TwoStageParams,
-                    client=None, source=None) -> tuple[TwoStageRecommender, RankerResult]:
+                    client=None, source=None, impressions: pd.DataFrame | None = None,
+                    feedback: ExposureParams | None = None) -> tuple[TwoStageRecommender, RankerResult]:
     """Ranker learnt at `train_end` (labels from [train_end, label_end)); recall refit at `label_end`.
 
     With `train_windows` > 1 the ranking sets of earlier cutoffs (train_end - w * window,
@@ -521,7 +600,11 @@ def train_two_stage(events: pd.DataFrame | None, catalog: pd.DataFrame, train_en
     With a Dask `client` the ranking sets are built on its workers and the ranker is trained by
     `lightgbm.dask` (recsys.models.distributed); the same users, candidates and features. `source` (in
     place of `events`: `state(ref_time, params)`, `window(start, end)`) supplies the feature states and
-    label windows, e.g. built on the Dask workers from the store (recsys.tasks.cluster_events)."""
+    label windows, e.g. built on the Dask workers from the store (recsys.tasks.cluster_events).
+
+    With `feedback` enabled and `impressions` (on the events' clock), every learner gets the exposure features
+    at its cutoff and its label window's shown-and-ignored items as negatives (`with_feedback`); the final
+    model carries the exposure snapshot at `label_end`."""
     source = source if source is not None else FrameEvents(events, catalog)
     span = pd.Timestamp(label_end) - pd.Timestamp(train_end)
     stride = pd.Timedelta(days=params.train_window_stride_days) if params.train_window_stride_days > 0 else span
@@ -540,20 +623,24 @@ def train_two_stage(events: pd.DataFrame | None, catalog: pd.DataFrame, train_en
         data_w = source.state(start, params.interactions)
         if data_w.n_users == 0:
             break
-        learner_w = TwoStageRecommender(data_w, fit_sources(data_w, params), params)
+        learner_w = with_feedback(TwoStageRecommender(data_w, fit_sources(data_w, params), params),
+                                  impressions, events, start, start + span, feedback)
         labels_w = source.window(start, start + span)
         extra.append((learner_w, labels_w, params.ranker.seed + w) if client is not None
                      else learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
     progress.note(f"stage 1/3: recall sources on events before {pd.Timestamp(train_end):%Y-%m-%d} "
                   f"({data_train.n_users:,} users, {data_train.n_items:,} items)")
-    learner = TwoStageRecommender(data_train, fit_sources(data_train, params), params)
+    learner = with_feedback(TwoStageRecommender(data_train, fit_sources(data_train, params), params),
+                            impressions, events, pd.Timestamp(train_end), pd.Timestamp(label_end), feedback)
     progress.note(f"stage 2/3: ranking sets (candidates + features) and the ranker on {len(label_events):,} "
                   "label-window events")
+    if client is not None and learner.exposure is not None:
+        raise ValueError(DASK_FEEDBACK_ERROR)
     if client is not None:
         from recsys.models.distributed import fit_ranker_on_cluster
 
         result = fit_ranker_on_cluster(client, [(learner, label_events, params.ranker.seed), *extra],
-                                       FEATURE_NAMES, params.ranker)
+                                       learner.feature_names, params.ranker)
     else:
         result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra=tuple(extra))
     data_final = source.state(label_end, params.interactions)
@@ -561,6 +648,10 @@ def train_two_stage(events: pd.DataFrame | None, catalog: pd.DataFrame, train_en
                   f"(ranker: best iteration {result.best_iteration})")
     final = TwoStageRecommender(data_final, fit_sources(data_final, params), params,
                                 result.booster, result.best_iteration)
+    if learner.exposure is not None:
+        final = with_feedback(final, impressions, events, pd.Timestamp(label_end), None, feedback)
+        final.feedback_negatives = sum(len(x.extra_negatives[0]) for x in (learner,)
+                                       if x.extra_negatives is not None)
     if params.tune_baselines:
         tuning.update(tune_item_item_baselines(data_train, label_events, params))
     final.baseline_tuning = tuning

@@ -36,6 +36,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.features.schema import MAX_ID_LENGTH  # the id contract shared with ingest and training
+from recsys.tasks.impressions import EVENT_TIME_HEADER
 from recsys.serving.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from recsys.serving.metrics import MetricsResponse, ServiceMetrics
 from recsys.serving.model_state import LoadFailure, describe_lookup_error, public_text, retry_delay_s
@@ -351,9 +352,12 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
         if rec.strategy == POPULAR or any(st == POPULAR for st in rec.strategies):
             metrics.fallbacks.labels(endpoint, POPULAR).inc()
         if impressions is not None:
-            if not impressions.log({"request_id": rid, "ts": time.time(), "endpoint": endpoint,
-                                    "user_id": user_id, "model_version": cur.version, "variant": variant,
-                                    "query": query, "items": items}):
+            record = {"request_id": rid, "ts": time.time(), "endpoint": endpoint, "user_id": user_id,
+                      "model_version": cur.version, "variant": variant, "query": query, "items": items}
+            event_time = request.headers.get(EVENT_TIME_HEADER)
+            if event_time:  # a replaying client's clock (the simulator), kept next to the service's own
+                record["event_ts"] = event_time[:40]
+            if not impressions.log(record):
                 metrics.impressions_dropped.inc()
         return FastJSON(body)
 

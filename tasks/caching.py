@@ -89,8 +89,20 @@ def train_key(context, parameters: dict) -> str:
     config = parameters["config"]
     # the Dask path trains its ranker with lightgbm.dask (equal within a tolerance, not bit for bit)
     runner = {"runner": "dask"} if getattr(config, "dask", None) is not None and config.dask.enabled else {}
+    imp = parameters.get("impressions")
+    feedback = {} if imp is None else {"feedback": getattr(config, "feedback", None),
+                                       "impressions": impressions_fingerprint(imp)}
     return make_key("train-two-stage", data=data_fingerprint(parameters["data"]), split=parameters["split"],
-                    model=config.model, **runner)
+                    model=config.model, **runner, **feedback)
+
+
+def impressions_fingerprint(impressions) -> str:
+    """Rows + a hash of what was shown to whom when (the training inputs of the exposure features)."""
+    import pandas as pd
+
+    cols = [c for c in ("request_id", "ts", "user_id", "item_id", "position") if c in impressions]
+    h = pd.util.hash_pandas_object(impressions[cols], index=False).to_numpy() if len(impressions) else []
+    return f"{len(impressions)}:" + hashlib.sha256(bytes(memoryview(h))).hexdigest()[:16]
 
 
 def evaluate_key(context, parameters: dict) -> str:

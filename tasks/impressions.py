@@ -16,6 +16,10 @@ The service appends one JSON object per response to `$RECSYS_HOME/impressions/im
 | model_version  | str               | registry version that produced the list                         |
 | variant        | str               | A/B arm: champion or challenger                                 |
 | query          | str or None       | search query (search only)                                      |
+| event_ts       | datetime64[UTC]   | the caller's clock (`X-Event-Time` header) when it sent one, else NaT |
+
+A client replaying past days (`recsys simulate`: the world's clock is not the wall clock) sends the time of
+its events in `X-Event-Time`; `on_event_clock` puts the impressions on that clock for joins with events.
 
 Malformed lines (a crash mid-write) are skipped and counted in `frame.attrs["bad_lines"]`.
 """
@@ -28,7 +32,8 @@ from pathlib import Path
 import pandas as pd
 
 IMPRESSION_COLUMNS = ("request_id", "ts", "endpoint", "user_id", "item_id", "position", "score", "strategy",
-                      "model_version", "variant", "query")
+                      "model_version", "variant", "query", "event_ts")
+EVENT_TIME_HEADER = "x-event-time"
 FILE_GLOB = "impressions-*.jsonl"
 
 
@@ -48,14 +53,23 @@ def read_impressions(directory: Path, since: str | None = None) -> pd.DataFrame:
                 try:
                     rec = json.loads(line)
                     base = (rec["request_id"], rec["ts"], rec["endpoint"], rec.get("user_id"))
-                    tail = (rec["model_version"], rec.get("variant", "champion"), rec.get("query"))
+                    tail = (rec["model_version"], rec.get("variant", "champion"), rec.get("query"),
+                            rec.get("event_ts"))
                     for pos, it in enumerate(rec["items"], start=1):
                         rows.append((*base, it["item_id"], pos, float(it["score"]), it["strategy"], *tail))
                 except (ValueError, KeyError, TypeError):
                     bad += 1
     frame = pd.DataFrame(rows, columns=list(IMPRESSION_COLUMNS))
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    frame["event_ts"] = pd.to_datetime(frame["event_ts"], utc=True, errors="coerce", format="ISO8601")
     frame["position"] = frame["position"].astype("int64")
     frame["score"] = frame["score"].astype("float64")
     frame.attrs["bad_lines"] = bad
     return frame
+
+
+def on_event_clock(frame: pd.DataFrame) -> pd.DataFrame:
+    """The impressions with `ts` on the events' clock: the caller's `event_ts` where it sent one."""
+    if "event_ts" not in frame or frame["event_ts"].isna().all():
+        return frame
+    return frame.assign(ts=frame["event_ts"].fillna(frame["ts"]))

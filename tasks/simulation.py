@@ -26,6 +26,7 @@ from recsys.models.shopper import (ARMS, ArmTally, Reaction, Session, ShopperPar
                                    react, reaction_events)
 from recsys.tasks import tracking
 from recsys.tasks.collected_log import OPEN
+from recsys.tasks.impressions import EVENT_TIME_HEADER
 from recsys.tasks.logs import run_logger
 from recsys.tasks.paths import catalog_path, events_dir
 
@@ -82,8 +83,8 @@ def stop_service(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def _get(client: httpx.Client, path: str, **params) -> dict:
-    r = client.get(path, params=params)
+def _get(client: httpx.Client, path: str, headers: dict | None = None, **params) -> dict:
+    r = client.get(path, params=params, headers=headers)
     if r.status_code != 200:
         raise SimulationError(f"GET {path} answered {r.status_code}: {r.text[:300]}")
     return r.json()
@@ -174,7 +175,10 @@ def shop_one_day(url: str, world: SyntheticWorld, day: int, date: str, n_session
             user = str(world.user_ids[s.user])
             session_id = f"sim-{seed}-{date}-{n}"
             start = midnight + pd.Timedelta(seconds=s.start_s)
-            answer, items = fetch_list(lambda path, **q: _get(client, path, **q), world, index, s, params.k)
+            # the world's clock rides along, so the impressions log can be joined with the world's events
+            clock = {EVENT_TIME_HEADER: start.isoformat()}
+            answer, items = fetch_list(lambda path, **q: _get(client, path, headers=clock, **q), world, index, s,
+                                       params.k)
             if s.query is not None:
                 outbox.append({S.USER_ID: user, S.EVENT_TYPE: S.SEARCH, S.QUERY: s.query, S.SESSION_ID: session_id,
                                S.TS: start.isoformat(), "request_id": answer["request_id"]})
@@ -289,6 +293,37 @@ def per_user_stats(per_user: dict):
     return out
 
 
+def arm_intervals(per_user: dict, compare: bool = False) -> dict:
+    """{arm: {metric: [rate, ci_low, ci_high], "users": n}} with 95% per-user delta-method intervals; with
+    `compare` also "difference": challenger - champion per metric [diff, ci_low, ci_high] (independent arms)."""
+    from recsys.models.ab_test import rate_summary
+
+    stats = per_user_stats(per_user)
+    out: dict = {}
+    for arm, metrics in stats.items():
+        if metrics["ctr"].users == 0:
+            continue
+        out[arm] = {"users": metrics["ctr"].users}
+        for name, st in metrics.items():
+            r = rate_summary(st)
+            out[arm][name] = [r.rate, r.ci_low, r.ci_high]
+    if compare and all(a in stats and stats[a]["ctr"].users > 1 for a in ARMS):
+        out["difference"] = {}
+        for name in stats[ARMS[0]]:
+            a, b = stats[ARMS[0]][name], stats[ARMS[1]][name]
+            diff, half = b.rate - a.rate, 1.959964 * float(np.sqrt(a.variance + b.variance))
+            out["difference"][name] = [diff, diff - half, diff + half]
+    return out
+
+
+@task(name="set-arms", cache_policy=NO_CACHE)
+def set_arms(model_name: str, champion: str, challenger: str) -> None:
+    """Both aliases at once (the feedback comparison: each night's model without / with feedback)."""
+    tracking.move_champion(model_name, champion, "compare_feedback: the night's model without feedback",
+                           actor="simulate")
+    tracking.client().set_registered_model_alias(model_name, "challenger", challenger)
+
+
 @task(name="online-decision", cache_policy=NO_CACHE)
 def online_decision(per_user: dict, history: list, model_name: str, ab_share: float, alpha: float, min_lift: float,
                     challenger: str | None) -> tuple[dict, dict]:
@@ -330,8 +365,13 @@ def log_day(run_id: str, step: int, day: dict) -> None:
 
 
 @task(name="finish-simulation-run", cache_policy=NO_CACHE)
-def finish_simulation_run(run_id: str, days: list[dict], error: BaseException | None = None) -> None:
-    tracking.log_dict(run_id, {"days": days}, "simulation/days.json")
+def finish_simulation_run(run_id: str, days: list[dict], error: BaseException | None = None,
+                          pooled: dict | None = None) -> None:
+    tracking.log_dict(run_id, {"days": days, "pooled": pooled or {}}, "simulation/days.json")
+    if pooled:
+        tracking.log_metrics(run_id, {f"pooled.{arm}.{m}{suffix}": v[i] for arm, ms in pooled.items()
+                                      for m, v in ms.items() if isinstance(v, list)
+                                      for i, suffix in enumerate(("", ".ci_low", ".ci_high"))})
     if days:
         from recsys.tasks.plots import simulation_figure
 

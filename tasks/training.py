@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from recsys.features import schema as S
+from recsys.features.exposure import EXPOSURE_FEATURES, shown_lists
 from recsys.features.lineage import Lineage
 from recsys.features.interactions import InteractionData, build_interaction_data
 from recsys.features.split import Split, SplitParams, temporal_split, window
@@ -23,7 +24,7 @@ from recsys.models.ranker import RankerResult
 from recsys.models.search import search_metrics, search_quality
 from recsys.models.search_ranker import SearchRankerParams, search_sessions, train_search_model
 from recsys.models.semantic import load_encoder
-from recsys.models.two_stage import FEATURE_NAMES, TwoStageRecommender, train_two_stage
+from recsys.models.two_stage import TwoStageRecommender, train_two_stage
 from recsys.tasks import caching, plots, tracking
 from recsys.tasks.retry import retry_transient
 from recsys.tasks.reporting import markdown_table, metric_rows, text_table
@@ -32,7 +33,8 @@ from recsys.tasks.cluster import cluster_client
 from recsys.tasks.cluster_events import ClusterEvents
 from recsys.tasks.data import dataset_digest, is_remote, read_catalog, read_events, validate_and_quarantine
 from recsys.tasks.logs import run_logger
-from recsys.tasks.paths import data_dir
+from recsys.tasks.impressions import on_event_clock, read_impressions
+from recsys.tasks.paths import data_dir, recsys_home
 
 
 CURVE_MAX_K = 20  # metric@k curves are logged for k = 1..CURVE_MAX_K
@@ -111,12 +113,41 @@ def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
     return split
 
 
+@task(name="load-impressions", cache_policy=NO_CACHE)
+def load_impressions(run_id: str, config: TrainConfig, split: Split) -> pd.DataFrame | None:
+    """With `config.feedback.enabled`: the service's recommendation impressions before the test window's end,
+    on the events' clock; None when feedback is off or nothing was logged (training is then unchanged).
+    Logs `feedback.*` metrics (impressions read, users and items shown)."""
+    fb = config.feedback
+    if not fb.enabled:
+        return None
+    directory = Path(fb.impressions_dir) if fb.impressions_dir else recsys_home() / "impressions"
+    imp = read_impressions(directory) if directory.is_dir() else None
+    if imp is not None:
+        imp = shown_lists(on_event_clock(imp), fb)
+        imp = imp[imp[S.TS] < split.test_end]
+    n = 0 if imp is None else len(imp)
+    metrics = {"feedback.impressions": n, "feedback.used": float(n > 0)}
+    if n:
+        metrics.update({"feedback.impressions_before_train_end": int((imp[S.TS] < split.train_end).sum()),
+                        "feedback.impressions_in_label_window": int(((imp[S.TS] >= split.train_end)
+                                                                     & (imp[S.TS] < split.label_end)).sum()),
+                        "feedback.users_shown": imp[S.USER_ID].nunique(),
+                        "feedback.items_shown": imp[S.ITEM_ID].nunique()})
+    tracking.log_metrics(run_id, metrics)
+    run_logger().info("feedback: %d recommendation impressions from %s%s", n, directory,
+                      "" if n else " (none: training without exposure features)")
+    return imp.reset_index(drop=True) if n else None
+
+
 @task(name="train-two-stage", cache_key_fn=caching.train_key, persist_result=True, result_storage=caching.RESULTS)
 def train_model(data: LoadedData, split: Split, config: TrainConfig,
-                dask_address: str | None = None) -> tuple[TwoStageRecommender, RankerResult]:
+                dask_address: str | None = None, impressions: pd.DataFrame | None = None
+                ) -> tuple[TwoStageRecommender, RankerResult]:
     """The two-stage model (+ search model); with a Dask cluster at `dask_address` the workers read, validate
     and reduce the store into the feature states (recsys.tasks.cluster_events: only the reduced states and
-    the label windows reach this process), build the ranking sets and train the ranker."""
+    the label windows reach this process), build the ranking sets and train the ranker. With `impressions`
+    (and `config.feedback` on) the ranker learns from what was shown (recsys.features.exposure)."""
     with progress.reporting(run_logger().info), cluster_client(dask_address) as client:
         source = None
         if client is not None:
@@ -125,7 +156,8 @@ def train_model(data: LoadedData, split: Split, config: TrainConfig,
                 run_logger().warning("the workers read %d valid events, the driver %d: the store changed during "
                                      "the run", source.n_events, len(data.events))
         rec, result = train_two_stage(data.events if source is None else None, data.catalog, split.train_end,
-                                      split.label_end, config.model, client=client, source=source)
+                                      split.label_end, config.model, client=client, source=source,
+                                      impressions=impressions, feedback=config.feedback)
         data_train = source.state(split.train_end, config.model.interactions) if source is not None else None
     run_logger().info("ranker: best iteration %d, ALS on %s", result.best_iteration, rec.sources["als"].device)
     rec.search_model, search = train_search(data, split, config, rec, data_train)
@@ -264,10 +296,12 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
     if best:
         tracking.log_tags(run_id, {"summary.best_baseline": best})
     tracking.log_history(run_id, result.history, prefix="rank")
+    if rec.exposure is not None:
+        tracking.log_metrics(run_id, feedback_metrics(rec))
     gains = rec.booster.feature_importance(importance_type="gain")
     recall = {key.removeprefix("recall."): v for key, v in evaluation.metrics.items() if key.startswith("recall.")}
     recall_table = pd.DataFrame({"source": list(recall), "recall": list(recall.values())})
-    figures = [(plots.feature_importance_figure(FEATURE_NAMES, gains), "plots/feature_importance.png", "rank"),
+    figures = [(plots.feature_importance_figure(rec.feature_names, gains), "plots/feature_importance.png", "rank"),
                (plots.model_vs_baselines_figure(evaluation.metrics, k), "plots/model_vs_baselines.png", "evaluate"),
                (plots.history_figure(result.history), "plots/ranker_validation.png", "rank")]
     if recall:
@@ -292,7 +326,7 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
         # rank: validation curve per iteration, importance
         tracking.log_metrics(rank_run, {"rank.best_iteration": result.best_iteration})
         tracking.log_history(rank_run, result.history, prefix="rank")
-        importance = pd.DataFrame({"feature": FEATURE_NAMES, "gain": gains}).sort_values("gain", ascending=False)
+        importance = pd.DataFrame({"feature": rec.feature_names, "gain": gains}).sort_values("gain", ascending=False)
         tracking.log_text(rank_run, importance.to_csv(index=False), "tables/feature_importance.csv")
         log_baseline_tuning(run_id, eval_run, rec)
         # evaluate: test.* and baseline.* at k, and metric@k curves with step = k
@@ -306,6 +340,19 @@ def log_results(run_id: str, rec: TwoStageRecommender, result: RankerResult, eva
                 prefix = "test" if model == "two-stage" else f"baseline.{model}"
                 series[f"curve.{prefix}.{metric}_at_k"] = list(zip(g["k"].astype(int), g["value"]))
             tracking.log_series(eval_run, series)
+
+
+def feedback_metrics(rec: TwoStageRecommender) -> dict[str, float]:
+    """The served model's exposure snapshot and its ranker's use of the exposure features."""
+    ex = rec.exposure
+    gains = dict(zip(rec.feature_names, rec.booster.feature_importance(importance_type="gain")))
+    total = sum(gains.values()) or 1.0
+    out = {"feedback.pairs_shown": len(ex.pairs), "feedback.items_in_state": len(ex.items),
+           "feedback.global_ctr": ex.global_ctr,
+           "feedback.negatives": float(getattr(rec, "feedback_negatives", 0)),
+           "feedback.exposure_gain_share": sum(gains.get(f, 0.0) for f in EXPOSURE_FEATURES) / total}
+    out.update({f"feedback.gain_share.{f}": gains.get(f, 0.0) / total for f in EXPOSURE_FEATURES})
+    return out
 
 
 def log_baseline_tuning(run_id: str, eval_run: str, rec: TwoStageRecommender) -> None:

@@ -56,6 +56,8 @@ def traceback_file(line: str) -> Path:
     (["train", "--gate-metric", "accuracy"], "--gate-metric 'accuracy' is not a per-user metric at k=10: use one of"),
     (["train", "--data-dir", "/nonexistent/dir"], "--data-dir /nonexistent/dir: no such directory"),
     (["promote", "--version", "abc", "--reason", "x"], "--version must be a model version number such as 3"),
+    (["train", "--feedback", "yes"], "--feedback must be on or off, not 'yes'"),
+    (["simulate", "--compare-feedback"], "--compare-feedback needs --ab-share > 0"),
 ])
 def test_argument_errors_fail_at_once_in_one_line(tmp_path, args, expected):
     t0 = time.monotonic()

@@ -57,6 +57,18 @@ def test_two_simulated_days_keep_every_event_and_log_both_arms(first_run, tmp_pa
     new_days = [data / "events" / f"day={d['date']}" for d in days]
     stored = sum(len(pd.read_parquet(f)) for p in new_days for f in p.glob("*.parquet"))
     assert stored == sum(d["stored"] for d in days)
+    # per day and pooled: conversion per arm with its 95% interval, and challenger - champion
+    for day in days:
+        for arm in ("champion", "challenger"):
+            rate, low, high = day["intervals"][arm]["purchase_conversion"]
+            assert low <= rate <= high and day["intervals"][arm]["users"] > 0
+    diff, low, high = result["pooled"]["difference"]["purchase_conversion"]
+    assert low <= diff <= high
+    # the impressions carry the world's clock (X-Event-Time) next to the service's own
+    from recsys.tasks.impressions import on_event_clock, read_impressions
+
+    shown = on_event_clock(read_impressions(tmp_path / "imp"))
+    assert set(shown["ts"].dt.strftime("%Y-%m-%d")) == {d["date"] for d in days}
     # the rejected-at-the-door events are kept, with their rule
     failed = [json.loads(line) for p in (tmp_path / "collector" / "failed").glob("*.jsonl")
               for line in p.read_text().splitlines()]
