@@ -518,19 +518,23 @@ def train_two_stage(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.T
     if params.seen_items == "auto":
         share = repeat_purchase_share(data_train, label_events)
         params = replace(params, seen_items="drop" if share is not None and share < SEEN_DROP_BELOW else "keep")
+    # stacked windows share the ranker's user budget (`max_train_users` in all): on small data every window
+    # adds users, on large data the ranker fit costs what one window's did
+    starts = [pd.Timestamp(train_end) - w * stride for w in range(1, max(params.train_windows, 1))]
+    starts = [st for st in starts if (events[S.TS] < st).any()]  # windows with history before them
+    learn = replace(params, max_train_users=-(-params.max_train_users // (1 + len(starts)))) if starts else params
     extra = []
-    for w in range(1, max(params.train_windows, 1)):
-        start = pd.Timestamp(train_end) - w * stride
+    for w, start in enumerate(starts, 1):
         data_w = build_interaction_data(events, catalog, start, params.interactions)
         if data_w.n_users == 0:
             break
-        learner_w = TwoStageRecommender(data_w, fit_sources(data_w, params), params)
+        learner_w = TwoStageRecommender(data_w, fit_sources(data_w, params), learn)
         labels_w = events.loc[(events[S.TS] >= start) & (events[S.TS] < start + span)]
         extra.append((learner_w, labels_w, params.ranker.seed + w) if client is not None
                      else learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
     progress.note(f"stage 1/3: recall sources on events before {pd.Timestamp(train_end):%Y-%m-%d} "
                   f"({data_train.n_users:,} users, {data_train.n_items:,} items)")
-    learner = TwoStageRecommender(data_train, fit_sources(data_train, params), params)
+    learner = TwoStageRecommender(data_train, fit_sources(data_train, params), learn)
     progress.note(f"stage 2/3: ranking sets (candidates + features) and the ranker on {len(label_events):,} "
                   "label-window events")
     if client is not None:
