@@ -354,11 +354,17 @@ def generate(n_events: float, target: Path) -> dict:
     return write_synthetic_dataset(target, synthetic_params(n_events))
 
 
+# `--tune` entries besides off/quick/full: quick with the model defaults before two stacked windows and
+# min_child_samples 100 (what the flow cost before them)
+PREVIOUS_DEFAULTS = {"quick-1w": {"train_windows": 1, "ranker": {"min_child_samples": 20}}}
+
+
 def tune_config(mode: str) -> dict:
     """The config fields `recsys train --tune MODE` sets (off also turns the quick grids off)."""
     off = mode == "off"
-    return {"tuning": {"mode": mode}, "model": {"als": {"device": "cpu"}, "tune_popularity": not off,
-                                                 "tune_baselines": not off}}
+    return {"tuning": {"mode": mode.split("-")[0]},
+            "model": {"als": {"device": "cpu"}, "tune_popularity": not off, "tune_baselines": not off,
+                      **PREVIOUS_DEFAULTS.get(mode, {})}}
 
 
 def scaling(sizes: list[float], work: Path, dask_workers: int = 0, tunes: tuple[str, ...] = ("quick",)) -> list[dict]:
@@ -495,7 +501,8 @@ def main() -> None:
     ap.add_argument("--dask-workers", type=int, default=0,
                     help="with --sizes: also run each size's flow on this many local Dask worker processes")
     ap.add_argument("--tune", default="quick",
-                    help="with --sizes: comma-separated tuning modes to run the flow with (off,quick,full)")
+                    help="with --sizes: comma-separated tuning modes to run the flow with (off, quick, full; "
+                         "quick-1w: quick with the earlier one-window defaults)")
     ap.add_argument("--workdir", default=None, help="where to write generated data (default: a temp dir)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args()

@@ -58,8 +58,10 @@ class TwoStageParams:
     recall: RecallParams = field(default_factory=RecallParams)
     ranker: RankerParams = field(default_factory=RankerParams)
     max_train_users: int = 20_000
-    # ranking sets stacked from this many label windows, each `label_end - train_end` long, going back
-    train_windows: int = 1
+    # ranking sets stacked from this many label windows, each `label_end - train_end` long, going back (those
+    # with history before them); they share `max_train_users`. Two: more users to learn from on small data,
+    # the same ranker cost on large data, one more recall fit
+    train_windows: int = 2
     train_window_stride_days: int = 0  # days between stacked cutoffs; 0 = the label window's length
     # who the ranker learns from: every user active in the label window, or only its buyers
     # (the population the offline test scores: relevant = purchases)
