@@ -458,7 +458,7 @@ def flow_rows(f: dict) -> list[str]:
 
 
 def scaling_table(rows: list[dict]) -> list[str]:
-    lines = [f"{'events':>12}{'users':>9}{'items':>8}{'tune':>7}{'flow s':>10}{'CPU s':>9}{'peak RSS GiB':>14}"
+    lines = [f"{'events':>12}{'users':>9}{'items':>8}{'tune':>9}{'flow s':>10}{'CPU s':>9}{'peak RSS GiB':>14}"
              f"{'x events':>10}{'x time':>8}{'x RSS':>8}{'vs off (wall/CPU)':>20}"]
     if rows:
         for r in rows:
@@ -466,7 +466,7 @@ def scaling_table(rows: list[dict]) -> list[str]:
                 lines.append(f"{r['events']:>12,}  FAILED after {r['wall_s']:.0f}s: {r['error'].strip().splitlines()[-1]}")
                 continue
             vs = r.get("vs_off")
-            lines.append(f"{r['events']:>12,}{r.get('users') or 0:>9,}{r.get('items') or 0:>8,}{r.get('tune', ''):>7}"
+            lines.append(f"{r['events']:>12,}{r.get('users') or 0:>9,}{r.get('items') or 0:>8,}{r.get('tune', ''):>9}"
                          f"{r['flow_s']:>10.1f}{r.get('cpu_s', float('nan')):>9.1f}{r['peak_rss_gib']:>14.2f}"
                          f"{r.get('events_ratio', float('nan')):>10.2f}{r.get('time_ratio', float('nan')):>8.2f}"
                          f"{r.get('rss_ratio', float('nan')):>8.2f}"
