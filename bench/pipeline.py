@@ -7,6 +7,7 @@ peak RSS of the whole flow at several data sizes.
     python bench/pipeline.py --flow-only           # only the whole flow vs the plain script
     python bench/pipeline.py --json                # the same as one JSON object
     python bench/pipeline.py --scaling-only --sizes 1e6 --dask-workers 2   # + the flow on 2 Dask workers
+    python bench/pipeline.py --scaling-only --sizes 1e6 --tune off,quick   # the flow per tuning mode (wall + CPU s)
 
 Ratios are measured in the same run on the same machine (no stored baselines): pipeline / plain.
 """
@@ -335,7 +336,7 @@ for r in runs:
     out[stage] = out.get(stage, 0.0) + (r.total_run_time.total_seconds() if r.total_run_time else 0.0)
 print(json.dumps(out))
 """
-MAIN_STAGES = ("load-data", "train-two-stage", "evaluate", "log-results", "register-model", "promotion-gate")
+MAIN_STAGES = ("load-data", "tune-settings", "train-two-stage", "evaluate", "log-results", "register-model", "promotion-gate")
 
 
 def stage_seconds(env: dict) -> dict[str, float]:
@@ -353,41 +354,65 @@ def generate(n_events: float, target: Path) -> dict:
     return write_synthetic_dataset(target, synthetic_params(n_events))
 
 
-def scaling(sizes: list[float], work: Path, dask_workers: int = 0) -> list[dict]:
-    """Whole flow (as `recsys train` would run it) per size, each in a fresh process and home; with
+# `--tune` entries besides off/quick/full: quick with the model defaults before two stacked windows and
+# min_child_samples 100 (what the flow cost before them)
+PREVIOUS_DEFAULTS = {"quick-1w": {"train_windows": 1, "ranker": {"min_child_samples": 20}}}
+
+
+def tune_config(mode: str) -> dict:
+    """The config fields `recsys train --tune MODE` sets (off also turns the quick grids off)."""
+    off = mode == "off"
+    return {"tuning": {"mode": mode.split("-")[0]},
+            "model": {"als": {"device": "cpu"}, "tune_popularity": not off, "tune_baselines": not off,
+                      **PREVIOUS_DEFAULTS.get(mode, {})}}
+
+
+def scaling(sizes: list[float], work: Path, dask_workers: int = 0, tunes: tuple[str, ...] = ("quick",)) -> list[dict]:
+    """Whole flow (as `recsys train` would run it) per size and tuning mode, each in a fresh process and
+    home (wall seconds, and the CPU seconds of the flow's process tree: steadier on a shared machine); with
     `dask_workers`, the same flow again on that many local worker processes (a fresh home)."""
     rows = []
     for n in sizes:
-        home = work / f"scale-{int(n)}"
-        info = generate(n, home / "data")
-        config = {"data_dir": str(home / "data"), "model": {"als": {"device": "cpu"}}}
-        env = flow_env(home)
-        code = ("import resource, subprocess, sys; p = subprocess.run([sys.executable, '-c', sys.argv[1]]); "
-                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")
-        inner = FLOW_SCRIPT.format(root=str(ROOT), config=config)
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", code, inner], env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:  # recorded, not raised: the sizes (and stages) measured so far still print
-            rows.append({"events": info["events"], "wall_s": wall, "error": proc.stderr[-3000:]})
-            print(f"the flow at {info['events']:,} events failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        info = generate(n, work / f"data-{int(n)}")
+        for tune in tunes:
+            home = work / f"scale-{int(n)}-{tune}"
+            config = {"data_dir": str(work / f"data-{int(n)}"), **tune_config(tune)}
+            env = flow_env(home)
+            code = ("import resource, subprocess, sys; p = subprocess.run([sys.executable, '-c', sys.argv[1]]); "
+                    "r = resource.getrusage(resource.RUSAGE_CHILDREN); print(r.ru_utime + r.ru_stime); "
+                    "print(r.ru_maxrss); sys.exit(p.returncode)")
+            inner = FLOW_SCRIPT.format(root=str(ROOT), config=config)
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", code, inner], env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:  # recorded, not raised: the sizes (and stages) measured so far still print
+                rows.append({"events": info["events"], "tune": tune, "wall_s": wall, "error": proc.stderr[-3000:]})
+                print(f"the flow at {info['events']:,} events failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                break
+            lines = proc.stdout.strip().splitlines()
+            rows.append({"events": info["events"], "users": info.get("users"), "items": info.get("items"),
+                         "tune": tune, "flow_s": float(lines[-3]), "cpu_s": float(lines[-2]), "wall_s": wall,
+                         "peak_rss_gib": int(lines[-1]) / 1024 ** 2, "stage_s": stage_seconds(env)})
+            print("\n".join(scaling_table(rows[-1:])), file=sys.stderr)
+        if rows and "error" in rows[-1]:
             break
-        lines = proc.stdout.strip().splitlines()
-        rows.append({"events": info["events"], "users": info.get("users"), "items": info.get("items"),
-                     "flow_s": float(lines[-2]), "wall_s": wall, "peak_rss_gib": int(lines[-1]) / 1024 ** 2,
-                     "stage_s": stage_seconds(env)})
         if dask_workers:
             dask_home = work / f"scale-{int(n)}-dask"
             rows[-1]["dask"] = dask_flow(config, dask_workers, flow_env(dask_home), dask_home)
             if "error" in rows[-1]["dask"]:
                 print(f"the Dask flow at {info['events']:,} events failed:\n{rows[-1]['dask']['error']}",
                       file=sys.stderr)
-        print("\n".join(scaling_table(rows[-1:])), file=sys.stderr)
     done = [r for r in rows if "error" not in r]
-    for prev, cur in zip(done, done[1:]):
-        cur["events_ratio"] = cur["events"] / prev["events"]
-        cur["time_ratio"] = cur["flow_s"] / prev["flow_s"]
-        cur["rss_ratio"] = cur["peak_rss_gib"] / prev["peak_rss_gib"]
+    for tune in tunes:
+        same = [r for r in done if r["tune"] == tune]
+        for prev, cur in zip(same, same[1:]):
+            cur["events_ratio"] = cur["events"] / prev["events"]
+            cur["time_ratio"] = cur["flow_s"] / prev["flow_s"]
+            cur["rss_ratio"] = cur["peak_rss_gib"] / prev["peak_rss_gib"]
+    for r in done:  # each mode against `--tune off` at the same size
+        off = next((o for o in done if o["events"] == r["events"] and o["tune"] == "off"), None)
+        if off is not None and r is not off:
+            r["vs_off"] = {"flow_s": r["flow_s"] / off["flow_s"], "cpu_s": r["cpu_s"] / off["cpu_s"]}
     return rows
 
 
@@ -433,15 +458,19 @@ def flow_rows(f: dict) -> list[str]:
 
 
 def scaling_table(rows: list[dict]) -> list[str]:
-    lines = [f"{'events':>12}{'users':>9}{'items':>8}{'flow s':>10}{'peak RSS GiB':>14}{'x events':>10}{'x time':>8}{'x RSS':>8}"]
+    lines = [f"{'events':>12}{'users':>9}{'items':>8}{'tune':>9}{'flow s':>10}{'CPU s':>9}{'peak RSS GiB':>14}"
+             f"{'x events':>10}{'x time':>8}{'x RSS':>8}{'vs off (wall/CPU)':>20}"]
     if rows:
         for r in rows:
             if "error" in r:
                 lines.append(f"{r['events']:>12,}  FAILED after {r['wall_s']:.0f}s: {r['error'].strip().splitlines()[-1]}")
                 continue
-            lines.append(f"{r['events']:>12,}{r.get('users') or 0:>9,}{r.get('items') or 0:>8,}{r['flow_s']:>10.1f}{r['peak_rss_gib']:>14.2f}"
+            vs = r.get("vs_off")
+            lines.append(f"{r['events']:>12,}{r.get('users') or 0:>9,}{r.get('items') or 0:>8,}{r.get('tune', ''):>9}"
+                         f"{r['flow_s']:>10.1f}{r.get('cpu_s', float('nan')):>9.1f}{r['peak_rss_gib']:>14.2f}"
                          f"{r.get('events_ratio', float('nan')):>10.2f}{r.get('time_ratio', float('nan')):>8.2f}"
-                         f"{r.get('rss_ratio', float('nan')):>8.2f}")
+                         f"{r.get('rss_ratio', float('nan')):>8.2f}"
+                         + (f"{vs['flow_s']:>12.2f} / {vs['cpu_s']:.2f}" if vs else ""))
         for r in rows:  # the same flow on Dask workers
             d = r.get("dask")
             if d and "error" not in d:
@@ -454,7 +483,7 @@ def scaling_table(rows: list[dict]) -> list[str]:
         for r in rows:  # where each size spent its time
             stages = r.get("stage_s") or {}
             if stages:
-                lines.append(f"{r['events']:>12,}  " + ", ".join(
+                lines.append(f"{r['events']:>12,} {r.get('tune', '')}: " + ", ".join(
                     f"{name} {stages[name]:.0f}s" for name in MAIN_STAGES if name in stages))
     return lines
 
@@ -471,6 +500,9 @@ def main() -> None:
     ap.add_argument("--scaling-only", action="store_true", help="only the --sizes table (no stage/flow comparisons)")
     ap.add_argument("--dask-workers", type=int, default=0,
                     help="with --sizes: also run each size's flow on this many local Dask worker processes")
+    ap.add_argument("--tune", default="quick",
+                    help="with --sizes: comma-separated tuning modes to run the flow with (off, quick, full; "
+                         "quick-1w: quick with the earlier one-window defaults)")
     ap.add_argument("--workdir", default=None, help="where to write generated data (default: a temp dir)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args()
@@ -494,7 +526,8 @@ def main() -> None:
         sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
         if sizes:
             print(f"scaling over {sizes} ...", file=sys.stderr)
-            result["scaling"] = scaling(sizes, work, args.dask_workers)
+            result["scaling"] = scaling(sizes, work, args.dask_workers,
+                                        tuple(t for t in args.tune.split(",") if t))
     print(json.dumps(result, indent=2) if args.json else table(result))
     if any("error" in r or "error" in r.get("dask", {}) for r in result.get("scaling", [])):
         sys.exit(1)

@@ -234,6 +234,8 @@ def train(
     popularity_days: int = typer.Option(7, help="new users' popularity list: last 7 or 28 days (tuning may change it)"),
     popularity_purchases_only: bool = typer.Option(False, help="popularity counts purchases only"),
     half_life_days: float = typer.Option(30.0, min=0.1, help="recency half-life of the interaction confidence"),
+    train_windows: int = typer.Option(2, min=1, max=8, help="label windows the ranker learns from (the newest and "
+                                                            "earlier ones, sharing one user budget)"),
     seen_items: str = typer.Option("auto", help="items a user already touched: keep, drop, or auto (drop when "
                                                 "the label window shows almost no re-purchases)"),
     dask_workers: int = typer.Option(0, min=0, max=64, help="train on a throwaway local Dask cluster of this many "
@@ -288,7 +290,7 @@ def train(
                              popularity=PopularityParams(popularity_days, popularity_purchases_only),
                              interactions=InteractionParams(half_life_days=half_life_days),
                              tune_popularity=tune != "off", tune_baselines=tune != "off",
-                             seen_items=seen_items),
+                             seen_items=seen_items, train_windows=train_windows),
         evaluation=EvaluationParams(max_users=eval_max_users or None),
         tuning=SearchParams(mode=tune, budget_s=tune_budget_s, max_trials=tune_trials, reuse=tune_reuse),
         gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote,

@@ -21,7 +21,10 @@ class RankerParams:
     n_estimators: int = 300
     learning_rate: float = 0.05
     num_leaves: int = 31
-    min_child_samples: int = 20
+    # pairs per leaf: a user's candidate list is ~400 pairs, so 20 let a leaf fit a handful of users and the
+    # ranker overfit small label windows (validation peaked after ~10 trees); 100 was better or equal on
+    # three of the four bench data sets (bench/quality.py; see the README's quality section)
+    min_child_samples: int = 100
     colsample_bytree: float = 0.9
     early_stopping_rounds: int = 30
     eval_at: int = 10

@@ -61,8 +61,10 @@ class TwoStageParams:
     recall: RecallParams = field(default_factory=RecallParams)
     ranker: RankerParams = field(default_factory=RankerParams)
     max_train_users: int = 20_000
-    # ranking sets stacked from this many label windows, each `label_end - train_end` long, going back
-    train_windows: int = 1
+    # ranking sets stacked from this many label windows, each `label_end - train_end` long, going back (those
+    # with history before them); they share `max_train_users`. Two: more users to learn from on small data,
+    # the same ranker cost on large data, one more recall fit
+    train_windows: int = 2
     train_window_stride_days: int = 0  # days between stacked cutoffs; 0 = the label window's length
     # who the ranker learns from: every user active in the label window, or only its buyers
     # (the population the offline test scores: relevant = purchases)
@@ -617,20 +619,26 @@ def train_two_stage(events: pd.DataFrame | None, catalog: pd.DataFrame, train_en
     if params.seen_items == "auto":
         share = repeat_purchase_share(data_train, label_events)
         params = replace(params, seen_items="drop" if share is not None and share < SEEN_DROP_BELOW else "keep")
-    extra = []
+    # stacked windows share the ranker's user budget (`max_train_users` in all): on small data every window
+    # adds users, on large data the ranker fit costs what one window's did
+    states = []
     for w in range(1, max(params.train_windows, 1)):
         start = pd.Timestamp(train_end) - w * stride
         data_w = source.state(start, params.interactions)
-        if data_w.n_users == 0:
+        if data_w.n_users == 0:  # no history before this window (nor before any earlier one)
             break
-        learner_w = with_feedback(TwoStageRecommender(data_w, fit_sources(data_w, params), params),
+        states.append((start, data_w))
+    learn = replace(params, max_train_users=-(-params.max_train_users // (1 + len(states)))) if states else params
+    extra = []
+    for w, (start, data_w) in enumerate(states, 1):
+        learner_w = with_feedback(TwoStageRecommender(data_w, fit_sources(data_w, params), learn),
                                   impressions, events, start, start + span, feedback)
         labels_w = source.window(start, start + span)
         extra.append((learner_w, labels_w, params.ranker.seed + w) if client is not None
                      else learner_w.split_ranking_sets(labels_w, params.ranker.seed + w))
     progress.note(f"stage 1/3: recall sources on events before {pd.Timestamp(train_end):%Y-%m-%d} "
                   f"({data_train.n_users:,} users, {data_train.n_items:,} items)")
-    learner = with_feedback(TwoStageRecommender(data_train, fit_sources(data_train, params), params),
+    learner = with_feedback(TwoStageRecommender(data_train, fit_sources(data_train, params), learn),
                             impressions, events, pd.Timestamp(train_end), pd.Timestamp(label_end), feedback)
     progress.note(f"stage 2/3: ranking sets (candidates + features) and the ranker on {len(label_events):,} "
                   "label-window events")

@@ -229,3 +229,28 @@ def test_text_source_is_left_out_without_a_real_catalogue(small_world):
     assert "baseline.text.ndcg_at_10" not in m and "baseline.repeat.ndcg_at_10" in m
     assert not any(key.startswith("recall.text_") for key in m) and "test.ndcg_at_10" in m
     assert np.isnan(rec.features(rec.candidate_table(np.arange(5)))[:, FEATURE_NAMES.index("m_text_sim")]).all()
+
+
+def test_stacked_windows_share_the_rankers_user_budget(small_world, monkeypatch):
+    """Two windows on small data add users; on data past `max_train_users` the ranker learns from as
+    many users (so as many rows) as with one window: the default's second window costs no ranker time."""
+    import recsys.models.two_stage as two_stage
+
+    groups_seen: list[int] = []
+    real = two_stage.train_ranker
+
+    def spy(x, y, groups, x_val, y_val, groups_val, *rest):
+        groups_seen.append(len(groups) + len(groups_val))
+        return real(x, y, groups, x_val, y_val, groups_val, *rest)
+
+    monkeypatch.setattr(two_stage, "train_ranker", spy)
+    events, catalog = small_world
+    split = temporal_split(events[S.TS].max(), SplitParams(label_days=5, test_days=5))
+    quick = dict(tune_baselines=False, tune_popularity=False)
+    for windows, cap in ((1, 10_000), (2, 10_000), (1, 30), (2, 30)):
+        rec, _ = train_two_stage(events, catalog, split.train_end, split.label_end,
+                                 _params(train_windows=windows, max_train_users=cap, **quick))
+        assert rec.params.max_train_users == cap  # the saved settings are the configured ones
+    one, two, one_capped, two_capped = groups_seen
+    assert two > 1.5 * one  # uncapped: the earlier window's users join
+    assert 20 <= one_capped <= 30 and 20 <= two_capped <= 30
