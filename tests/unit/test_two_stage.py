@@ -239,9 +239,9 @@ def test_stacked_windows_share_the_rankers_user_budget(small_world, monkeypatch)
     groups_seen: list[int] = []
     real = two_stage.train_ranker
 
-    def spy(x, y, groups, x_val, y_val, groups_val, *rest):
+    def spy(x, y, groups, x_val, y_val, groups_val, *rest, **kw):
         groups_seen.append(len(groups) + len(groups_val))
-        return real(x, y, groups, x_val, y_val, groups_val, *rest)
+        return real(x, y, groups, x_val, y_val, groups_val, *rest, **kw)
 
     monkeypatch.setattr(two_stage, "train_ranker", spy)
     events, catalog = small_world
