@@ -154,7 +154,8 @@ from recsys.features import schema as S
 from recsys.features.split import temporal_split, window
 from recsys.models.config import TrainConfig
 from recsys.models.evaluation import evaluate, evaluation_truth, score_users
-from recsys.models.two_stage import TwoStageRecommender, train_two_stage
+from recsys.models.two_stage import TwoStageRecommender
+from recsys.models.two_stage_training import train_two_stage
 from recsys.features.validation import split_valid_rows
 from recsys.tasks.data import read_catalog, read_events
 import pandas as pd

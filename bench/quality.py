@@ -34,7 +34,7 @@ from recsys.models.config import TrainConfig  # noqa: E402
 from recsys.models.evaluation import BASELINES, evaluate  # noqa: E402
 from recsys.models.gate import paired_bootstrap_ci  # noqa: E402
 from recsys.models.tuning import SearchParams, search_settings, tuned_params  # noqa: E402
-from recsys.models.two_stage import train_two_stage  # noqa: E402
+from recsys.models.two_stage_training import train_two_stage  # noqa: E402
 
 # the shared data next to the repository (../shared, as the README says) unless RECSYS_SHARED points elsewhere
 SHARED = Path(os.environ.get("RECSYS_SHARED") or Path(__file__).resolve().parents[2] / "shared")

@@ -40,7 +40,8 @@ from recsys.models.search_ranker import (SearchRankerParams, evaluate_search, se
                                   train_search_model)
 from recsys.models.semantic import load_encoder, why_not  # noqa: E402
 from recsys.models.session import build_serving_index  # noqa: E402
-from recsys.models.two_stage import TwoStageParams, train_two_stage  # noqa: E402
+from recsys.models.two_stage import TwoStageParams  # noqa: E402
+from recsys.models.two_stage_training import train_two_stage  # noqa: E402
 
 TARGET = 1.15  # (d) / (a) on NDCG@10
 RETAIL_CSV = Path(os.environ.get("RECSYS_SHARED", "/work/shared")) / "data/online_retail/online_retail.csv.gz"

@@ -191,7 +191,7 @@ def validation_score(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.
     labels from [train_end - span, train_end), recall refit at train_end. Events from label_end on are dropped."""
     # imported here: models.two_stage imports this module (grid_search, window_truth)
     from recsys.models.evaluation import evaluate
-    from recsys.models.two_stage import train_two_stage
+    from recsys.models.two_stage_training import train_two_stage
 
     span = pd.Timestamp(label_end) - pd.Timestamp(train_end)
     seen = events.loc[events[S.TS] < label_end]

@@ -24,7 +24,8 @@ from recsys.models.ranker import RankerResult
 from recsys.models.search import search_metrics, search_quality
 from recsys.models.search_ranker import SearchRankerParams, search_sessions, train_search_model
 from recsys.models.semantic import load_encoder
-from recsys.models.two_stage import TwoStageRecommender, train_two_stage
+from recsys.models.two_stage import TwoStageRecommender
+from recsys.models.two_stage_training import train_two_stage
 from recsys.tasks import caching, plots, tracking
 from recsys.tasks.retry import retry_transient
 from recsys.tasks.reporting import markdown_table, metric_rows, text_table

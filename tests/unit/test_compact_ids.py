@@ -62,7 +62,8 @@ def test_feature_state_and_trained_model_equal_the_string_path(store):
     from recsys.features.split import SplitParams, temporal_split
     from recsys.models.recall import ALSParams
     from recsys.models.ranker import RankerParams
-    from recsys.models.two_stage import TwoStageParams, train_two_stage
+    from recsys.models.two_stage import TwoStageParams
+    from recsys.models.two_stage_training import train_two_stage
 
     catalog = read_catalog(store)
     runs = []

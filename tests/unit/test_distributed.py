@@ -13,7 +13,8 @@ from recsys.features.validation import split_valid_rows
 from recsys.models.evaluation import evaluate
 from recsys.models.ranker import RankerParams
 from recsys.models.recall import ALSParams
-from recsys.models.two_stage import TwoStageParams, TwoStageRecommender, fit_sources, train_two_stage
+from recsys.models.two_stage import TwoStageParams, TwoStageRecommender, fit_sources
+from recsys.models.two_stage_training import train_two_stage
 from recsys.tasks.data import read_catalog, read_events, write_day_partition, write_synthetic_dataset
 
 distributed = pytest.importorskip("distributed")

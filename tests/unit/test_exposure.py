@@ -120,7 +120,8 @@ def looped():
     from recsys.features.synthetic import SyntheticParams, SyntheticWorld
     from recsys.models.ranker import RankerParams
     from recsys.models.recall import ALSParams
-    from recsys.models.two_stage import TwoStageParams, train_two_stage
+    from recsys.models.two_stage import TwoStageParams
+    from recsys.models.two_stage_training import train_two_stage
 
     world = SyntheticWorld(SyntheticParams(n_users=200, n_items=120, n_days=21, sessions_per_user_day=0.3))
     events = pd.concat([ev for _, ev in world.iter_days()], ignore_index=True)
@@ -189,7 +190,8 @@ def test_no_impressions_train_the_model_of_today():
     from recsys.features.synthetic import SyntheticParams, SyntheticWorld
     from recsys.models.ranker import RankerParams
     from recsys.models.recall import ALSParams
-    from recsys.models.two_stage import FEATURE_NAMES, TwoStageParams, train_two_stage
+    from recsys.models.two_stage import FEATURE_NAMES, TwoStageParams
+    from recsys.models.two_stage_training import train_two_stage
 
     world = SyntheticWorld(SyntheticParams(n_users=120, n_items=80, n_days=14, sessions_per_user_day=0.3))
     events = pd.concat([ev for _, ev in world.iter_days()], ignore_index=True)

@@ -25,7 +25,8 @@ def test_two_stage_training_reports_its_stages(monkeypatch):
 
     from recsys.features.split import SplitParams, temporal_split
     from recsys.models.recall import ALSParams
-    from recsys.models.two_stage import TwoStageParams, train_two_stage
+    from recsys.models.two_stage import TwoStageParams
+    from recsys.models.two_stage_training import train_two_stage
 
     world = SyntheticWorld(SyntheticParams(n_users=120, n_items=60, n_days=21, seed=1))
     catalog = world.catalog()

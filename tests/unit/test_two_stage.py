@@ -8,7 +8,8 @@ from recsys.features.synthetic import SyntheticParams, SyntheticWorld
 from recsys.models.evaluation import EvaluationParams, evaluate, relevant_items
 from recsys.models.ranker import RankerParams
 from recsys.models.recall import ALSParams
-from recsys.models.two_stage import FEATURE_NAMES, SOURCE_NAMES, TwoStageParams, TwoStageRecommender, train_two_stage
+from recsys.models.two_stage import FEATURE_NAMES, SOURCE_NAMES, TwoStageParams, TwoStageRecommender
+from recsys.models.two_stage_training import train_two_stage
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,7 @@ def test_recommend_in_user_blocks_gives_the_same_lists(trained, monkeypatch):
 
 def test_popularity_tuning_follows_what_new_buyers_buy():
     from recsys.models.recall import PopularityParams
-    from recsys.models.two_stage import tune_popularity
+    from recsys.models.two_stage_training import tune_popularity
     from tests.unit.conftest import make_events
 
     # last 7 days: item v is viewed a lot; over 28 days, item b is what people buy
