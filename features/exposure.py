@@ -37,7 +37,8 @@ import scipy.sparse as sp
 from recsys.features import schema as S
 from recsys.features.attribution import (CARTED, CLICKED, BOUGHT, ENDPOINT, POSITION, RECOMMENDATION_ENDPOINTS,
                                          AttributionParams, attribute)
-from recsys.features.interactions import IdIndex, csr_lookup
+from recsys.features.csr_rows import csr_lookup
+from recsys.features.interactions import IdIndex
 
 EXPOSURE_FEATURES = ("x_shown", "x_ignored", "x_days_since_shown", "xi_shown", "xi_ctr")
 # +1: the score may only rise with the feature, -1: only fall (LightGBM monotone_constraints)

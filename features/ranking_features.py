@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from recsys.features import schema as S
-from recsys.features.interactions import (DENSE_BLOCK_CELLS, IdIndex, InteractionData, csr_lookup, csr_row, row_blocks,
-                                   row_totals, single_row, weighted_rows_sum)
+from recsys.features.csr_rows import (DENSE_BLOCK_CELLS, csr_lookup, csr_row, row_blocks, row_totals, single_row,
+                                      weighted_rows_sum)
+from recsys.features.interactions import IdIndex, InteractionData
 
 PAIR_FEATURES = (
     "u_log_events", "u_days_since_last", "u_n_items",

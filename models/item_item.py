@@ -17,7 +17,8 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from recsys.features.interactions import DENSE_BLOCK_CELLS, InteractionData, row_blocks
+from recsys.features.csr_rows import DENSE_BLOCK_CELLS, row_blocks
+from recsys.features.interactions import InteractionData
 from recsys.models.recall import Candidates, _empty, _topk_dense
 from recsys.models.tuning import TuningResult, grid_search, window_truth
 

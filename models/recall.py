@@ -13,7 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from recsys.features.interactions import DENSE_BLOCK_CELLS, InteractionData, csr_row, row_blocks, rows_dot, weighted_rows_sum
+from recsys.features.csr_rows import DENSE_BLOCK_CELLS, csr_row, row_blocks, rows_dot, weighted_rows_sum
+from recsys.features.interactions import InteractionData
 from recsys.models import progress
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.features.interactions import csr_row, weighted_rows_sum
+from recsys.features.csr_rows import csr_row, weighted_rows_sum
 from recsys.models.recall import Candidates
 from recsys.models.text_index import TextIndex
 from recsys.models.two_stage import CandidateTable, TwoStageRecommender, merge_candidates

@@ -15,7 +15,8 @@ from recsys.features.covisitation import CovisitationParams
 from recsys.features.exposure import (EXPOSURE_FEATURES, ExposureIndex, ExposureState,
                                       exposure_features, index_exposure,
                                       monotone_constraints)
-from recsys.features.interactions import IdIndex, InteractionData, InteractionParams, csr_lookup
+from recsys.features.csr_rows import csr_lookup
+from recsys.features.interactions import IdIndex, InteractionData, InteractionParams
 from recsys.features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
 from recsys.models.item_item import ITEM_ITEM, EASEParams, RP3betaParams
 from recsys.models.ranker import RankerParams, RankerResult, train_ranker

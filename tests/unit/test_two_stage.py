@@ -199,7 +199,7 @@ def test_seen_items_auto_drops_them_only_where_nobody_rebuys(small_world):
     # the same window with every re-purchase removed: nobody re-buys, so auto drops seen items
     buys = labels[labels[S.EVENT_TYPE] == S.PURCHASE]
     u, i = data.users.index_of(buys[S.USER_ID].to_numpy(object)), data.items.index_of(buys[S.ITEM_ID].to_numpy(object))
-    from recsys.features.interactions import csr_lookup
+    from recsys.features.csr_rows import csr_lookup
 
     rebuy = np.zeros(len(buys), bool)
     ok = (u >= 0) & (i >= 0)
