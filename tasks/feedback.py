@@ -28,7 +28,7 @@ from recsys.models.ab_test import (CHALLENGER, CHAMPION, PROMOTE, STOP_NOT_BETTE
 from recsys.models.online_config import ABDecisionParams, OnlineParams
 from recsys.tasks import plots, tracking
 from recsys.tasks.data import read_events
-from recsys.tasks.impressions import read_impressions
+from recsys.tasks.impressions import on_event_clock, read_impressions
 from recsys.tasks.logs import run_logger
 from recsys.tasks.paths import data_dir, recsys_home
 from recsys.tasks.reporting import emit_promoted, markdown_table, mlflow_run_link
@@ -73,7 +73,8 @@ def load_attributed(params: OnlineParams, now: str | None = None) -> pd.DataFram
     if not directory.exists():
         raise FileNotFoundError(f"no impressions at {directory}: run `recsys serve` (it logs every response "
                                 "there unless --no-impressions) or pass --impressions-dir")
-    imp = read_impressions(directory, since=f"{since:%Y-%m-%d}")
+    # on the events' clock: a replaying client (`recsys simulate`) sends it with each request, as training reads it
+    imp = on_event_clock(read_impressions(directory, since=f"{since:%Y-%m-%d}"))
     imp = imp[imp[S.TS] >= since]
     base = _base(params.data_dir)
     try:
