@@ -93,20 +93,24 @@ class LexicalIndex:
             out.append((word, stem))
         return out
 
-    def term_ids(self, query: str) -> np.ndarray:
-        """Vocabulary ids of the query's terms: stemmed, and an unknown word replaced by the closest
-        catalogue word within `max_typo_distance` edits (dropped when there is none)."""
+    def parse(self, query: str) -> tuple[np.ndarray, str]:
+        """The query's vocabulary ids (stemmed; an unknown word replaced by the closest catalogue word within
+        `max_typo_distance` edits, dropped when there is none) and the query with its typos corrected (what
+        the semantic encoder reads: a typo would otherwise embed as a different word; words no catalogue
+        word is close to stay as typed). One pass: the typo search runs once per word."""
         vocab = self.bm25.vocab_dict
-        out: list[int] = []
-        for _, stem in self._analysed(query):
-            if stem in vocab and vocab[stem] not in out:
-                out.append(vocab[stem])
-        return np.asarray(out, dtype=np.int64)
+        ids: list[int] = []
+        analysed = self._analysed(query)
+        for _, stem in analysed:
+            if stem in vocab and vocab[stem] not in ids:
+                ids.append(vocab[stem])
+        return np.asarray(ids, dtype=np.int64), " ".join(word for word, _ in analysed)
+
+    def term_ids(self, query: str) -> np.ndarray:
+        return self.parse(query)[0]
 
     def corrected(self, query: str) -> str:
-        """The query with its typos corrected to catalogue words (what the semantic encoder reads: a typo
-        would otherwise embed as a different word); words no catalogue word is close to stay as typed."""
-        return " ".join(word for word, _ in self._analysed(query))
+        return self.parse(query)[1]
 
     def scores(self, term_ids: np.ndarray) -> np.ndarray:
         """BM25 score of every item for the query terms (zeros when there are none)."""

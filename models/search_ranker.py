@@ -213,13 +213,13 @@ class SearchModel:
 
     def retrieve(self, query: str, semantic: bool = True) -> Retrieved:
         p = self.params
-        term_ids = self.lexical.term_ids(query)
+        term_ids, corrected = self.lexical.parse(query)
         bm25_all = self.lexical.scores(term_ids)
         lex = _top(bm25_all, p.candidates)
         emb_all = None
         sem = np.zeros(0, np.int64)
         if semantic and self.semantic:
-            emb_all = self.embeddings @ self.encoder.encode_query(self.lexical.corrected(query))
+            emb_all = self.embeddings @ self.encoder.encode_query(corrected)
             sem = _top(np.maximum(emb_all, 1e-9), p.semantic_candidates)
         items = np.concatenate([lex, np.setdiff1d(sem, lex)]).astype(np.int64)
         lex_rank = np.full(len(items), np.nan, np.float32)
