@@ -2,7 +2,7 @@
 
 import pytest
 
-from recsys.serving.app import ModelHolder
+from recsys.serving.model_state import ModelHolder
 from recsys.serving.model_state import describe_lookup_error, public_text, retry_delay_s
 
 
