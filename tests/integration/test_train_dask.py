@@ -11,6 +11,12 @@ from tests.integration.conftest import small_config
 from tests.integration.test_mlflow_postgres import S3_BUCKET, S3_CREDENTIALS, _boto_credentials, s3_endpoint  # noqa: F401
 from tests.unit.test_distributed import METRIC_TOLERANCE
 
+# The whole flow's metrics on ~200 test users: the lightgbm.dask ranker's data-parallel histograms depend on
+# which worker holds which block (the scheduler's choice), and with this stop's defaults (two stacked label
+# windows, min_child_samples 100: fewer, coarser leaves) one split more or less moves NDCG@10 by up to ~0.025
+# (seen once in four runs with these defaults: 0.0241). The unit test (same users, fixed blocks) keeps METRIC_TOLERANCE.
+FLOW_METRIC_TOLERANCE = METRIC_TOLERANCE + 0.01
+
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:Parameter n_jobs will be ignored")]
 
 
@@ -47,7 +53,7 @@ def test_train_flow_on_dask_with_events_on_s3_matches_the_single_process_run(fir
     m = on_dask.data.metrics
     assert m["data.events"] == single["data.events"] > 10_000
     for key in ("test.ndcg_at_10", "test.map_at_10", "test.recall_at_10", "test.hitrate_at_10"):
-        assert abs(m[key] - single[key]) <= METRIC_TOLERANCE, (key, m[key], single[key])
+        assert abs(m[key] - single[key]) <= FLOW_METRIC_TOLERANCE, (key, m[key], single[key])
     # candidates and baselines do not depend on where the ranker was trained: equal
     compared = [key for key in single if key.startswith(("recall.", "baseline."))]
     assert len(compared) > 10
