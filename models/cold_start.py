@@ -229,6 +229,14 @@ def new_user_recommendation(rec: TwoStageRecommender, serving: ServingIndex, ite
     return recommend_session(rec, serving, -1, items, list(types), k)
 
 
+def cold_start_status(rec: TwoStageRecommender) -> dict[str, str]:
+    """What a new user gets from this model (reported by the service's /version)."""
+    p = rec.params.cold_start
+    session = SESSION_NAMES[p.session_strategy] + (", the session's items first" if p.session_items_first else "")
+    return {"session": session, "category": f"{POPULAR_CATEGORY} (category weight {p.category_weight:g})",
+            "none": POPULAR}
+
+
 # ---- the protocol: the first event revealed, the rest of the window's purchases to find ------------------
 @dataclass
 class ContextCases:
