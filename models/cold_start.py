@@ -162,11 +162,14 @@ def context_scores(rec: TwoStageRecommender, items: np.ndarray, weights: np.ndar
         scores = first_then(near, by_category)
     else:
         raise ValueError(f"no context scores for strategy '{strategy}'")
-    if items_first:
-        own = np.zeros(len(scores))
-        np.add.at(own, items, weights)
-        scores = first_then(own, scores)
-    return scores
+    return lead_with(items, weights, scores) if items_first else scores
+
+
+def lead_with(items: np.ndarray, weights: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """`scores` with the session's own items first (by their summed event weight)."""
+    own = np.zeros(len(scores))
+    np.add.at(own, items, weights)
+    return first_then(own, scores)
 
 
 def rrf(lists: list[np.ndarray], n_items: int) -> np.ndarray:
@@ -178,9 +181,22 @@ def rrf(lists: list[np.ndarray], n_items: int) -> np.ndarray:
 
 
 def session_list(rec: TwoStageRecommender, serving: ServingIndex, items: np.ndarray, types: list[str], k: int,
-                 params: ColdStartParams) -> Recommendation:
-    """A new user's top-k given session events (known item indices), by `params.session_strategy`."""
+                 params: ColdStartParams, cache: dict | None = None) -> Recommendation:
+    """A new user's top-k given session events (known item indices), by `params.session_strategy`.
+
+    `cache` (a dict kept by the caller) holds the two-stage session lists already computed (tuning asks for
+    the same session under several grid points)."""
     from recsys.models.session import Recommendation, recommend_session
+
+    def two_stage(its: np.ndarray, tps: list[str], depth: int) -> Recommendation:
+        """The service's session path for a new user (`recommend_session`), through `cache`."""
+        key = (tuple(np.asarray(its).tolist()), tuple(tps), depth)
+        if cache is None or key not in cache:
+            found = recommend_session(rec, serving, -1, np.asarray(its, dtype=np.int64), list(tps), depth)
+            if cache is None:
+                return found
+            cache[key] = found
+        return cache[key]
 
     s_items, w, s_types = session_weights(rec, items, types)
     strategy = params.session_strategy
@@ -188,23 +204,17 @@ def session_list(rec: TwoStageRecommender, serving: ServingIndex, items: np.ndar
             or serving.is_cold[s_items].all():  # only new items: the session path leads with content
         if strategy == "popular":
             items, types = np.zeros(0, np.int64), []
-        return recommend_session(rec, serving, -1, np.asarray(items, np.int64), list(types), k)
+        return two_stage(items, types, k)
     depth = max(k, 50)
     if strategy in ("session", "blend"):
-        ranked = recommend_session(rec, serving, -1, s_items, s_types, depth)
+        ranked = two_stage(s_items, s_types, depth)
     if strategy == "session":
-        scores = rrf([ranked.items], rec.data.n_items)
-        own = np.zeros(len(scores))
-        np.add.at(own, s_items, w)
-        scores = first_then(own, scores)
+        scores = lead_with(s_items, w, rrf([ranked.items], rec.data.n_items))
     elif strategy == "blend":
         parts = [ranked.items] + [top_items(context_scores(rec, s_items, w, name, False, params.category_weight),
                                             depth)[0] for name in ("covis", "category")]
         scores = rrf(parts, rec.data.n_items)
-        if params.session_items_first:
-            own = np.zeros(len(scores))
-            np.add.at(own, s_items, w)
-            scores = first_then(own, scores)
+        scores = lead_with(s_items, w, scores) if params.session_items_first else scores
     else:
         scores = context_scores(rec, s_items, w, strategy, params.session_items_first, params.category_weight)
     top, sc = top_items(scores, k)
@@ -282,14 +292,14 @@ def context_cases(rec: TwoStageRecommender, window_events: pd.DataFrame, user_id
 
 
 def case_lists(rec: TwoStageRecommender, serving: ServingIndex, cases: ContextCases, k: int,
-               params: ColdStartParams, context: str) -> list[list[str]]:
+               params: ColdStartParams, context: str, cache: dict | None = None) -> list[list[str]]:
     """Each case's top-k item ids with `context` "event" (the session path) or "category" (its category)."""
     ids = rec.data.items.ids
     cats = np.asarray(rec.data.categories, dtype=object).astype(str)
     out = []
     for item, etype in zip(cases.first_item, cases.first_type):
         if context == "event":
-            r = session_list(rec, serving, np.array([item]), [etype], k, params)
+            r = session_list(rec, serving, np.array([item]), [etype], k, params, cache)
             out.append(ids[r.items].tolist())
         else:
             found = category_list(rec, cats[rec.data.item_category[item]], k, params.category_weight)
@@ -343,10 +353,11 @@ def tune_cold_start(rec: TwoStageRecommender, serving: ServingIndex, label_event
         return TuningResult(base, ())
     cat_points, session_points = cold_start_grid(base)
     scores = []
+    cache: dict = {}
 
     def score(point: dict, context: str) -> float:
         params = replace(base, **point)
-        value = float(per_user_metrics(case_lists(rec, serving, cases, k, params, context), cases.relevant,
+        value = float(per_user_metrics(case_lists(rec, serving, cases, k, params, context, cache), cases.relevant,
                                        k)[f"ndcg_at_{k}"].mean())
         scores.append(({**point, "context": context, "cases": len(cases)}, value))
         return value

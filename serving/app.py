@@ -61,6 +61,12 @@ class SessionEvent(BaseModel):
     event_type: Literal["view", "add_to_cart", "purchase"] = "view"
 
 
+CATEGORY_HELP = ("the category of the page a visitor landed on: a user the model does not know (and who has no "
+                 "usable session events) gets the recent best sellers of this category blended with the overall "
+                 "ones (strategy `popular_category`); ignored for known users and for categories the model "
+                 "does not know (plain `popular`)")
+
+
 class SessionRequest(BaseModel):
     """A shopper's recent events, oldest first; `user_id` may be omitted for an anonymous visitor."""
 
@@ -69,12 +75,6 @@ class SessionRequest(BaseModel):
     events: list[SessionEvent] = Field(default_factory=list, max_length=MAX_SESSION_EVENTS)
     k: Annotated[int, BeforeValidator(json_integer)] = Field(10, ge=1, le=MAX_K)
     category: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH, description=CATEGORY_HELP)
-
-
-CATEGORY_HELP = ("the category of the page a visitor landed on: a user the model does not know (and who has no "
-                 "usable session events) gets the recent best sellers of this category blended with the overall "
-                 "ones (strategy `popular_category`); ignored for known users and for categories the model "
-                 "does not know (plain `popular`)")
 
 
 def ab_bucket(user_id: str) -> float:
