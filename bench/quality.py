@@ -3,7 +3,9 @@ it (no settings of this bench's own) against every baseline, strong ones include
 tuned on the label window, tuned popularity, ALS, item-kNN, ...), on the synthetic data (three seeds)
 and on UCI Online Retail, each on a temporal holdout. Prints NDCG/MAP/Recall/HitRate@k, coverage,
 the ratio of the two-stage NDCG to the best baseline's and the 95% paired-bootstrap interval of the
-difference (over test users), the `new`/`returning` segments, and the settings tuning chose.
+difference (over test users), the `new`/`returning` segments, and the settings tuning chose. New users are
+also scored with context (recsys.models.cold_start): their first test-window event revealed (`new_context`)
+or only its category (`new_category`), the rest of their test-window purchases to find.
 
     .venv/bin/python bench/quality.py                       # tables
     .venv/bin/python bench/quality.py --json                # one JSON object
@@ -102,6 +104,7 @@ def run_dataset(name: str, events: pd.DataFrame, catalog: pd.DataFrame, split_pa
         segments[seg] = vals
     new = segments["new"]
     best_pop_new = max((new[b] for b in POPULARITY_STYLE if new.get(b) is not None), default=None)
+    new_users = new_user_table(rec, ev, k)
     return {"dataset": name, "k": k, "n_test_users": int(m["test.n_users"]),
             "new_user_share": m["test.new_user_share"], "split": split.as_dict(),
             "cli": f"recsys train {CLI_SPLIT_OPTIONS[name.split('@')[0]]}".strip(),
@@ -109,7 +112,7 @@ def run_dataset(name: str, events: pd.DataFrame, catalog: pd.DataFrame, split_pa
             "ci": [low, high], "target": TARGET, "meets_target": bool(ratio >= TARGET and low > 0),
             "new_vs_best_popularity": (None if new["two-stage"] is None or best_pop_new is None
                                        else new["two-stage"] - best_pop_new),
-            "segments": segments, "best_iteration": result.best_iteration,
+            "segments": segments, "new_users": new_users, "best_iteration": result.best_iteration,
             "tuned": {n: dataclasses.asdict(t.params) for n, t in rec.baseline_tuning.items()},
             "seen_items": rec.params.seen_items, "text_source": "text" in rec.sources,
             "recall": {key_: v for key_, v in m.items() if key_.startswith("recall.")},
@@ -118,6 +121,31 @@ def run_dataset(name: str, events: pd.DataFrame, catalog: pd.DataFrame, split_pa
             "search": None if search is None else {"settings": search.settings, "validation_ndcg": search.value,
                                                    "start_validation_ndcg": search.start_value,
                                                    "trials": len(search.trials)}}
+
+
+def new_user_table(rec, ev, k: int) -> dict:
+    """The new users by protocol (no context: `new`; first test-window event revealed: `new_context`; only its
+    category: `new_category`): two-stage vs the best popularity-style baseline on the same users and truth,
+    NDCG@k with the 95% paired-bootstrap interval of the difference (None below 2 users)."""
+    m, key = ev.metrics, f"ndcg_at_{k}"
+    is_new = rec.data.users.index_of(ev.user_ids) < 0
+    out = {}
+    for protocol in ("new", "new_context", "new_category"):
+        base = "new" if protocol == "new" else "new_context"  # the baselines ignore context: one truth, one list
+        pops = {b: m[f"baseline.{b}.{base}.{key}"] for b in POPULARITY_STYLE if f"baseline.{b}.{base}.{key}" in m}
+        model = m.get(f"test.{protocol}.{key}")
+        if model is None or not pops:
+            out[protocol] = {"n_users": 0}
+            continue
+        best = max(pops, key=pops.get)
+        if protocol == "new":
+            diff = ev.per_user[key][is_new] - ev.baseline_per_user[best][key][is_new]
+        else:
+            diff = ev.context_per_user[f"test.{protocol}"] - ev.context_per_user[f"baseline.{best}.new_context"]
+        ci = list(paired_bootstrap_ci(diff, 0.95, 1000, 0)) if len(diff) >= 2 else None
+        out[protocol] = {"n_users": int(len(diff)), "two-stage": model, "best_popularity": best,
+                         "popularity_ndcg": pops[best], "diff": float(diff.mean()), "ci": ci}
+    return out
 
 
 def table(res: dict) -> str:
@@ -136,6 +164,12 @@ def table(res: dict) -> str:
         if vals["two-stage"] is not None:
             lines.append(f"segment {seg}: two-stage {vals['two-stage']:.4f}, "
                          + ", ".join(f"{b} {v:.4f}" for b, v in vals.items() if b != "two-stage" and v is not None))
+    for protocol, row in res.get("new_users", {}).items():
+        if row["n_users"]:
+            ci = f"[{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}]" if row["ci"] else "n/a"
+            lines.append(f"new users, {protocol} ({row['n_users']} users): two-stage {row['two-stage']:.4f} vs "
+                         f"{row['best_popularity']} {row['popularity_ndcg']:.4f}, difference {row['diff']:+.4f} "
+                         f"(95% CI {ci})")
     lines.append("tuned on the label window: " + "; ".join(f"{n} {p}" for n, p in res["tuned"].items())
                  + f"; seen items: {res['seen_items']}; text source: {'on' if res['text_source'] else 'off'}")
     if res.get("search"):

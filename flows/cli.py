@@ -222,11 +222,11 @@ def train(
     k: int = typer.Option(10, min=1, max=200, help="list length for metrics@k"),
     eval_max_users: int = typer.Option(20_000, min=0, help="evaluation and the gate score a seeded sample of at "
                                                           "most this many test-window users (0: all)"),
-    tune: str = typer.Option("quick", help="quick: pick the popularity list and the EASE/RP3beta baselines' "
-                                           "settings on the label window; full: also an Optuna search on earlier "
-                                           "windows over ALS, ranker, candidate budgets, half-life, popularity and "
-                                           "seen items (reused by the next run while the data fits); off: use "
-                                           "the settings as given"),
+    tune: str = typer.Option("quick", help="quick: pick the popularity list, the new-user path and the "
+                                           "EASE/RP3beta baselines' settings on the label window; full: also an "
+                                           "Optuna search on earlier windows over ALS, ranker, candidate "
+                                           "budgets, half-life, popularity and seen items (reused by the next "
+                                           "run while the data fits); off: use the settings as given"),
     tune_budget_s: float = typer.Option(600.0, help="--tune full: seconds after which no trial starts"),
     tune_trials: int = typer.Option(40, help="--tune full: at most this many trials"),
     tune_reuse: bool = typer.Option(True, help="--tune full: reuse the previous full run's settings while the "
@@ -279,6 +279,7 @@ def train(
     from recsys.models.evaluation import EvaluationParams
     from recsys.models.gate import GateParams
     from recsys.features.interactions import InteractionParams
+    from recsys.models.cold_start import ColdStartParams
     from recsys.models.recall import ALSParams, PopularityParams
     from recsys.models.tuning import SearchParams
     from recsys.models.two_stage import TwoStageParams
@@ -290,6 +291,7 @@ def train(
                              popularity=PopularityParams(popularity_days, popularity_purchases_only),
                              interactions=InteractionParams(half_life_days=half_life_days),
                              tune_popularity=tune != "off", tune_baselines=tune != "off",
+                             cold_start=ColdStartParams(tune=tune != "off"),
                              seen_items=seen_items, train_windows=train_windows),
         evaluation=EvaluationParams(max_users=eval_max_users or None),
         tuning=SearchParams(mode=tune, budget_s=tune_budget_s, max_trials=tune_trials, reuse=tune_reuse),

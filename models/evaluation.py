@@ -53,6 +53,9 @@ class Evaluation:
     baseline_per_user: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # baseline -> per_user
     # long frame (model, metric, k, value) for k = 1..curve_max_k, from the same lists as `metrics`
     curves: pd.DataFrame | None = None
+    # new users with context (recsys.models.cold_start.context_metrics): per-user NDCG@k by metric prefix
+    # (test.new_context, test.new_category, baseline.<name>.new_context)
+    context_per_user: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def score_users(rec: TwoStageRecommender, user_ids: list[str], relevant: list[set], k: int) -> dict[str, np.ndarray]:
@@ -80,8 +83,12 @@ def list_metrics(items2d: np.ndarray, relevant: list[set], ids: np.ndarray, k: i
 
 def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
              baselines: tuple[str, ...] = tuple(BASELINES), curve_max_k: int = 20,
-             params: EvaluationParams = EvaluationParams(), recommend=None) -> Evaluation:
+             params: EvaluationParams = EvaluationParams(), recommend=None, new_context: bool = True) -> Evaluation:
     """Metrics @k of the two-stage model and every baseline on the same users, plus metric@k curves.
+
+    With `new_context`, the scored users unknown to the model are also scored with their first test-window
+    event revealed (`test.new_context.*`) or only its category (`test.new_category.*`), next to the
+    popularity-style baselines on the same cases (`new_user_context`).
 
     Each model's list is computed once at depth max(k, curve_max_k); a top-k list is a prefix of it.
     `recommend(users, depth)` replaces `rec.recommend` (e.g. scoring on a Dask cluster)."""
@@ -112,8 +119,28 @@ def evaluate(rec: TwoStageRecommender, test_events: pd.DataFrame, k: int,
         metrics.update(m)
     metrics.update(candidate_recall(rec, idx, relevant))
     curves = curves_from_lists(lists, relevant, ids, curve_max_k) if curve_max_k > 0 else None
+    context_per_user = {}
+    if new_context and (idx < 0).any():
+        context, context_per_user = new_user_context(rec, test_events, [u for u, i in zip(user_ids, idx) if i < 0],
+                                                     {b: lists[b][np.flatnonzero(idx < 0)[0]]
+                                                      for b in POPULARITY_STYLE if b in lists}, k)
+        metrics.update(context)
     return Evaluation(metrics=metrics, user_ids=user_ids, per_user=per_user, curves=curves,
-                      baseline_per_user=baseline_per_user)
+                      baseline_per_user=baseline_per_user, context_per_user=context_per_user)
+
+
+POPULARITY_STYLE = ("popularity", "trending")  # the baselines' lists for a user without history
+
+
+def new_user_context(rec: TwoStageRecommender, test_events: pd.DataFrame, new_user_ids: list[str],
+                     baseline_lists: dict[str, np.ndarray], k: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The new users' metrics with context revealed (recsys.models.cold_start.context_cases: each user's first
+    test-window event is the context, the rest of their test-window purchases the truth)."""
+    from recsys.models.cold_start import context_cases, context_metrics
+    from recsys.models.session import build_serving_index
+
+    cases = context_cases(rec, test_events, user_ids=new_user_ids)
+    return context_metrics(rec, build_serving_index(rec), cases, k, baseline_lists)
 
 
 def candidate_recall(rec: TwoStageRecommender, idx: np.ndarray, relevant: list[set]) -> dict[str, float]:

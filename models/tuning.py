@@ -198,7 +198,7 @@ def validation_score(events: pd.DataFrame, catalog: pd.DataFrame, train_end: pd.
     rec, _ = train_two_stage(seen.loc[seen[S.TS] < train_end], catalog, pd.Timestamp(train_end) - span,
                              train_end, params)
     window_events = seen.loc[seen[S.TS] >= train_end]
-    return float(evaluate(rec, window_events, 10, baselines=(), curve_max_k=0).metrics.get(
+    return float(evaluate(rec, window_events, 10, baselines=(), curve_max_k=0, new_context=False).metrics.get(
         f"test.{VALIDATION_METRIC}", 0.0))
 
 

@@ -18,6 +18,7 @@ from recsys.features.exposure import (EXPOSURE_FEATURES, ExposureIndex, Exposure
 from recsys.features.csr_rows import csr_lookup
 from recsys.features.interactions import IdIndex, InteractionData, InteractionParams
 from recsys.features.ranking_features import PAIR_FEATURES, pair_features, pair_labels
+from recsys.models.cold_start import ColdStartParams
 from recsys.models.item_item import ITEM_ITEM, EASEParams, RP3betaParams
 from recsys.models.ranker import RankerParams, RankerResult, train_ranker
 from recsys.models.recall import (ALSParams, ALSSource, Candidates, CovisitationSource,
@@ -84,6 +85,9 @@ class TwoStageParams:
     # (catalogues people consume once), or "auto": drop when fewer than SEEN_DROP_BELOW of the label
     # window's purchases by known users were of items they had touched before
     seen_items: str = "auto"
+    # new users by context (category, session events): recsys.models.cold_start, its grid tuned on the label
+    # window's new buyers when `cold_start.tune`
+    cold_start: ColdStartParams = field(default_factory=ColdStartParams)
 
     def __post_init__(self) -> None:
         if self.seen_items not in ("auto", "keep", "drop"):
@@ -521,7 +525,8 @@ def params_from_dict(d: dict) -> TwoStageParams:
                           ease=EASEParams(**d.get("ease", {})), rp3beta=RP3betaParams(**d.get("rp3beta", {})),
                           popularity=PopularityParams(**d["popularity"]),
                           trending=TrendingParams(**d.get("trending", {})), recall=RecallParams(**d["recall"]),
-                          ranker=RankerParams(**ranker), **scalars)
+                          ranker=RankerParams(**ranker), cold_start=ColdStartParams(**d.get("cold_start", {})),
+                          **scalars)
 
 
 def mmr_rerank(items: np.ndarray, scores: np.ndarray, item_category: np.ndarray, k: int,

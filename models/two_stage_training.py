@@ -14,6 +14,7 @@ from recsys.features import schema as S
 from recsys.features.exposure import ExposureParams, exposure_state, ignored_pairs
 from recsys.features.interactions import InteractionData, InteractionParams, build_interaction_data
 from recsys.models import progress
+from recsys.models.cold_start import tune_cold_start
 from recsys.models.item_item import ITEM_ITEM, tune_on_window
 from recsys.models.ranker import RankerResult
 from recsys.models.recall import POPULARITY_WINDOWS, PopularitySource
@@ -121,6 +122,9 @@ def train_two_stage(events: pd.DataFrame | None, catalog: pd.DataFrame, train_en
                                        learner.feature_names, params.ranker)
     else:
         result = learner.fit_ranker(label_events, seed=params.ranker.seed, extra=tuple(extra))
+    if params.cold_start.tune:
+        tuning["cold_start"] = tune_new_users(learner, result, label_events, params)
+        params = replace(params, cold_start=tuning["cold_start"].params)
     data_final = source.state(label_end, params.interactions)
     progress.note(f"stage 3/3: recall sources refit on events before {pd.Timestamp(label_end):%Y-%m-%d} "
                   f"(ranker: best iteration {result.best_iteration})")
@@ -149,6 +153,18 @@ def tune_popularity(data: InteractionData, label_events: pd.DataFrame, params: T
     configured = {"window_days": params.popularity.window_days, "purchases_only": params.popularity.purchases_only}
     grid = (configured, *(g for g in POPULARITY_GRID if g != configured))
     return grid_search(PopularitySource, params.popularity, grid, data, users, relevant)
+
+
+def tune_new_users(learner: TwoStageRecommender, result: RankerResult, label_events: pd.DataFrame,
+                   params: TwoStageParams) -> TuningResult:
+    """The new-user path (recsys.models.cold_start) chosen on the label window's new buyers, with the learner
+    the ranker was fitted on (its state ends where the label window begins)."""
+    from recsys.models.session import build_serving_index
+
+    if learner.booster is None:  # fitted on a Dask cluster
+        learner.booster, learner.best_iteration = result.booster, result.best_iteration
+    return tune_cold_start(learner, build_serving_index(learner), label_events, params.cold_start,
+                           seed=params.ranker.seed)
 
 
 def tune_item_item_baselines(data: InteractionData, label_events: pd.DataFrame,

@@ -61,6 +61,12 @@ class SessionEvent(BaseModel):
     event_type: Literal["view", "add_to_cart", "purchase"] = "view"
 
 
+CATEGORY_HELP = ("the category of the page a visitor landed on: a user the model does not know (and who has no "
+                 "usable session events) gets the recent best sellers of this category blended with the overall "
+                 "ones (strategy `popular_category`); ignored for known users and for categories the model "
+                 "does not know (plain `popular`)")
+
+
 class SessionRequest(BaseModel):
     """A shopper's recent events, oldest first; `user_id` may be omitted for an anonymous visitor."""
 
@@ -68,6 +74,7 @@ class SessionRequest(BaseModel):
     user_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
     events: list[SessionEvent] = Field(default_factory=list, max_length=MAX_SESSION_EVENTS)
     k: Annotated[int, BeforeValidator(json_integer)] = Field(10, ge=1, le=MAX_K)
+    category: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH, description=CATEGORY_HELP)
 
 
 def ab_bucket(user_id: str) -> float:
@@ -109,6 +116,7 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
                state_store: str | None = None, pseudonymise: bool = False,
                collector_rotate_s: float = 60.0) -> FastAPI:
     from recsys.models.search import search, search_status, similar_items
+    from recsys.models.cold_start import cold_start_status, new_user_recommendation
     from recsys.models.session import POPULAR, recommend_session, recommend_user, session_vector
     from recsys.serving.events import attach_events, batch_error_message
     from recsys.serving.impressions import ImpressionLogger
@@ -242,7 +250,8 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
                 "run_id": cur and cur.run_id,
                 "loaded_at": cur and time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cur.loaded_at)),
                 "last_error": h.last_error, "failed_version": h.failed_version, "retry_in_s": h.retry_in_s(),
-                "search": cur and search_status(cur.recommender)}
+                "search": cur and search_status(cur.recommender),
+                "cold_start": cur and cold_start_status(cur.recommender)}
 
     @app.get("/version", response_model=VersionInfo, response_model_exclude_unset=True)
     async def version() -> dict:
@@ -264,12 +273,18 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
     @app.get("/recommendations/{user_id}", response_model=ItemList, responses=lists)
     async def recommendations(request: Request,
                               user_id: str = Path(..., min_length=1, max_length=MAX_ID_LENGTH),
-                              k: int = Query(10, ge=1, le=MAX_K, description="number of items")) -> Response:
+                              k: int = Query(10, ge=1, le=MAX_K, description="number of items"),
+                              category: str | None = Query(None, min_length=1, max_length=MAX_ID_LENGTH,
+                                                           description=CATEGORY_HELP)) -> Response:
         user_id = user_key(user_id)
         cur, variant = pick(user_id)
         rec = cur.recommender
         s_items, s_types = live.session(rec, user_id) if live else ([], [])
-        out = recommend_session(rec, cur.index, rec.data.users.position(user_id), s_items, s_types, k)
+        user = rec.data.users.position(user_id)
+        if user < 0:  # a new user: the path tuned for their context (recsys.models.cold_start)
+            out = new_user_recommendation(rec, cur.index, s_items, s_types, category, k)
+        else:
+            out = recommend_session(rec, cur.index, user, s_items, s_types, k)
         return respond(request, "recommendations", cur, variant, out, user_id,
                        extra={"live_events": len(s_items)} if live else None)
 
@@ -288,8 +303,11 @@ def create_app(model_name: str = "recsys", alias: str = "champion", poll_interva
             raise HTTPException(404, detail=f"unknown item_id in events: {shown}; send catalog item ids "
                                             f"(model version {cur.version} knows {rec.data.n_items} items)")
         user = rec.data.users.position(body.user_id) if body.user_id else -1
-        out = recommend_session(rec, cur.index, user, np.asarray(items, dtype=np.int64),
-                                [e.event_type for e in body.events], body.k)
+        s_items, s_types = np.asarray(items, dtype=np.int64), [e.event_type for e in body.events]
+        if user < 0:
+            out = new_user_recommendation(rec, cur.index, s_items, s_types, body.category, body.k)
+        else:
+            out = recommend_session(rec, cur.index, user, s_items, s_types, body.k)
         return respond(request, "session", cur, variant, out, body.user_id,
                        extra={"session_events": len(body.events)})
 

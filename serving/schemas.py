@@ -58,6 +58,8 @@ class ModelState(BaseModel):
     retry_in_s: float | None = Field(None, description="seconds until the failed version is tried again")
     search: dict[str, str] | None = Field(None, description="how /search answers for this version: retrieval "
                                                             "(lexical or hybrid), ranker, semantic (on, or why off)")
+    cold_start: dict[str, str] | None = Field(None, description="what a user the model does not know gets: with "
+                                                                "session events, with a category, with nothing")
 
 
 class VersionInfo(ModelState):

@@ -57,9 +57,30 @@ def test_session_changes_the_answer_and_new_visitors_get_personal_results(api):
     assert item_ids(body) != item_ids(plain)
     anon = httpx.post(f"{url}/recommendations", json={"events": events, "k": 5}).json()
     popular = httpx.get(f"{url}/recommendations/nobody-yet", params={"k": 5}).json()
-    assert anon["strategy"] == "session" and popular["strategy"] == "popular"
-    assert item_ids(anon) != item_ids(popular)
-    assert {i["strategy"] for i in anon["items"]} <= {"session", "content"}
+    # a new visitor with a session gets the path tuned for new users (recsys.models.cold_start), named in /version
+    tuned = httpx.get(f"{url}/version").json()["cold_start"]
+    assert anon["strategy"] == tuned["session"].split(",")[0] and popular["strategy"] == "popular"
+    assert anon["strategy"] in {"session", "session_covis", "session_category", "session_blend", "popular"}
+    if anon["strategy"] != "popular":
+        assert item_ids(anon) != item_ids(popular)
+    assert {i["strategy"] for i in anon["items"]} <= {anon["strategy"], "content"}
+
+
+def test_new_visitor_by_landing_category(api):
+    url, _ = api
+    popular = httpx.get(f"{url}/recommendations/nobody-yet", params={"k": 10}).json()
+    shoes = httpx.get(f"{url}/recommendations/nobody-yet", params={"k": 10, "category": "shoes"}).json()
+    garden = httpx.post(f"{url}/recommendations", json={"category": "garden", "k": 10}).json()
+    assert shoes["strategy"] == garden["strategy"] == "popular_category"
+    assert {i["strategy"] for i in shoes["items"]} == {"popular_category"} and len(shoes["items"]) == 10
+    assert item_ids(shoes) != item_ids(popular) and item_ids(shoes) != item_ids(garden)
+    unknown = httpx.get(f"{url}/recommendations/nobody-yet", params={"k": 10, "category": "no such shelf"}).json()
+    assert unknown["strategy"] == "popular" and item_ids(unknown) == item_ids(popular)
+    known = httpx.get(f"{url}/recommendations/u000001", params={"k": 10, "category": "shoes"}).json()
+    assert known["strategy"] == "model"  # a known user's list ignores the landing category
+    docs = httpx.get(f"{url}/openapi.json").json()
+    params = docs["paths"]["/recommendations/{user_id}"]["get"]["parameters"]
+    assert any(p["name"] == "category" and "popular_category" in p["description"] for p in params)
 
 
 def test_search_and_similar(api):

@@ -21,6 +21,10 @@ def test_first_run_logs_metrics_registers_and_becomes_champion(first_run):
     assert float(run.data.params["tuned.rp3beta.beta"]) in (0.0, 0.25, 0.5)
     assert run.data.params["tuned.seen_items"] in ("keep", "drop")
     assert run.data.params["tuned.popularity.window_days"] in ("7", "28")
+    # the new-user path: chosen on the label window's new buyers, the configured one logged next to it
+    assert run.data.params["tuned.cold_start.session_strategy"] in ("popular", "session", "covis", "category", "blend")
+    assert float(run.data.params["tuned.cold_start.category_weight"]) in (0.0, 0.5, 0.8, 1.0)
+    assert run.data.params["model.cold_start.session_strategy"] == "session"
     assert 0 < m["test.ndcg_at_10"] <= 1
     assert m["test.ndcg_at_10"] > m["baseline.popularity.ndcg_at_10"]
     assert run.info.status == "FINISHED"

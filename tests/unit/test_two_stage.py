@@ -44,13 +44,23 @@ def test_trains_evaluates_and_logs_every_source_and_baseline(trained):
     # EASE, RP3beta and the popularity list were tuned on the label window: a grid point won, and the
     # baselines were fitted with the winner
     tuning = rec.baseline_tuning
-    assert set(tuning) == {"popularity", "ease", "rp3beta"}
+    assert set(tuning) == {"popularity", "ease", "rp3beta", "cold_start"}
     for name in ("ease", "rp3beta"):
         best = max(score for _, score in tuning[name].scores)
         winner = next(point for point, score in tuning[name].scores if score == best)
         assert all(getattr(tuning[name].params, key) == v for key, v in winner.items())
         assert rec.baseline_source(name).params == tuning[name].params
     assert rec.params.popularity == tuning["popularity"].params
+    # the new-user path: chosen on the label window, carried by the final model, scored with context
+    assert rec.params.cold_start == tuning["cold_start"].params and tuning["cold_start"].scores
+    best_event = max(v for point, v in tuning["cold_start"].scores if point["context"] == "event")
+    assert best_event == max(v for point, v in tuning["cold_start"].scores
+                             if point["context"] == "event" and point["session_strategy"] ==
+                             rec.params.cold_start.session_strategy
+                             and point["session_items_first"] == rec.params.cold_start.session_items_first)
+    if m.get("test.new_context.n_users"):
+        assert {"test.new_context.ndcg_at_10", "test.new_category.ndcg_at_10",
+                "baseline.popularity.new_context.ndcg_at_10"} <= set(m)
     # new users get the tuned popularity list: never below the popularity baseline on them
     assert m["test.new_user_share"] > 0
     assert m["test.new.ndcg_at_10"] >= m["baseline.popularity.new.ndcg_at_10"]
