@@ -127,8 +127,11 @@ def test_params_round_trip_through_json_dict():
                 interactions=InteractionParams(covisitation=CovisitationParams(max_lag=3)),
                 trending=TrendingParams(per_category=True), popularity=PopularityParams(28, purchases_only=True),
                 ease=EASEParams(l2=7.0, max_items=50), rp3beta=RP3betaParams(alpha=0.5), tune_baselines=False,
-                tune_popularity=False, seen_items="drop")
+                tune_popularity=False, seen_items="drop", item_item_sources=("rp3beta", "ease"))
+    assert p.item_item_sources == ("ease", "rp3beta")  # one order, whatever the caller's
     assert params_from_dict(json.loads(json.dumps(dataclasses.asdict(p)))) == p
+    with pytest.raises(ValueError, match="item_item_sources"):
+        _params(item_item_sources=("slim",))
 
 
 def test_one_user_requests_match_the_batch_path(trained):
