@@ -239,7 +239,7 @@ def train(
     seen_items: str = typer.Option("auto", help="items a user already touched: keep, drop, or auto (drop when "
                                                 "the label window shows almost no re-purchases)"),
     item_item_sources: str = typer.Option(
-        "none",
+        "ease,rp3beta",
         help="EASE / RP3beta (settings tuned on the label window) as candidate sources and ranker features: "
              "ease,rp3beta, one of them, or none (evaluation-only baselines)"),
     dask_workers: int = typer.Option(0, min=0, max=64, help="train on a throwaway local Dask cluster of this many "

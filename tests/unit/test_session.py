@@ -50,7 +50,8 @@ def shop():
     params = TwoStageParams(als=ALSParams(factors=8, iterations=20, device="cpu", num_threads=1, use_cg=False),
                             # only ALS/popular/repeat propose: the ranker below must learn from ALS features
                             # (covis would separate the groups perfectly, but sessions do not feed it yet)
-                            recall=RecallParams(als=12, popular=6, repeat=6, covis=0, trending=0, text=0))
+                            recall=RecallParams(als=12, popular=6, repeat=6, covis=0, trending=0, text=0),
+                            item_item_sources=())
     rec = TwoStageRecommender(data, fit_sources(data, params), params)
     # a ranker that learnt "same group as the user" from the ALS score features
     table = rec.candidate_table(np.arange(data.n_users))

@@ -327,3 +327,12 @@ def test_load_refuses_columns_whose_source_is_not_fitted(old_style, tmp_path):
     (broken / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="m_ease_score"):
         TwoStageRecommender.load(broken)
+
+
+def test_the_cli_default_item_item_sources_are_the_models():
+    import inspect
+
+    from recsys.flows.cli import train
+
+    default = inspect.signature(train).parameters["item_item_sources"].default.default
+    assert tuple(n for n in default.split(",") if n != "none") == TwoStageParams().item_item_sources
