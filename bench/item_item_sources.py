@@ -6,6 +6,8 @@ of the new columns. The README's "with minus without" column.
     .venv/bin/python bench/item_item_sources.py online_retail            # the test window
     .venv/bin/python bench/item_item_sources.py 7 --shift-days 7 --variants none,both,features
                                                                          # synthetic seed 7, an earlier window
+    .venv/bin/python bench/item_item_sources.py 1e6 --time-only          # train_two_stage CPU/wall s per variant
+                                                                         # on bench/pipeline.py's 1M-event world
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -40,8 +43,17 @@ def main() -> None:
     ap.add_argument("dataset", help="online_retail or a synthetic seed (42, 7, 13)")
     ap.add_argument("--shift-days", type=int, default=0, help="end the data this many days earlier")
     ap.add_argument("--variants", default="none,both", help=f"first = reference; of {', '.join(VARIANTS)}")
+    ap.add_argument("--time-only", action="store_true",
+                    help="dataset = an event count: time train_two_stage on bench/pipeline.py's world of that size")
     args = ap.parse_args()
-    if args.dataset == "online_retail":
+    if args.time_only:
+        from pipeline import synthetic_params
+        from recsys.features.synthetic import SyntheticWorld
+
+        world = SyntheticWorld(synthetic_params(float(args.dataset)))
+        catalog = world.catalog()
+        events, split_params = pd.concat([ev for _, ev in world.iter_days()], ignore_index=True), Q.SPLITS["synthetic"]
+    elif args.dataset == "online_retail":
         (events, catalog), split_params = Q.load_online_retail(Q.RETAIL_CSV), Q.SPLITS["online_retail"]
     else:
         (events, catalog), split_params = Q.synthetic_data(int(args.dataset)), Q.SPLITS["synthetic"]
@@ -58,7 +70,13 @@ def main() -> None:
         model = dataclasses.replace(config.model, item_item_sources=v["item_item_sources"])
         if "recall" in v:
             model = dataclasses.replace(model, recall=dataclasses.replace(model.recall, **v["recall"]))
+        cpu, wall = time.process_time(), time.time()
         rec, _ = train_two_stage(events, catalog, split.train_end, split.label_end, model)
+        cpu, wall = time.process_time() - cpu, time.time() - wall
+        if args.time_only:
+            print(json.dumps({"events": len(events), "variant": name, "train_two_stage_cpu_s": round(cpu, 1),
+                              "wall_s": round(wall, 1)}), flush=True)
+            continue
         ev = evaluate(rec, test, 10, curve_max_k=0, params=config.evaluation)
         per_user = ev.per_user["ndcg_at_10"]
         gains = dict(zip(rec.feature_names, rec.booster.feature_importance(importance_type="gain")))
