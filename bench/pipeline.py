@@ -72,7 +72,7 @@ def stage_benchmarks(data_dir: Path, repeat: int) -> dict:
     from recsys.features.interactions import build_interaction_data
     from recsys.features.split import SplitParams, temporal_split
     from recsys.models.recall import ALSParams, ALSSource
-    from recsys.models.two_stage import FEATURE_NAMES, TwoStageParams, TwoStageRecommender, fit_sources
+    from recsys.models.two_stage import TwoStageParams, TwoStageRecommender, fit_sources
     from recsys.models.ranker import RankerParams, train_ranker
     from recsys.tasks.data import read_catalog, read_events
 
@@ -127,7 +127,7 @@ def stage_benchmarks(data_dir: Path, repeat: int) -> dict:
     rp = RankerParams(n_estimators=100, early_stopping_rounds=10_000)  # fixed rounds on both sides
 
     def plain_lgb():
-        ds = lgb.Dataset(rs.x, rs.y, group=rs.groups, feature_name=FEATURE_NAMES)
+        ds = lgb.Dataset(rs.x, rs.y, group=rs.groups, feature_name=rec.feature_names)
         return lgb.train({"objective": "lambdarank", "learning_rate": rp.learning_rate,
                           "num_leaves": rp.num_leaves, "min_child_samples": rp.min_child_samples,
                           "colsample_bytree": rp.colsample_bytree, "label_gain": list(rp.label_gain),
@@ -137,7 +137,7 @@ def stage_benchmarks(data_dir: Path, repeat: int) -> dict:
 
     empty = np.zeros((0, rs.x.shape[1])), np.zeros(0, int), np.zeros(0, int)
     t_plain_lgb, _, t_pipe_lgb, _ = timed_pair(
-        plain_lgb, lambda: train_ranker(rs.x, rs.y, rs.groups, *empty, FEATURE_NAMES, rp), repeat)
+        plain_lgb, lambda: train_ranker(rs.x, rs.y, rs.groups, *empty, rec.feature_names, rp), repeat)
     out["ranker"] = {"pipeline_s": t_pipe_lgb, "plain_s": t_plain_lgb, "ratio": t_pipe_lgb / t_plain_lgb,
                      "rows": len(rs.y), "groups": len(rs.groups)}
     return out

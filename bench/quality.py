@@ -72,11 +72,13 @@ def load_online_retail(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def run_dataset(name: str, events: pd.DataFrame, catalog: pd.DataFrame, split_params: SplitParams,
-                k: int, tuning: SearchParams = SearchParams()) -> dict:
+                k: int, tuning: SearchParams = SearchParams(), item_item: tuple[str, ...] | None = None) -> dict:
     t0 = time.time()
     config = TrainConfig(split=split_params, tuning=tuning)  # the CLI's defaults (and its --tune options)
     split = temporal_split(events[S.TS].max(), split_params)
     model, search = config.model, None
+    if item_item is not None:  # as `recsys train --item-item-sources`
+        model = dataclasses.replace(model, item_item_sources=item_item)
     if tuning.mode == "full":  # what the flow's tune-settings task does, without MLflow (never the test window)
         search = search_settings(events, catalog, split.train_end, split.label_end, model, tuning)
         model = tuned_params(model, search.settings)
@@ -115,6 +117,7 @@ def run_dataset(name: str, events: pd.DataFrame, catalog: pd.DataFrame, split_pa
             "segments": segments, "new_users": new_users, "best_iteration": result.best_iteration,
             "tuned": {n: dataclasses.asdict(t.params) for n, t in rec.baseline_tuning.items()},
             "seen_items": rec.params.seen_items, "text_source": "text" in rec.sources,
+            "item_item_sources": list(rec.params.item_item_sources),
             "recall": {key_: v for key_, v in m.items() if key_.startswith("recall.")},
             "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1),
             "tune": tuning.mode, "tune_seconds": round(tune_s, 1),
@@ -171,7 +174,8 @@ def table(res: dict) -> str:
                          f"{row['best_popularity']} {row['popularity_ndcg']:.4f}, difference {row['diff']:+.4f} "
                          f"(95% CI {ci})")
     lines.append("tuned on the label window: " + "; ".join(f"{n} {p}" for n, p in res["tuned"].items())
-                 + f"; seen items: {res['seen_items']}; text source: {'on' if res['text_source'] else 'off'}")
+                 + f"; seen items: {res['seen_items']}; text source: {'on' if res['text_source'] else 'off'}"
+                 + f"; item-item sources: {','.join(res['item_item_sources']) or 'none'}")
     if res.get("search"):
         lines.append(f"--tune full: {res['search']['trials']} trials in {res['tune_seconds']}s, validation NDCG@10 "
                      f"{res['search']['validation_ndcg']:.4f} (configured {res['search']['start_validation_ndcg']}); "
@@ -191,8 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune", default="quick", choices=("off", "quick", "full"), help="as `recsys train --tune`")
     ap.add_argument("--tune-budget-s", type=float, default=SearchParams().budget_s, help="as `recsys train`")
     ap.add_argument("--tune-trials", type=int, default=SearchParams().max_trials, help="as `recsys train`")
+    ap.add_argument("--item-item-sources", default=None,
+                    help="as `recsys train --item-item-sources` (ease,rp3beta | ease | rp3beta | none; default: the CLI's)")
     args = ap.parse_args(argv)
     tuning = SearchParams(mode=args.tune, budget_s=args.tune_budget_s, max_trials=args.tune_trials)
+    item_item = (None if args.item_item_sources is None else
+                 tuple(n for n in args.item_item_sources.split(",") if n and n != "none"))
     out: dict = {}
     runs = []
     for name in args.datasets.split(","):
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             end = temporal_split(events[S.TS].max(), split_params).test_end
             split_params = dataclasses.replace(
                 split_params, cutoff=str((end - pd.Timedelta(days=args.holdout_shift_days)).date()))
-        out[label] = run_dataset(label, events, catalog, split_params, args.k, tuning)
+        out[label] = run_dataset(label, events, catalog, split_params, args.k, tuning, item_item)
         if not args.json:
             print(table(out[label]), flush=True)
     if args.json:

@@ -238,6 +238,10 @@ def train(
                                                             "earlier ones, sharing one user budget)"),
     seen_items: str = typer.Option("auto", help="items a user already touched: keep, drop, or auto (drop when "
                                                 "the label window shows almost no re-purchases)"),
+    item_item_sources: str = typer.Option(
+        "ease,rp3beta",
+        help="EASE / RP3beta (settings tuned on the label window) as candidate sources and ranker features: "
+             "ease,rp3beta, one of them, or none (evaluation-only baselines)"),
     dask_workers: int = typer.Option(0, min=0, max=64, help="train on a throwaway local Dask cluster of this many "
                                                             "worker processes (0: one process)"),
     dask_address: Optional[str] = typer.Option(None, help="train on the Dask cluster of this scheduler, e.g. "
@@ -270,6 +274,9 @@ def train(
               f"--seen-items auto, keep or drop (not '{seen_items}')")
     if feedback not in ("on", "off"):
         _fail(f"--feedback must be on or off, not '{feedback}'")
+    item_item = tuple(n.strip() for n in item_item_sources.split(",") if n.strip() and n.strip() != "none")
+    if any(n not in ("ease", "rp3beta") for n in item_item):
+        _fail(f"--item-item-sources must be ease, rp3beta, both comma-separated, or none (not '{item_item_sources}')")
     _env()
     from recsys.features.exposure import ExposureParams
     from recsys.features.split import SplitParams
@@ -292,7 +299,8 @@ def train(
                              interactions=InteractionParams(half_life_days=half_life_days),
                              tune_popularity=tune != "off", tune_baselines=tune != "off",
                              cold_start=ColdStartParams(tune=tune != "off"),
-                             seen_items=seen_items, train_windows=train_windows),
+                             seen_items=seen_items, train_windows=train_windows,
+                             item_item_sources=item_item),
         evaluation=EvaluationParams(max_users=eval_max_users or None),
         tuning=SearchParams(mode=tune, budget_s=tune_budget_s, max_trials=tune_trials, reuse=tune_reuse),
         gate=GateParams(metric=gate_metric, margin=gate_margin), promote=promote,

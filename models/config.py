@@ -53,6 +53,10 @@ class TrainConfig(BaseModel):
     def config_hash(self) -> str:
         payload = {"k": self.k, "split": asdict(self.split), "model": asdict(self.model), "gate": asdict(self.gate),
                    "evaluation": asdict(self.evaluation), "tuning": asdict(self.tuning)}
+        if not self.model.item_item_sources:  # off: the hash of every configuration from before they existed
+            payload["model"] = {k: v for k, v in payload["model"].items() if k != "item_item_sources"}
+            payload["model"]["recall"] = {k: v for k, v in payload["model"]["recall"].items()
+                                          if k not in ("ease", "rp3beta")}
         if self.feedback.enabled:  # off: the hash of every configuration from before feedback existed
             payload["feedback"] = asdict(self.feedback)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]

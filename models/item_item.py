@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from recsys.features.csr_rows import DENSE_BLOCK_CELLS, row_blocks
+from recsys.features.csr_rows import DENSE_BLOCK_CELLS, csr_row, row_blocks
 from recsys.features.interactions import InteractionData
 from recsys.models.recall import Candidates, _empty, _topk_dense
 from recsys.models.tuning import TuningResult, grid_search, window_truth
@@ -66,14 +66,58 @@ class _ItemItemSource:
         return x
 
     def _scores(self, block: np.ndarray) -> np.ndarray:
-        s = self._history[block] @ self._weights
+        return self._scores_of(self._history[block])
+
+    def _scores_of(self, rows: sp.csr_matrix) -> np.ndarray:
+        s = rows @ self._weights
         return np.asarray(s.toarray() if sp.issparse(s) else s, dtype=np.float32)
+
+    def _user_scores(self, user: int) -> np.ndarray:
+        """One user's scores over the active items (the per-request form of `_scores`): the same sparse
+        product on a one-row matrix built from the CSR arrays (scipy's row indexing costs more), so the
+        floats, and the order of tied items, are those of the batch path."""
+        cols, vals = csr_row(self._history, user)
+        row = sp.csr_matrix((vals, cols, np.array([0, len(cols)])), shape=(1, len(self._active)))
+        return self._scores_of(row)[0]
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The user's history row @ W at each item, for any (user, item) pair: NaN for an unknown user or an
+        item outside the active set (no weights), 0 where the history does not reach the item."""
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        out = np.full(len(users), np.nan, dtype=np.float32)
+        if len(users) == 0 or len(self._active) == 0:
+            return out
+        col = self.active_column(items)
+        ok = np.flatnonzero((users >= 0) & (col >= 0))
+        if len(ok) == 0:
+            return out
+        uniq, inverse = np.unique(users[ok], return_inverse=True)
+        if len(uniq) == 1:
+            out[ok] = self._user_scores(int(uniq[0]))[col[ok]]
+            return out
+        for lo, hi in row_blocks(len(uniq), len(self._active), self.block_cells):
+            rows = np.flatnonzero((inverse >= lo) & (inverse < hi))
+            out[ok[rows]] = self._scores(uniq[lo:hi])[inverse[rows] - lo, col[ok[rows]]]
+        return out
+
+    def active_column(self, items: np.ndarray) -> np.ndarray:
+        """Each item's column among the active items, -1 for the others."""
+        items = np.asarray(items, dtype=np.int64)
+        if len(self._active) == 0:
+            return np.full(len(items), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._active, items), len(self._active) - 1)
+        return np.where(self._active[pos] == items, pos, -1)
 
     def candidates(self, users: np.ndarray, n: int) -> Candidates:
         users = np.asarray(users, dtype=np.int64)
         known = users[users >= 0]
         if len(known) == 0 or n <= 0 or len(self._active) == 0:
             return _empty()
+        if len(known) == 1:  # one request: the per-request row product
+            cols, vals = _topk_dense(self._user_scores(int(known[0]))[None, :], n)
+            items = np.where(cols >= 0, self._active[np.maximum(cols, 0)], -1)
+            return Candidates.from_topk(known, items, vals)
         parts = []
         for lo, hi in row_blocks(len(known), len(self._active), self.block_cells):
             block = known[lo:hi]

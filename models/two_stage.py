@@ -27,13 +27,19 @@ from recsys.models.recall import (ALSParams, ALSSource, Candidates, Covisitation
 from recsys.models.search_ranker import SearchModel
 from recsys.models.tuning import TuningResult
 
-SOURCE_NAMES = ("als", "popular", "repeat", "covis", "trending", "text")
+BASE_SOURCES = ("als", "popular", "repeat", "covis", "trending", "text")
+# the strong item-item models (models/item_item.py), as sources and pair features when
+# `TwoStageParams.item_item_sources` names them
+ITEM_ITEM_SOURCES = ("ease", "rp3beta")
+# every source that can propose; merge_candidates writes source j's score/rank to columns 2j / 2j + 1 of the
+# full table, and each model's stored `feature_names` select the columns its ranker reads
+SOURCE_NAMES = BASE_SOURCES + ITEM_ITEM_SOURCES
 # pair scores of model-based sources, computed for every candidate (not only those the source proposed).
 # No ALS dot product here: models/session.py folds a session into a fresh ALS vector and feeds it
 # through the ALS source's candidates only, so a feature read from the stored user factors would
 # disagree with it (src_als_score carries the ALS signal).
-MODEL_FEATURES = ("m_text_sim",)
-_MODEL_FEATURE_SOURCE = {"m_text_sim": "text"}
+MODEL_FEATURES = ("m_text_sim", "m_ease_score", "m_rp3beta_score")
+_MODEL_FEATURE_SOURCE = {"m_text_sim": "text", "m_ease_score": "ease", "m_rp3beta_score": "rp3beta"}
 STRATEGY_MODEL = "model"
 STRATEGY_POPULAR = "popular"
 
@@ -48,6 +54,9 @@ class RecallParams:
     covis: int = 100
     trending: int = 30
     text: int = 50
+    # the item-item sources, when `TwoStageParams.item_item_sources` turns them on (0: a pair feature only)
+    ease: int = 50
+    rp3beta: int = 50
 
     def budget(self, name: str) -> int:
         return getattr(self, name)
@@ -88,17 +97,40 @@ class TwoStageParams:
     # new users by context (category, session events): recsys.models.cold_start, its grid tuned on the label
     # window's new buyers when `cold_start.tune`
     cold_start: ColdStartParams = field(default_factory=ColdStartParams)
+    # EASE / RP3beta (with the settings the label-window grid chose, or the configured ones when
+    # tune_baselines is off) as candidate sources (`recall.<name>` each) and pair features
+    # (`m_<name>_score`: the user's history row @ W for every candidate); () = evaluation-only baselines
+    # (a model saved before they existed loads with ()). README "Offline quality": +0.006 mean ratio
+    item_item_sources: tuple[str, ...] = ("ease", "rp3beta")
 
     def __post_init__(self) -> None:
         if self.seen_items not in ("auto", "keep", "drop"):
             raise ValueError(f"seen_items must be auto, keep or drop, not '{self.seen_items}'")
+        unknown = [n for n in self.item_item_sources if n not in ITEM_ITEM_SOURCES]
+        if unknown:
+            raise ValueError(f"item_item_sources may name {', '.join(ITEM_ITEM_SOURCES)}, not {unknown}")
+        # one order whatever the caller's (the feature list follows it)
+        object.__setattr__(self, "item_item_sources",
+                           tuple(n for n in ITEM_ITEM_SOURCES if n in self.item_item_sources))
 
 
-def source_feature_names() -> list[str]:
-    return [f"src_{name}_{kind}" for name in SOURCE_NAMES for kind in ("score", "rank")] + ["src_count"]
+def source_feature_names(sources: tuple[str, ...] = SOURCE_NAMES) -> list[str]:
+    return [f"src_{name}_{kind}" for name in sources for kind in ("score", "rank")] + ["src_count"]
 
 
-FEATURE_NAMES = source_feature_names() + list(PAIR_FEATURES) + list(MODEL_FEATURES)
+def feature_names_for(params: "TwoStageParams", exposure: bool = False) -> list[str]:
+    """The ranker's columns for these settings: the base sources' and the enabled item-item sources'
+    score/rank, the pair features, the text pair score and the enabled item-item pair scores, then the
+    exposure features. Without item-item sources: the list of every model saved before they existed."""
+    extra = params.item_item_sources
+    names = (source_feature_names(BASE_SOURCES + extra) + list(PAIR_FEATURES) + ["m_text_sim"]
+             + [f"m_{name}_score" for name in extra])
+    return names + list(EXPOSURE_FEATURES) if exposure else names
+
+
+FEATURE_NAMES = feature_names_for(TwoStageParams())  # the default settings' columns (no exposure)
+# every column `features` can build, in the order of the full table it builds them from
+ALL_FEATURE_NAMES = source_feature_names() + list(PAIR_FEATURES) + list(MODEL_FEATURES) + list(EXPOSURE_FEATURES)
 RECOMMEND_BLOCK_USERS = 10_000  # users whose candidates are built and scored together in recommend()
 
 
@@ -173,6 +205,8 @@ def non_als_sources(data: InteractionData, params: TwoStageParams) -> dict[str, 
     }
     if has_catalog_text(data):  # else text neighbours are only the user's own items: `repeat` again
         sources["text"] = TextSource().fit(data)
+    for name in params.item_item_sources:
+        sources[name] = ITEM_ITEM[name][0](getattr(params, name)).fit(data)
     return sources
 
 
@@ -228,6 +262,8 @@ class TwoStageRecommender:
     _exposure_index: ExposureIndex | None = None
     # training only: (user, item) positions shown and ignored in the label window, extra label-0 candidates
     extra_negatives: tuple[np.ndarray, np.ndarray] | None = None
+    # the ranker's columns as saved with a loaded model (None: those of `params`, see `feature_names_for`)
+    saved_feature_names: list[str] | None = None
 
     def __init__(self, data: InteractionData, sources: dict[str, object], params: TwoStageParams,
                  booster: lgb.Booster | None = None, best_iteration: int | None = None):
@@ -246,7 +282,20 @@ class TwoStageRecommender:
 
     @property
     def feature_names(self) -> list[str]:
-        return FEATURE_NAMES + list(EXPOSURE_FEATURES) if self.exposure is not None else FEATURE_NAMES
+        """The ranker's columns: a loaded model's stored list, else the one its settings give."""
+        if self.saved_feature_names is not None:
+            return list(self.saved_feature_names)
+        return feature_names_for(self.params, self.exposure is not None)
+
+    def can_build(self, name: str) -> bool:
+        """Whether `features` can fill the column `name` (its source fitted, exposure known)."""
+        if name not in ALL_FEATURE_NAMES:
+            return False
+        if name in EXPOSURE_FEATURES:
+            return self.exposure is not None
+        owner = _MODEL_FEATURE_SOURCE.get(name) or next(
+            (src for src in ITEM_ITEM_SOURCES if name.startswith(f"src_{src}_")), None)
+        return owner not in ITEM_ITEM_SOURCES or owner in self.sources
 
     # ---- candidates and features -----------------------------------------------------
     def candidate_table(self, users: np.ndarray) -> CandidateTable:
@@ -257,16 +306,28 @@ class TwoStageRecommender:
         return without_seen(table, self.data) if self.params.seen_items == "drop" else table
 
     def features(self, table: CandidateTable) -> np.ndarray:
-        nan = np.full(len(table.users), np.nan, dtype=np.float32)
-        model = np.column_stack([self.sources[_MODEL_FEATURE_SOURCE[f]].score_pairs(table.users, table.items)
-                                 if _MODEL_FEATURE_SOURCE[f] in self.sources else nan
-                                 for f in MODEL_FEATURES]).astype(np.float32)
-        parts = [table.source_features, pair_features(self.data, table.users, table.items), model]
-        if self.exposure is not None:
+        """[len(table), len(feature_names)] float32: the columns `feature_names` asks for, in its order
+        (a column map over the full table, so a model saved with fewer columns reads exactly its own)."""
+        names = self.feature_names
+        where = {name: j for j, name in enumerate(names)}
+        out = np.full((len(table.users), len(names)), np.nan, dtype=np.float32)
+
+        def put(block_names, block) -> None:
+            for j, name in enumerate(block_names):
+                if name in where:
+                    out[:, where[name]] = block[:, j] if block.ndim == 2 else block
+
+        put(source_feature_names(), table.source_features)
+        put(PAIR_FEATURES, pair_features(self.data, table.users, table.items))
+        for f in MODEL_FEATURES:
+            src = self.sources.get(_MODEL_FEATURE_SOURCE[f])
+            if f in where and src is not None:
+                out[:, where[f]] = src.score_pairs(table.users, table.items)
+        if self.exposure is not None and any(f in where for f in EXPOSURE_FEATURES):
             if self._exposure_index is None:
                 self._exposure_index = index_exposure(self.exposure, self.data.users, self.data.items)
-            parts.append(exposure_features(self._exposure_index, table.users, table.items))
-        return np.hstack(parts)
+            put(EXPOSURE_FEATURES, exposure_features(self._exposure_index, table.users, table.items))
+        return out
 
     def score(self, table: CandidateTable) -> np.ndarray:
         if self.booster is None:
@@ -502,11 +563,16 @@ class TwoStageRecommender:
         rec = cls(data, sources, params, booster, None)
         if (directory / "exposure").is_dir():
             rec.set_exposure(ExposureState.load(directory / "exposure"))
-        # the feature list saved with the model is the one its ranker expects (older models: no exposure)
+        # the feature list saved with the model decides the columns its ranker reads (a model saved before the
+        # item-item sources reads none of theirs); a name this code cannot build, or whose source is not
+        # fitted, is refused
         saved = meta.get("feature_names")
-        if saved is not None and list(saved) != rec.feature_names:
-            raise ValueError(f"{directory}: the saved ranker expects {len(saved)} features, this code builds "
-                             f"{len(rec.feature_names)} ({sorted(set(saved) ^ set(rec.feature_names))})")
+        if saved is not None:
+            missing = [n for n in saved if not rec.can_build(n)]
+            if missing or booster.num_feature() != len(saved):
+                raise ValueError(f"{directory}: the saved ranker expects {len(saved)} features "
+                                 f"(booster: {booster.num_feature()}); this code cannot build {missing}")
+            rec.saved_feature_names = list(saved)
         if (directory / "search").is_dir():
             rec.search_model = SearchModel.load(directory / "search")
         return rec
@@ -521,6 +587,8 @@ def params_from_dict(d: dict) -> TwoStageParams:
                                           "diversity_pool")
                if name in d}
     scalars.update({name: d[name] for name in ("tune_baselines", "tune_popularity", "seen_items") if name in d})
+    # a model saved before the item-item sources had none
+    scalars["item_item_sources"] = tuple(d.get("item_item_sources", ()))
     return TwoStageParams(interactions=InteractionParams(**inter), als=ALSParams(**d["als"]),
                           ease=EASEParams(**d.get("ease", {})), rp3beta=RP3betaParams(**d.get("rp3beta", {})),
                           popularity=PopularityParams(**d["popularity"]),

@@ -90,6 +90,9 @@ def train_two_stage(events: pd.DataFrame | None, catalog: pd.DataFrame, train_en
     if params.seen_items == "auto":
         share = repeat_purchase_share(data_train, label_events)
         params = replace(params, seen_items="drop" if share is not None and share < SEEN_DROP_BELOW else "keep")
+    if params.tune_baselines:  # before any fit: the item-item sources use the settings chosen here
+        tuning.update(tune_item_item_baselines(data_train, label_events, params))
+        params = replace(params, **{name: tuning[name].params for name in params.item_item_sources})
     # stacked windows share the ranker's user budget (`max_train_users` in all): on small data every window
     # adds users, on large data the ranker fit costs what one window's did
     states = []
@@ -134,8 +137,6 @@ def train_two_stage(events: pd.DataFrame | None, catalog: pd.DataFrame, train_en
         final = with_feedback(final, impressions, events, pd.Timestamp(label_end), None, feedback)
         final.feedback_negatives = sum(len(x.extra_negatives[0]) for x in (learner,)
                                        if x.extra_negatives is not None)
-    if params.tune_baselines:
-        tuning.update(tune_item_item_baselines(data_train, label_events, params))
     final.baseline_tuning = tuning
     return final, result
 

@@ -50,7 +50,8 @@ def shop():
     params = TwoStageParams(als=ALSParams(factors=8, iterations=20, device="cpu", num_threads=1, use_cg=False),
                             # only ALS/popular/repeat propose: the ranker below must learn from ALS features
                             # (covis would separate the groups perfectly, but sessions do not feed it yet)
-                            recall=RecallParams(als=12, popular=6, repeat=6, covis=0, trending=0, text=0))
+                            recall=RecallParams(als=12, popular=6, repeat=6, covis=0, trending=0, text=0),
+                            item_item_sources=())
     rec = TwoStageRecommender(data, fit_sources(data, params), params)
     # a ranker that learnt "same group as the user" from the ALS score features
     table = rec.candidate_table(np.arange(data.n_users))
@@ -185,3 +186,51 @@ def test_the_per_request_path_never_touches_pandas(shop, monkeypatch):
     assert len(recommend_session(rec, index, u, item_idx(rec, "i01", "i24"), ["view", "purchase"], 5).items) == 5
     assert len(search(rec, index, "blue lamp", u, 5).items) == 5
     assert len(similar_items(rec, index, 3, 5).items) == 5
+
+
+@pytest.fixture(scope="module")
+def shop_item_item(shop):
+    """The tiny shop with EASE and RP3beta as sources and pair features, a ranker trained on them."""
+    import dataclasses
+
+    from recsys.models.item_item import EASEParams
+
+    base = shop[0]
+    params = dataclasses.replace(base.params, item_item_sources=("ease", "rp3beta"), ease=EASEParams(l2=5.0),
+                                 recall=dataclasses.replace(base.params.recall, ease=6, rp3beta=6))
+    rec = TwoStageRecommender(base.data, fit_sources(base.data, params), params)
+    table = rec.candidate_table(np.arange(rec.data.n_users))
+    user_group = np.array([int(uid[1]) for uid in rec.data.users.ids])
+    item_group = np.array([group_of_item(int(iid[1:])) for iid in rec.data.items.ids])
+    y = (user_group[table.users] == item_group[table.items]).astype(int)
+    rec.booster = lgb.train({"objective": "binary", "verbose": -1, "min_data_in_leaf": 1, "num_threads": 1},
+                            lgb.Dataset(rec.features(table), y), num_boost_round=20)
+    return rec, build_serving_index(rec)
+
+
+def test_served_item_item_features_equal_the_training_path(shop_item_item, monkeypatch):
+    """What the service ranks (one user, with or without a live session) carries the same EASE/RP3beta
+    candidates and pair scores as the batch path that built the training rows (the user's stored history)."""
+    import recsys.models.session as session
+
+    rec, index = shop_item_item
+    served = []
+    real = session.rank_table
+    monkeypatch.setattr(session, "rank_table", lambda r, t: served.append(t) or real(r, t))
+    u = rec.data.users.position("u12")
+    assert recommend_user(rec, index, u, 5).strategy == MODEL
+    assert recommend_session(rec, index, u, item_idx(rec, "i01", "i17"), ["view", "purchase"], 5).strategy == SESSION
+    batch = rec.candidate_table(np.arange(rec.data.n_users))
+    x_batch = rec.features(batch)
+    where = {(a, b): r for r, (a, b) in enumerate(zip(batch.users.tolist(), batch.items.tolist()))}
+    names = rec.feature_names
+    cols = [names.index(f) for f in ("src_ease_score", "src_ease_rank", "src_rp3beta_score", "src_rp3beta_rank",
+                                     "m_ease_score", "m_rp3beta_score")]
+    for table in served:
+        x = rec.features(table)
+        rows = [where.get(key, -1) for key in zip(table.users.tolist(), table.items.tolist())]
+        ok = np.array(rows) >= 0
+        assert ok.sum() >= 6  # the batch proposes most of what the one-user path does
+        np.testing.assert_array_equal(x[ok][:, cols], x_batch[np.array(rows)[ok]][:, cols])
+        assert np.isfinite(x[:, names.index("m_ease_score")]).all()  # every candidate gets a pair score
+        assert (~np.isnan(x[:, names.index("src_ease_rank")])).sum() == 6  # and EASE proposes its budget

@@ -8,7 +8,9 @@ from recsys.features.synthetic import SyntheticParams, SyntheticWorld
 from recsys.models.evaluation import EvaluationParams, evaluate, relevant_items
 from recsys.models.ranker import RankerParams
 from recsys.models.recall import ALSParams
-from recsys.models.two_stage import FEATURE_NAMES, SOURCE_NAMES, TwoStageParams, TwoStageRecommender
+from recsys.features.ranking_features import PAIR_FEATURES
+from recsys.models.session import SessionParams
+from recsys.models.two_stage import SOURCE_NAMES, TwoStageParams, TwoStageRecommender
 from recsys.models.two_stage_training import train_two_stage
 
 
@@ -29,7 +31,8 @@ def _params(**kw) -> TwoStageParams:
 def trained(small_world):
     events, catalog = small_world
     split = temporal_split(events[S.TS].max(), SplitParams(label_days=5, test_days=5))
-    rec, result = train_two_stage(events, catalog, split.train_end, split.label_end, _params(train_windows=2))
+    rec, result = train_two_stage(events, catalog, split.train_end, split.label_end,
+                                  _params(train_windows=2, item_item_sources=("ease", "rp3beta")))
     return rec, result, window(events, split.label_end, split.test_end)
 
 
@@ -37,7 +40,7 @@ def test_trains_evaluates_and_logs_every_source_and_baseline(trained):
     rec, result, test = trained
     assert result.history["valid.ndcg_at_10"]
     m = evaluate(rec, test, 10).metrics
-    for name in SOURCE_NAMES:
+    for name in rec.sources:
         assert any(key.startswith(f"recall.{name}_recall_at_") for key in m), name
     for b in ("popularity", "als", "repeat", "covis", "itemknn", "ease", "rp3beta"):
         assert f"baseline.{b}.ndcg_at_10" in m
@@ -50,6 +53,9 @@ def test_trains_evaluates_and_logs_every_source_and_baseline(trained):
         winner = next(point for point, score in tuning[name].scores if score == best)
         assert all(getattr(tuning[name].params, key) == v for key, v in winner.items())
         assert rec.baseline_source(name).params == tuning[name].params
+        # ... and they are candidate sources and ranker features with the tuned settings
+        assert rec.sources[name] is rec.baseline_source(name) and getattr(rec.params, name) == tuning[name].params
+        assert {f"src_{name}_score", f"m_{name}_score"} <= set(rec.feature_names)
     assert rec.params.popularity == tuning["popularity"].params
     # the new-user path: chosen on the label window, carried by the final model, scored with context
     assert rec.params.cold_start == tuning["cold_start"].params and tuning["cold_start"].scores
@@ -94,7 +100,7 @@ def test_explain_names_sources_and_top_features(trained):
     assert [e["item_id"] for e in out] == rec.recommend_ids([user], 5)[0]["items"]
     for e in out:
         assert e["sources"] and set(e["sources"]) <= set(SOURCE_NAMES)
-        assert len(e["top_features"]) == 5 and all(f["feature"] in FEATURE_NAMES for f in e["top_features"])
+        assert len(e["top_features"]) == 5 and all(f["feature"] in rec.feature_names for f in e["top_features"])
     assert rec.explain("nobody", 3)[0]["sources"] == ["popular"]
 
 
@@ -131,8 +137,11 @@ def test_params_round_trip_through_json_dict():
                 interactions=InteractionParams(covisitation=CovisitationParams(max_lag=3)),
                 trending=TrendingParams(per_category=True), popularity=PopularityParams(28, purchases_only=True),
                 ease=EASEParams(l2=7.0, max_items=50), rp3beta=RP3betaParams(alpha=0.5), tune_baselines=False,
-                tune_popularity=False, seen_items="drop")
+                tune_popularity=False, seen_items="drop", item_item_sources=("rp3beta", "ease"))
+    assert p.item_item_sources == ("ease", "rp3beta")  # one order, whatever the caller's
     assert params_from_dict(json.loads(json.dumps(dataclasses.asdict(p)))) == p
+    with pytest.raises(ValueError, match="item_item_sources"):
+        _params(item_item_sources=("slim",))
 
 
 def test_one_user_requests_match_the_batch_path(trained):
@@ -142,7 +151,7 @@ def test_one_user_requests_match_the_batch_path(trained):
     rec = trained[0]
     users = np.arange(min(rec.data.n_users, 25), dtype=np.int64)
     assert len(users) > 5
-    for name in SOURCE_NAMES:
+    for name in rec.sources:
         batch = rec.sources[name].candidates(users, rec.params.recall.budget(name))
         for u in users:
             one = rec.sources[name].candidates(np.array([u]), rec.params.recall.budget(name))
@@ -239,7 +248,7 @@ def test_text_source_is_left_out_without_a_real_catalogue(small_world):
     m = evaluate(rec, window(events, split.label_end, split.test_end), 10, curve_max_k=0).metrics
     assert "baseline.text.ndcg_at_10" not in m and "baseline.repeat.ndcg_at_10" in m
     assert not any(key.startswith("recall.text_") for key in m) and "test.ndcg_at_10" in m
-    assert np.isnan(rec.features(rec.candidate_table(np.arange(5)))[:, FEATURE_NAMES.index("m_text_sim")]).all()
+    assert np.isnan(rec.features(rec.candidate_table(np.arange(5)))[:, rec.feature_names.index("m_text_sim")]).all()
 
 
 def test_stacked_windows_share_the_rankers_user_budget(small_world, monkeypatch):
@@ -265,3 +274,75 @@ def test_stacked_windows_share_the_rankers_user_budget(small_world, monkeypatch)
     one, two, one_capped, two_capped = groups_seen
     assert two > 1.5 * one  # uncapped: the earlier window's users join
     assert 20 <= one_capped <= 30 and 20 <= two_capped <= 30
+
+
+# what every model saved before the item-item sources stored as its `feature_names`
+OLD_FEATURE_NAMES = ([f"src_{n}_{k}" for n in ("als", "popular", "repeat", "covis", "trending", "text")
+                      for k in ("score", "rank")] + ["src_count", *PAIR_FEATURES, "m_text_sim"])
+
+
+@pytest.fixture(scope="module")
+def old_style(small_world, tmp_path_factory):
+    """A model without item-item sources, saved with the meta.json the code before them wrote."""
+    import json
+
+    events, catalog = small_world
+    split = temporal_split(events[S.TS].max(), SplitParams(label_days=5, test_days=5))
+    rec, _ = train_two_stage(events, catalog, split.train_end, split.label_end,
+                             _params(train_windows=1, item_item_sources=()))
+    directory = tmp_path_factory.mktemp("old") / "m"
+    rec.save(directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    del meta["params"]["item_item_sources"], meta["params"]["recall"]["ease"], meta["params"]["recall"]["rp3beta"]
+    (directory / "meta.json").write_text(json.dumps(meta))
+    return rec, directory
+
+
+def test_a_model_saved_before_the_item_item_sources_loads_and_scores_the_same(old_style):
+    from recsys.features.ranking_features import pair_features
+    from recsys.models.session import build_serving_index, recommend_user
+
+    rec, directory = old_style
+    assert rec.feature_names == OLD_FEATURE_NAMES and rec.booster.num_feature() == len(OLD_FEATURE_NAMES)
+    loaded = TwoStageRecommender.load(directory)
+    assert loaded.feature_names == OLD_FEATURE_NAMES and loaded.params.item_item_sources == ()
+    assert not {"ease", "rp3beta"} & set(loaded.sources)
+    users = np.arange(min(loaded.data.n_users, 40))
+    table = loaded.candidate_table(users)
+    # the columns the code before the item-item sources built: its 13 source columns, pairs, text similarity
+    old_x = np.hstack([table.source_features[:, :12], table.source_features[:, -1:],
+                       pair_features(loaded.data, table.users, table.items),
+                       loaded.sources["text"].score_pairs(table.users, table.items)[:, None]])
+    np.testing.assert_array_equal(loaded.features(table), old_x)
+    ids = loaded.data.users.ids[:8].tolist() + ["nobody"]
+    before, after = rec.recommend_ids(ids, 10), loaded.recommend_ids(ids, 10)
+    assert [r["items"] for r in after] == [r["items"] for r in before]
+    np.testing.assert_allclose(np.concatenate([r["scores"] for r in after]),
+                               np.concatenate([r["scores"] for r in before]), rtol=1e-6)
+    index = build_serving_index(loaded)  # and per request, as the service serves it
+    u = loaded.data.users.position(ids[0])
+    served = recommend_user(loaded, index, u, 10, SessionParams(new_item_slots=0))
+    assert loaded.data.items.ids[served.items].tolist() == before[0]["items"]
+
+
+def test_load_refuses_columns_whose_source_is_not_fitted(old_style, tmp_path):
+    import json
+    import shutil
+
+    _, directory = old_style
+    broken = tmp_path / "m"
+    shutil.copytree(directory, broken)
+    meta = json.loads((broken / "meta.json").read_text())
+    meta["feature_names"] = meta["feature_names"][:-1] + ["m_ease_score"]  # EASE was never fitted
+    (broken / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="m_ease_score"):
+        TwoStageRecommender.load(broken)
+
+
+def test_the_cli_default_item_item_sources_are_the_models():
+    import inspect
+
+    from recsys.flows.cli import train
+
+    default = inspect.signature(train).parameters["item_item_sources"].default.default
+    assert tuple(n for n in default.split(",") if n != "none") == TwoStageParams().item_item_sources
