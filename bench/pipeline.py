@@ -500,8 +500,8 @@ def scaling_table(rows: list[dict]) -> list[str]:
             d = r.get("dask")
             if d and "error" not in d:
                 single = "flow_s" in r
-                lines.append(f"{r['events']:>12,}  on {len(d['worker_peak_gib'])} Dask workers: flow {d['flow_s']:.1f}s "
-                             + (f"(single process {r['flow_s']:.1f}s)" if single else "") +
+                lines.append(f"{r['events']:>12,}  on {len(d['worker_peak_gib'])} Dask workers: flow {d['flow_s']:.1f}s"
+                             + (f" (single process {r['flow_s']:.1f}s)" if single else "") +
                              f", driver peak {d['driver_peak_gib']:.2f} GiB, "
                              f"largest worker peak {max(d['worker_peak_gib']):.2f} GiB"
                              + (f" (single process {r['peak_rss_gib']:.2f} GiB)" if single else ""))
