@@ -7,6 +7,7 @@ peak RSS of the whole flow at several data sizes.
     python bench/pipeline.py --flow-only           # only the whole flow vs the plain script
     python bench/pipeline.py --json                # the same as one JSON object
     python bench/pipeline.py --scaling-only --sizes 1e6 --dask-workers 2   # + the flow on 2 Dask workers
+    python bench/pipeline.py --scaling-only --sizes 3e6 --dask-workers 2 --dask-only --data /tmp/scale-bench
     python bench/pipeline.py --scaling-only --sizes 1e6 --tune off,quick   # the flow per tuning mode (wall + CPU s)
 
 Ratios are measured in the same run on the same machine (no stored baselines): pipeline / plain.
@@ -368,16 +369,35 @@ def tune_config(mode: str) -> dict:
                       **PREVIOUS_DEFAULTS.get(mode, {})}}
 
 
-def scaling(sizes: list[float], work: Path, dask_workers: int = 0, tunes: tuple[str, ...] = ("quick",)) -> list[dict]:
+def store_for(n: float, work: Path, data_root: Path | None) -> tuple[Path, dict]:
+    """The store of `n` events: `data_root/store-<n>` (kept, reused when present: the stores
+    `bench/data_stage.py --data` writes), else a fresh one in `work`; with its events, users and items."""
+    base = data_root / f"store-{int(n)}" if data_root else work / f"data-{int(n)}"
+    if not (base / "events").exists():
+        return base, generate(n, base)
+    import pyarrow.dataset as ds
+
+    params = synthetic_params(n)
+    return base, {"events": ds.dataset(base / "events", format="parquet", partitioning="hive").count_rows(),
+                  "users": params.n_users, "items": params.n_items}
+
+
+def scaling(sizes: list[float], work: Path, dask_workers: int = 0, tunes: tuple[str, ...] = ("quick",),
+            data_root: Path | None = None, dask_only: bool = False) -> list[dict]:
     """Whole flow (as `recsys train` would run it) per size and tuning mode, each in a fresh process and
     home (wall seconds, and the CPU seconds of the flow's process tree: steadier on a shared machine); with
-    `dask_workers`, the same flow again on that many local worker processes (a fresh home)."""
+    `dask_workers`, the same flow again on that many local worker processes (a fresh home); `dask_only`:
+    that one alone (the last tuning mode)."""
     rows = []
     for n in sizes:
-        info = generate(n, work / f"data-{int(n)}")
+        store, info = store_for(n, work, data_root)
         for tune in tunes:
             home = work / f"scale-{int(n)}-{tune}"
-            config = {"data_dir": str(work / f"data-{int(n)}"), **tune_config(tune)}
+            config = {"data_dir": str(store), **tune_config(tune)}
+            if dask_only:
+                rows.append({"events": info["events"], "users": info.get("users"), "items": info.get("items"),
+                             "tune": tune})
+                continue
             env = flow_env(home)
             code = ("import resource, subprocess, sys; p = subprocess.run([sys.executable, '-c', sys.argv[1]]); "
                     "r = resource.getrusage(resource.RUSAGE_CHILDREN); print(r.ru_utime + r.ru_stime); "
@@ -400,10 +420,12 @@ def scaling(sizes: list[float], work: Path, dask_workers: int = 0, tunes: tuple[
         if dask_workers:
             dask_home = work / f"scale-{int(n)}-dask"
             rows[-1]["dask"] = dask_flow(config, dask_workers, flow_env(dask_home), dask_home)
+            rows[-1]["dask"]["stage_s"] = stage_seconds(flow_env(dask_home))
+            print("\n".join(scaling_table(rows[-1:])), file=sys.stderr)
             if "error" in rows[-1]["dask"]:
                 print(f"the Dask flow at {info['events']:,} events failed:\n{rows[-1]['dask']['error']}",
                       file=sys.stderr)
-    done = [r for r in rows if "error" not in r]
+    done = [r for r in rows if "error" not in r and "flow_s" in r]
     for tune in tunes:
         same = [r for r in done if r["tune"] == tune]
         for prev, cur in zip(same, same[1:]):
@@ -463,6 +485,8 @@ def scaling_table(rows: list[dict]) -> list[str]:
              f"{'x events':>10}{'x time':>8}{'x RSS':>8}{'vs off (wall/CPU)':>20}"]
     if rows:
         for r in rows:
+            if "flow_s" not in r and "error" not in r:  # --dask-only
+                continue
             if "error" in r:
                 lines.append(f"{r['events']:>12,}  FAILED after {r['wall_s']:.0f}s: {r['error'].strip().splitlines()[-1]}")
                 continue
@@ -475,10 +499,15 @@ def scaling_table(rows: list[dict]) -> list[str]:
         for r in rows:  # the same flow on Dask workers
             d = r.get("dask")
             if d and "error" not in d:
-                lines.append(f"{r['events']:>12,}  on {len(d['worker_peak_gib'])} Dask workers: flow {d['flow_s']:.1f}s "
-                             f"(single process {r['flow_s']:.1f}s), driver peak {d['driver_peak_gib']:.2f} GiB, "
-                             f"largest worker peak {max(d['worker_peak_gib']):.2f} GiB "
-                             f"(single process {r['peak_rss_gib']:.2f} GiB)")
+                single = "flow_s" in r
+                lines.append(f"{r['events']:>12,}  on {len(d['worker_peak_gib'])} Dask workers: flow {d['flow_s']:.1f}s"
+                             + (f" (single process {r['flow_s']:.1f}s)" if single else "") +
+                             f", driver peak {d['driver_peak_gib']:.2f} GiB, "
+                             f"largest worker peak {max(d['worker_peak_gib']):.2f} GiB"
+                             + (f" (single process {r['peak_rss_gib']:.2f} GiB)" if single else ""))
+                if d.get("stage_s"):
+                    lines.append(f"{r['events']:>12,} dask: " + ", ".join(
+                        f"{name} {d['stage_s'][name]:.0f}s" for name in MAIN_STAGES if name in d["stage_s"]))
             elif d:
                 lines.append(f"{r['events']:>12,}  on Dask: FAILED: {d['error'].strip().splitlines()[-1]}")
         for r in rows:  # where each size spent its time
@@ -504,6 +533,9 @@ def main() -> None:
     ap.add_argument("--tune", default="quick",
                     help="with --sizes: comma-separated tuning modes to run the flow with (off, quick, full; "
                          "quick-1w: quick with the earlier one-window defaults)")
+    ap.add_argument("--data", default=None, help="folder of the --sizes stores (store-<events>, as "
+                    "bench/data_stage.py --data writes them): reused when present, written there (kept) when not")
+    ap.add_argument("--dask-only", action="store_true", help="with --sizes and --dask-workers: the Dask flow only")
     ap.add_argument("--workdir", default=None, help="where to write generated data (default: a temp dir)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args()
@@ -528,7 +560,8 @@ def main() -> None:
         if sizes:
             print(f"scaling over {sizes} ...", file=sys.stderr)
             result["scaling"] = scaling(sizes, work, args.dask_workers,
-                                        tuple(t for t in args.tune.split(",") if t))
+                                        tuple(t for t in args.tune.split(",") if t),
+                                        Path(args.data) if args.data else None, args.dask_only and args.dask_workers > 0)
     print(json.dumps(result, indent=2) if args.json else table(result))
     if any("error" in r or "error" in r.get("dask", {}) for r in result.get("scaling", [])):
         sys.exit(1)

@@ -267,6 +267,9 @@ def train(
         _fail(f"--data-dir {data_dir}: no such directory (create it with `recsys generate --out` or `recsys ingest`)")
     if tune not in ("off", "quick", "full"):
         _fail(f"--tune must be off, quick or full, not '{tune}'")
+    if tune == "full" and (dask_workers or dask_address):
+        _fail("--tune full with --dask-workers/--dask-address: its trials refit the model on earlier windows from "
+              "the events in one process; use --tune quick (the default) or off on Dask, or tune in one process")
     if not tune_budget_s > 0 or tune_trials < 1:
         _fail(f"--tune-budget-s must be > 0 (not {tune_budget_s}) and --tune-trials >= 1 (not {tune_trials})")
     if popularity_days not in (7, 28) or seen_items not in ("auto", "keep", "drop"):

@@ -22,7 +22,7 @@ def evaluate_and_promote(params: EvaluatePromoteParams = EvaluatePromoteParams()
     config = params.config
     challenger = resolve_challenger(config.registered_model, params.version)
     data = load_data(config)
-    split = split_data(data.events, config.split)
+    split = split_data(data, config.split)
     decision = promotion_gate(challenger["run_id"], challenger["version"], data, split, config)
     publish_summary(f"evaluate-and-promote: {config.registered_model} v{challenger['version']}",
                     challenger["run_id"], None, config.k, config.registered_model, challenger["version"],

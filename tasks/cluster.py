@@ -2,8 +2,9 @@
 started for the run and closed after it. The flow holds it open across tasks; each task connects by address.
 
 Workers of a remote cluster need what the tasks they run import: this repository (the same commit and pinned
-requirements.lock), and nothing else: the model state and label windows are sent to them by the driver, the
-finished booster comes back, and only the driver talks to MLflow and the event store.
+requirements.lock) and read access to the event store (the same local path, or the AWS_* variables of an S3
+store): they read and validate the events (`recsys.tasks.cluster_events`); the model state is sent to them
+by the driver, the finished booster comes back, and only the driver talks to MLflow.
 """
 
 from __future__ import annotations

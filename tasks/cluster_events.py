@@ -16,6 +16,9 @@ one-process `build_interaction_data` builds it in one block:
 3. finish: only the reduced state (sparse matrices, covis, maps) reaches the driver, which derives the rest.
 
 Label and test windows (a few days of events) are gathered on the driver: the ranker's labels need them.
+What the flow logs about the events (counts, time range, data profile, digests) is reduced from per-block
+partials (`recsys.features.event_stats`) on the workers; the search model gathers the events of the sessions
+with a search only, and the gate asks which of its window's users were seen before (`seen_before`).
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ import pyarrow.dataset as ds
 
 from recsys.features import schema as S
 from recsys.features.covisitation import covisitation_from_pairs
+from recsys.features.event_stats import (WindowNumbers, combine_partials, digest_of, in_sessions,
+                                         search_session_hashes, users_seen_before, window_counts, window_numbers,
+                                         window_partials, window_sample_hashes)
 from recsys.features.interactions import (IdIndex, InteractionData, InteractionParams, InteractionSums, combine_sums,
                                           covisitation_inputs,
                                           covisitation_pairs_of, finish_interaction_data, interaction_sums,
                                           state_ids, state_maps)
 from recsys.features.split import window
-from recsys.features.validation import REJECT_RULE, split_valid_rows
+from recsys.features.validation import REJECT_RULE, SOURCE_ROW, split_valid_rows
 from recsys.tasks.data import COMPACT_ARROW_SCHEMA, COMPACT_COLUMNS, compact_frame, event_dataset, is_remote, store_location
 from recsys.tasks.paths import events_dir
 
@@ -117,6 +123,10 @@ def _info(read: tuple[pd.DataFrame, pd.DataFrame]) -> BlockInfo:
     valid, rejected = read
     ts = valid[S.TS]
     return BlockInfo(len(valid), rejected, ts.min() if len(ts) else None, ts.max() if len(ts) else None)
+
+
+def _head(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    return frame.head(n)
 
 
 def _valid(read: tuple[pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
@@ -201,9 +211,18 @@ class ClusterEvents:
     def ts_max(self) -> pd.Timestamp:
         return max(i.ts_max for i in self.infos if i.ts_max is not None)
 
+    @property
+    def ts_min(self) -> pd.Timestamp:
+        return min(i.ts_min for i in self.infos if i.ts_min is not None)
+
     def rejected(self) -> pd.DataFrame:
-        """Every block's rejected rows with their rule (what the single-process run quarantines)."""
-        parts = [i.rejected for i in self.infos if len(i.rejected)]
+        """Every block's rejected rows with their rule (what the single-process run quarantines), their
+        `source_row` the row's position in the whole read (as the single-process read numbers them)."""
+        parts, offset = [], 0
+        for i in self.infos:
+            if len(i.rejected):
+                parts.append(i.rejected.assign(**{SOURCE_ROW: i.rejected[SOURCE_ROW].to_numpy() + offset}))
+            offset += i.rows + len(i.rejected)
         return pd.concat(parts, ignore_index=True) if parts else self.infos[0].rejected.iloc[:0]
 
     def rejected_counts(self) -> dict[str, int]:
@@ -241,6 +260,60 @@ class ClusterEvents:
         total = client.submit(as_sent, tree_sum(client, sums, combine_sums), pure=False)
         total, covis = client.gather([total, covis])
         return finish_interaction_data(total, users, items, self.catalog, ref_time, params, covis=covis)
+
+    def stats(self, windows: dict[str, tuple]) -> tuple[dict[str, WindowNumbers], dict[str, str]]:
+        """Each window's (name -> (start or None, end or None)) numbers and digest, reduced on the workers:
+        the same values as `event_stats.window_numbers` / `events_digest` of the whole frame's window."""
+        client = self.client
+        partials = [client.submit(window_partials, b, windows, pure=False) for b in self.blocks]
+        counts = client.gather([client.submit(window_counts, p, pure=False) for p in partials])
+        numbers_f = client.submit(window_numbers, tree_sum(client, partials, combine_partials), pure=False)
+        totals = {name: sum(c[name] for c in counts) for name in windows}
+        samples: dict[str, list] = {name: [] for name in windows}
+        for name, (start, end) in windows.items():
+            offset = 0
+            for block, c in zip(self.blocks, counts):
+                if c[name]:
+                    samples[name].append(client.submit(window_sample_hashes, block, start, end, offset, totals[name],
+                                                       pure=False))
+                offset += c[name]
+        numbers = numbers_f.result()
+        samples = client.gather(samples)
+        digests = {name: digest_of(totals[name], numbers[name].ts_min, numbers[name].ts_max,
+                                   np.concatenate(samples[name]) if samples[name] else np.empty(0, np.uint64))
+                   for name in windows}
+        return numbers, digests
+
+    def head(self, n: int) -> pd.DataFrame:
+        """The first `n` events (a schema sample)."""
+        return self.client.submit(_head, self.blocks[0], n, pure=False).result()
+
+    def search_events(self) -> pd.DataFrame:
+        """The events of the sessions with a search, gathered in store order: all that `search_sessions`
+        reads (its result on them equals its result on every event)."""
+        client = self.client
+        hashes = client.submit(np.unique, client.submit(
+            np.concatenate, [client.submit(search_session_hashes, b, pure=False) for b in self.blocks], pure=False),
+            pure=False)
+        return concat_compact(client.gather([client.submit(in_sessions, b, hashes, pure=False) for b in self.blocks]))
+
+    def seen_before(self, user_ids: list[str], start: pd.Timestamp) -> np.ndarray:
+        """Which of `user_ids` have an event before `start` (a mask)."""
+        ids = pd.Series(user_ids, dtype=object)
+        hashes = pd.util.hash_pandas_object(ids, index=False).to_numpy()
+        wanted = np.unique(hashes)
+        keep = [b for b, i in zip(self.blocks, self.infos) if i.ts_min is not None and i.ts_min < start]
+        if not keep or not len(wanted):
+            return np.zeros(len(user_ids), dtype=bool)
+        wanted_f = self.client.scatter(wanted, broadcast=True, hash=False)
+        seen = self.client.gather([self.client.submit(users_seen_before, b, start, wanted_f, pure=False) for b in keep])
+        return np.isin(hashes, np.concatenate(seen))
+
+    def close(self) -> None:
+        """Release the blocks and the connection."""
+        self.client.cancel(self.blocks)
+        self.blocks = []
+        self.client.close()
 
     def window(self, start: pd.Timestamp | None, end: pd.Timestamp) -> pd.DataFrame:
         """Events with start <= ts < end gathered on the driver (a label or test window: a few days)."""

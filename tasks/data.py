@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -15,6 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from recsys.features import schema as S
+from recsys.features.event_stats import events_digest
 from recsys.features.synthetic import SyntheticParams, SyntheticWorld
 from recsys.features.validation import split_valid_rows
 from recsys.tasks.paths import catalog_path, events_dir, quarantine_dir, recsys_home
@@ -162,6 +162,13 @@ def validate_and_quarantine(events: pd.DataFrame, base: Path, source: str,
                             max_rejected_share: float) -> tuple[pd.DataFrame, dict[str, int]]:
     """Keep valid rows; write rejected ones with their rule to quarantine; fail past the threshold."""
     valid, rejected = split_valid_rows(events, now=pd.Timestamp.now(tz="UTC"))
+    return valid, quarantine(rejected, len(events), base, source, max_rejected_share)
+
+
+def quarantine(rejected: pd.DataFrame, n_read: int, base: Path | str, source: str,
+               max_rejected_share: float) -> dict[str, int]:
+    """Write the rejected rows (of `n_read` read) with their rule to quarantine; fail past the threshold;
+    the counts by rule."""
     counts = rejected["reject_rule"].value_counts().to_dict() if len(rejected) else {}
     if len(rejected):
         qdir = quarantine_dir(local_side(base))
@@ -170,25 +177,19 @@ def validate_and_quarantine(events: pd.DataFrame, base: Path, source: str,
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
         out.astype({c: "string" for c in out.columns if out[c].dtype == object}).to_parquet(
             qdir / f"rejected-{digest}.parquet", index=False)
-    share = len(rejected) / max(len(events), 1)
+    share = len(rejected) / max(n_read, 1)
     if share > max_rejected_share:
         worst = max(counts, key=counts.get)
         examples = rejected.loc[rejected["reject_rule"] == worst].head(3)
         raise ValueError(
-            f"{source}: {len(rejected)} of {len(events)} rows ({share:.1%}) were rejected, over the "
+            f"{source}: {len(rejected)} of {n_read} rows ({share:.1%}) were rejected, over the "
             f"{max_rejected_share:.1%} threshold; most common rule '{worst}' ({counts[worst]} rows), "
             f"e.g. source rows {examples['source_row'].tolist()}. Rejected rows are in "
             f"{quarantine_dir(local_side(base))}.")
-    return valid, {str(k): int(v) for k, v in counts.items()}
+    return {str(k): int(v) for k, v in counts.items()}
 
 
 def dataset_digest(events: pd.DataFrame) -> str:
-    """A cheap content digest of an events frame (row count, time range, hashed sample of ids)."""
-    h = hashlib.sha256()
-    h.update(str(len(events)).encode())
-    if len(events):
-        h.update(str(events[S.TS].min()).encode() + str(events[S.TS].max()).encode())
-        sample = pd.util.hash_pandas_object(events[[S.USER_ID, S.ITEM_ID, S.EVENT_TYPE]].iloc[:: max(1, len(events) // 10000)],
-                                            index=False).to_numpy()
-        h.update(np.ascontiguousarray(sample).tobytes())
-    return h.hexdigest()[:16]
+    """A cheap content digest of an events frame (row count, time range, hashed sample of ids); the same
+    value combined from blocks of it on Dask (`recsys.features.event_stats`)."""
+    return events_digest(events)

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from recsys.features import schema as S
 from recsys.features.lineage import Lineage
-from recsys.features.split import Split, window
+from recsys.features.split import Split
 from recsys.models.config import TrainConfig
 from recsys.models.evaluation import evaluation_truth
 from recsys.models.gate import (NO_FAIR_WINDOW, GateDecision, GuardrailMeasures, data_identity_mismatch,
@@ -110,12 +110,11 @@ class _GateWindow:
 
 
 def _gate_window(data: LoadedData, start: pd.Timestamp, end: pd.Timestamp, config: TrainConfig) -> _GateWindow:
-    events = window(data.events, start, end)
+    events = data.window(start, end)  # on Dask the window alone is gathered
     truth, n_window = evaluation_truth(events, config.evaluation)
     user_ids, relevant = truth.index.astype(str).tolist(), truth.tolist()
-    seen_before = pd.Index(data.events.loc[data.events[S.TS] < start, S.USER_ID].unique()).astype(str)
-    new_mask = ~pd.Index(user_ids).isin(seen_before)
-    latency_users = user_ids[:config.gate.latency_users] or [str(u) for u in data.events[S.USER_ID].head(5)]
+    new_mask = ~np.asarray(data.seen_before(user_ids, start), dtype=bool)
+    latency_users = user_ids[:config.gate.latency_users] or [str(u) for u in data.head(5)[S.USER_ID]]
     return _GateWindow(start, end, user_ids, relevant, new_mask, n_window, latency_users, search_sessions(events))
 
 
@@ -140,8 +139,10 @@ def promotion_gate(run_id: str, version: str, data: LoadedData, split: Split, co
     windows: dict[pd.Timestamp, _GateWindow] = {}
     seen: dict = {}
 
-    with cluster_client(dask_address) as client, \
+    own_address = dask_address if data.cluster is None else None  # the data's own connection when it has one
+    with cluster_client(own_address) as own, \
             tracking.child_run(run_id, "gate", {"gate.challenger_version": version}) as gate_run:
+        client = data.cluster.client if data.cluster is not None else own
         challenger_rec = tracking.load_recommender(name, version)
         n_items = challenger_rec.data.n_items  # the newest catalog: one denominator for both models
 

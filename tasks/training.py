@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import getpass
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from recsys.features import schema as S
+from recsys.features.event_stats import profile_frame
 from recsys.features.exposure import EXPOSURE_FEATURES, shown_lists
 from recsys.features.lineage import Lineage
 from recsys.features.interactions import InteractionData, build_interaction_data
@@ -32,7 +36,8 @@ from recsys.tasks.reporting import markdown_table, metric_rows, text_table
 from recsys.models.distributed import recommend_on_cluster
 from recsys.tasks.cluster import cluster_client
 from recsys.tasks.cluster_events import ClusterEvents
-from recsys.tasks.data import dataset_digest, is_remote, read_catalog, read_events, validate_and_quarantine
+from recsys.tasks.data import (dataset_digest, is_remote, quarantine, read_catalog, read_events,
+                               validate_and_quarantine)
 from recsys.tasks.logs import run_logger
 from recsys.tasks.impressions import on_event_clock, read_impressions
 from recsys.tasks.paths import data_dir, recsys_home
@@ -43,12 +48,63 @@ CURVE_MAX_K = 20  # metric@k curves are logged for k = 1..CURVE_MAX_K
 
 @dataclass
 class LoadedData:
-    events: pd.DataFrame
+    """A run's validated events: the frame in this process, or (`dask:` set) a handle on the blocks the Dask
+    workers read and validated (`cluster`; `events` is None: the driver never holds them). Counts, time
+    range, digest and profile are reduced on the workers; consumers ask for windows and subsets."""
+
+    events: pd.DataFrame | None
     catalog: pd.DataFrame
     digest: str
     rejected: dict[str, int]
     data_dir: str = ""
+    cluster: ClusterEvents | None = None
+    n_events: int = 0
+    n_users: int = 0
+    ts_min: pd.Timestamp | None = None
+    ts_max: pd.Timestamp | None = None
 
+    @classmethod
+    def of_frame(cls, events: pd.DataFrame, catalog: pd.DataFrame, rejected: dict[str, int],
+                 data_dir: str = "") -> "LoadedData":
+        ts = events[S.TS]
+        return cls(events, catalog, dataset_digest(events), rejected, data_dir, None, len(events),
+                   int(events[S.USER_ID].nunique()), ts.min() if len(ts) else None, ts.max() if len(ts) else None)
+
+    def window(self, start: pd.Timestamp | None, end: pd.Timestamp) -> pd.DataFrame:
+        """Events with start <= ts < end (gathered from the workers on Dask: a label or test window)."""
+        return window(self.events, start, end) if self.cluster is None else self.cluster.window(start, end)
+
+    def window_stats(self, windows: dict[str, tuple]) -> tuple[pd.DataFrame, dict[str, str]]:
+        """The data profile (`recsys.models.evaluation.data_profile`'s table) and the digest of each window."""
+        if self.cluster is None:
+            return (data_profile(self.events, self.catalog, windows),
+                    {name: dataset_digest(window(self.events, start, end)) for name, (start, end) in windows.items()})
+        numbers, digests = self.cluster.stats(windows)
+        return profile_frame(numbers, len(self.catalog)), digests
+
+    def search_events(self) -> pd.DataFrame:
+        """What `search_sessions` needs: every event here, the search sessions' events on Dask."""
+        return self.events if self.cluster is None else self.cluster.search_events()
+
+    def seen_before(self, user_ids: list[str], start: pd.Timestamp) -> np.ndarray:
+        """Which of `user_ids` have an event before `start`."""
+        if self.cluster is not None:
+            return self.cluster.seen_before(user_ids, start)
+        seen = pd.Index(self.events.loc[self.events[S.TS] < start, S.USER_ID].unique()).astype(str)
+        return pd.Index(user_ids).isin(seen)
+
+    def head(self, n: int) -> pd.DataFrame:
+        return self.events.head(n) if self.cluster is None else self.cluster.head(n)
+
+    def close(self) -> None:
+        """Release the workers' blocks and the connection (Dask); nothing in one process."""
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+TUNE_FULL_ON_DASK = ("--tune full is not available on a Dask cluster: its trials refit the model on earlier "
+                     "windows from the events in one process; use --tune quick (the default) or off with Dask, "
+                     "or tune in one process")
 
 
 def store_base(config: TrainConfig) -> Path | str:
@@ -64,15 +120,48 @@ def store_end(config: TrainConfig) -> pd.Timestamp | None:
 
 
 @task(name="load-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
-def load_data(config: TrainConfig) -> LoadedData:
+def load_data(config: TrainConfig, dask_address: str | None = None) -> LoadedData:
+    """The run's validated events: read into this process, or with a Dask cluster at `dask_address` read
+    and validated by its workers (the handle holds a connection: `close()` it, see `loaded_data`)."""
     base = store_base(config)
-    events = read_events(base, end=store_end(config))
-    events, rejected = validate_and_quarantine(events, base, source=f"{str(base).rstrip('/')}/events",
-                                               max_rejected_share=config.max_rejected_share)
-    catalog = read_catalog(base)
-    run_logger().info("loaded %d events (%d rejected), %d catalog items from %s",
-                   len(events), sum(rejected.values()), len(catalog), base)
-    return LoadedData(events, catalog, dataset_digest(events), rejected, str(base))
+    source = f"{str(base).rstrip('/')}/events"
+    if not dask_address:
+        events = read_events(base, end=store_end(config))
+        events, rejected = validate_and_quarantine(events, base, source=source,
+                                                   max_rejected_share=config.max_rejected_share)
+        data = LoadedData.of_frame(events, read_catalog(base), rejected, str(base))
+    else:
+        if config.tuning.mode == "full":
+            raise ValueError(TUNE_FULL_ON_DASK)
+        catalog = read_catalog(base)
+        client = cluster_client(dask_address)  # a connected distributed.Client, closed by `close()`
+        try:
+            cluster = ClusterEvents.load(client, base, catalog, end=store_end(config))
+            rejected_rows = cluster.rejected()
+            rejected = quarantine(rejected_rows, cluster.n_events + len(rejected_rows), base, source,
+                                  config.max_rejected_share)
+            if cluster.n_events == 0:
+                raise ValueError(f"the event store at {source} has no valid events")
+            numbers, digests = cluster.stats({"all": (None, None)})
+        except BaseException:
+            client.close()
+            raise
+        data = LoadedData(None, catalog, digests["all"], rejected, str(base), cluster, cluster.n_events,
+                          numbers["all"].users, cluster.ts_min, cluster.ts_max)
+    run_logger().info("loaded %d events (%d rejected), %d catalog items from %s%s", data.n_events,
+                      sum(data.rejected.values()), len(data.catalog), base,
+                      " on the Dask workers" if data.cluster is not None else "")
+    return data
+
+
+@contextmanager
+def loaded_data(config: TrainConfig, dask_address: str | None = None) -> Iterator[LoadedData]:
+    """`load_data` for the length of a block: on Dask, the workers' blocks are released after it."""
+    data = load_data(config, dask_address)
+    try:
+        yield data
+    finally:
+        data.close()
 
 
 class DataIdentityError(ValueError):
@@ -103,11 +192,11 @@ def check_data_identity(config: TrainConfig, data: LoadedData, split: Split) -> 
 # NO_CACHE on tasks that take the events or the model: Prefect's default policy hashes every input
 # (cloudpickle of 1M events: ~1.5 s per flow) for a key that includes the flow run id and so never hits
 @task(name="split", cache_policy=NO_CACHE)
-def split_data(events: pd.DataFrame, params: SplitParams) -> Split:
-    split = temporal_split(events[S.TS].max(), params)
-    if (events[S.TS] < split.train_end).sum() == 0:
+def split_data(data: LoadedData, params: SplitParams) -> Split:
+    split = temporal_split(data.ts_max, params)
+    if data.ts_min >= split.train_end:  # no event before the training end
         raise ValueError(f"no training events before {split.train_end:%Y-%m-%d}: the data covers "
-                         f"{events[S.TS].min():%Y-%m-%d}..{events[S.TS].max():%Y-%m-%d}; "
+                         f"{data.ts_min:%Y-%m-%d}..{data.ts_max:%Y-%m-%d}; "
                          "use fewer label/test days or more data")
     run_logger().info("split: train < %s <= label < %s <= test < %s",
                    split.train_end.date(), split.label_end.date(), split.test_end.date())
@@ -149,13 +238,11 @@ def train_model(data: LoadedData, split: Split, config: TrainConfig,
     and reduce the store into the feature states (recsys.tasks.cluster_events: only the reduced states and
     the label windows reach this process), build the ranking sets and train the ranker. With `impressions`
     (and `config.feedback` on) the ranker learns from what was shown (recsys.features.exposure)."""
-    with progress.reporting(run_logger().info), cluster_client(dask_address) as client:
-        source = None
-        if client is not None:
+    on_dask = data.cluster is not None
+    with progress.reporting(run_logger().info), cluster_client(None if on_dask else dask_address) as own:
+        client, source = (data.cluster.client, data.cluster) if on_dask else (own, None)
+        if client is not None and source is None:  # a frame loaded here, the states built on the workers
             source = ClusterEvents.load(client, data.data_dir or store_base(config), data.catalog, end=store_end(config))
-            if source.n_events != len(data.events):
-                run_logger().warning("the workers read %d valid events, the driver %d: the store changed during "
-                                     "the run", source.n_events, len(data.events))
         rec, result = train_two_stage(data.events if source is None else None, data.catalog, split.train_end,
                                       split.label_end, config.model, client=client, source=source,
                                       impressions=impressions, feedback=config.feedback)
@@ -169,19 +256,23 @@ def train_model(data: LoadedData, split: Split, config: TrainConfig,
 
 def train_search(data: LoadedData, split: Split, config: TrainConfig, rec: TwoStageRecommender,
                  data_train: InteractionData | None = None):
-    """The search model of `rec`: learned on the label window's searches with the state at `train_end`."""
+    """The search model of `rec`: learned on the label window's searches with the state at `train_end`
+    (on Dask from the events of the sessions with a search only: what the search sessions are built of)."""
     if data_train is None:
         data_train = build_interaction_data(data.events, data.catalog, split.train_end, config.model.interactions)
-    return train_search_model(data.events, data.catalog, data_train, rec.data, split.train_end, split.label_end,
-                              SearchRankerParams(), encoder=load_encoder())
+    return train_search_model(data.search_events(), data.catalog, data_train, rec.data, split.train_end,
+                              split.label_end, SearchRankerParams(), encoder=load_encoder())
 
 
 @task(name="evaluate", cache_key_fn=caching.evaluate_key, persist_result=True, result_storage=caching.RESULTS)
 def evaluate_model(rec: TwoStageRecommender, data: LoadedData, split: Split, k: int,
                    params: EvaluationParams = EvaluationParams(), dask_address: str | None = None) -> Evaluation:
-    """Metrics on the test window; the model's lists scored on the Dask cluster at `dask_address` if given."""
-    test = window(data.events, split.label_end, split.test_end)
-    with progress.reporting(run_logger().info), cluster_client(dask_address) as client:
+    """Metrics on the test window (the only events it gathers); the model's lists scored on the Dask cluster
+    at `dask_address` if given (the data's own connection when it is held there)."""
+    test = data.window(split.label_end, split.test_end)
+    own_address = dask_address if data.cluster is None else None
+    with progress.reporting(run_logger().info), cluster_client(own_address) as own:
+        client = data.cluster.client if data.cluster is not None else own
         on_cluster = (lambda users, depth: recommend_on_cluster(client, rec, users, depth)) if client else None
         result = evaluate(rec, test, k, curve_max_k=CURVE_MAX_K, params=params, recommend=on_cluster)
     result.metrics.update(search_metrics(search_quality(rec, search_sessions(test), k)))
@@ -227,17 +318,18 @@ def _windows(split: Split) -> dict[str, tuple]:
             "test": (split.label_end, split.test_end)}
 
 
-def _dataset_inputs(config: TrainConfig, split: Split, data: LoadedData) -> list[dict]:
+def _dataset_inputs(config: TrainConfig, data: LoadedData, profile: pd.DataFrame, digests: dict[str, str],
+                    windows: dict[str, tuple]) -> list[dict]:
     """train / label / test windows as MLflow dataset inputs: real digest and profile, schema from a sample."""
     source = f"{str(store_base(config)).rstrip('/')}/events"
+    sample = data.head(5)
     out = []
-    for context, (start, end) in _windows(split).items():
-        ts = data.events[S.TS]
-        w = data.events.loc[(ts < end) if start is None else ((ts >= start) & (ts < end))]
-        profile = {"num_rows": len(w), "users": int(w[S.USER_ID].nunique()), "items": int(w[S.ITEM_ID].nunique()),
-                   "from": str(w[S.TS].min()) if len(w) else None, "to_exclusive": str(end)}
-        out.append({"name": f"events-{context}", "context": context, "sample": data.events.head(5),
-                    "digest": dataset_digest(w), "source": source, "profile": profile})
+    for row in profile.to_dict("records"):
+        context, end = row["window"], windows[row["window"]][1]
+        stats = {"num_rows": int(row["events"]), "users": int(row["users"]), "items": int(row["items"]),
+                 "from": str(row["from"]) if row["events"] else None, "to_exclusive": str(end)}
+        out.append({"name": f"events-{context}", "context": context, "sample": sample,
+                    "digest": digests[context], "source": source, "profile": stats})
     return out
 
 
@@ -266,15 +358,16 @@ def start_run(config: TrainConfig, split: Split, data: LoadedData, flow_run_id: 
     name = run_title("training", split)
     run_id = tracking.start_run(config.experiment, name, tags)
     tracking.log_params(run_id, config.flat_params())
-    data_metrics = {"data.events": len(data.events), "data.users": data.events[S.USER_ID].nunique(),
+    data_metrics = {"data.events": data.n_events, "data.users": data.n_users,
                     "data.items": len(data.catalog), **{f"data.rejected.{rule}": n for rule, n in data.rejected.items()}}
     tracking.log_metrics(run_id, data_metrics)
-    inputs = _dataset_inputs(config, split, data)
+    windows = _windows(split)
+    profile, digests = data.window_stats(windows)  # reduced on the workers on Dask
+    inputs = _dataset_inputs(config, data, profile, digests, windows)
     tracking.log_dataset_inputs(run_id, inputs)
     with tracking.child_run(run_id, "data") as child:
         tracking.log_metrics(child, data_metrics)
         tracking.log_dataset_inputs(child, inputs)
-        profile = data_profile(data.events, data.catalog, _windows(split))
         tracking.log_text(child, profile.to_csv(index=False), "data_profile.csv")
         md = ("# Data profile\n\n" + markdown_table(profile.to_dict("records")) +
               f"\nRejected rows by rule: {data.rejected or 'none'}\n")
@@ -415,7 +508,7 @@ def metric_table(metrics: dict[str, float], k: int) -> str:
     return text_table(metric_rows(metrics, k))
 
 
-__all__ = ["load_data", "split_data", "check_data_identity", "train_model", "evaluate_model", "start_run",
+__all__ = ["load_data", "loaded_data", "split_data", "check_data_identity", "train_model", "evaluate_model", "start_run",
            "log_results", "register_model", "metric_table"]  # the promotion gate: recsys.tasks.gate
 
 

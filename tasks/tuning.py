@@ -64,6 +64,10 @@ def tune_settings(run_id: str, data, split: Split, config: TrainConfig) -> Train
     search again), logged as `tuned.*` params, `tuning.*` tags and `tuning/tuned.json`."""
     if config.tuning.mode != "full":
         return config
+    if data.events is None:  # on Dask (checked by load_data before any work: here for direct callers)
+        from recsys.tasks.training import TUNE_FULL_ON_DASK
+
+        raise ValueError(TUNE_FULL_ON_DASK)
     log = run_logger()
     problem = earlier_window_problem(data.events, split.train_end, split.label_end)
     if problem:  # short data: the quick grids still run inside training

@@ -36,12 +36,28 @@ def s3_store(s3_endpoint, monkeypatch):
     return f"s3://{S3_BUCKET}/shop"
 
 
-def test_train_flow_on_dask_with_events_on_s3_matches_the_single_process_run(first_run, s3_store):
+def test_train_flow_on_dask_with_events_on_s3_matches_the_single_process_run(first_run, s3_store, monkeypatch):
     from recsys.flows.train import train
+    from recsys.tasks import training
 
+    # the driver never reads the events: the one-process read fails here, and every LoadedData is recorded
+    def no_driver_read(*args, **kwargs):
+        raise AssertionError("the driver read the event store")
+
+    made = []
+
+    class Recorded(training.LoadedData):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(training, "read_events", no_driver_read)
+    monkeypatch.setattr(training, "LoadedData", Recorded)
     # its own registered model: the versions of `recsys` are counted by the other train-flow tests
     result = train(config=small_config(data_dir=s3_store, registered_model="recsys-dask",
                                        dask=DaskOptions(local_workers=2)))
+    assert len(made) == 1 and made[0].events is None and made[0].cluster is not None
+    assert made[0].cluster.blocks == []  # released when the flow ended
     client = MlflowClient(tracking_uri())
     single = client.get_run(first_run["run_id"]).data.metrics
     on_dask = client.get_run(result["run_id"])

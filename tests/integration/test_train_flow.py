@@ -109,10 +109,22 @@ def test_train_rejects_an_unknown_tuning_mode_in_one_line():
                        (["--popularity-days", "14"], "--popularity-days must be 7 or 28 (not 14)"),
                        (["--seen-items", "sometimes"], "not 'sometimes'"),
                        (["--tune", "full", "--tune-budget-s", "0"], "--tune-budget-s must be > 0 (not 0.0)"),
-                       (["--tune-trials", "0"], "--tune-trials >= 1 (not 0)")):
+                       (["--tune-trials", "0"], "--tune-trials >= 1 (not 0)"),
+                       (["--tune", "full", "--dask-workers", "2"], "--tune full with --dask-workers/--dask-address")):
         out = CliRunner().invoke(app, ["train", *args])
         assert out.exit_code != 0 and "Traceback" not in out.output
         assert says in out.output and len(out.output.strip().splitlines()) == 1, out.output
+
+
+def test_full_tuning_is_refused_on_dask_before_anything_is_read():
+    from recsys.models.dask_options import DaskOptions
+    from recsys.models.tuning import SearchParams
+    from recsys.tasks.training import TUNE_FULL_ON_DASK, load_data
+
+    config = small_config(tuning=SearchParams(mode="full"), dask=DaskOptions(address="tcp://127.0.0.1:1"))
+    with pytest.raises(ValueError, match="--tune full is not available on a Dask cluster") as err:
+        load_data.fn(config, "tcp://127.0.0.1:1")  # no scheduler there: refused before connecting
+    assert str(err.value) == TUNE_FULL_ON_DASK
 
 
 def test_full_tuning_logs_each_trial_and_the_next_run_reuses_the_settings(first_run, tmp_path):

@@ -145,3 +145,35 @@ def test_train_and_evaluate_on_the_cluster_match_the_single_process_run(store, w
         {k: v for k, v in ev_l.metrics.items() if k.startswith("recall.")}
     assert res_d.booster.num_trees() == PARAMS.ranker.n_estimators  # lightgbm.dask ran every round
     assert 1 <= res_d.best_iteration <= PARAMS.ranker.n_estimators
+
+
+def test_what_the_flow_logs_is_reduced_on_the_workers_to_the_single_process_values(store, world, client):
+    """Digests, data profile, rejected rows (their row numbers in the whole read), the search sessions and
+    the users seen before a window: from the workers' blocks, equal to the one-process frame's."""
+    from recsys.models.evaluation import data_profile
+    from recsys.models.search_ranker import search_sessions
+    from recsys.tasks.cluster_events import ClusterEvents
+    from recsys.tasks.data import dataset_digest
+    from recsys.features.event_stats import profile_frame
+
+    events, catalog, split = world
+    on_cluster = ClusterEvents.load(client, store, catalog, now=NOW, block_bytes=1)
+    windows = {"train": (None, split.train_end), "label": (split.train_end, split.label_end),
+               "test": (split.label_end, split.test_end), "all": (None, None)}
+    numbers, digests = on_cluster.stats(windows)
+    for name, (start, end) in windows.items():
+        assert digests[name] == dataset_digest(events if end is None else window(events, start, end)), name
+    assert numbers["all"].users == events[S.USER_ID].nunique() and numbers["all"].n == len(events)
+    three = {k: v for k, v in windows.items() if k != "all"}
+    assert profile_frame({k: numbers[k] for k in three}, len(catalog)).to_csv() == \
+        data_profile(events, catalog, three).to_csv()
+    _, rejected = split_valid_rows(read_events(store), NOW)
+    assert sorted(on_cluster.rejected()["source_row"]) == sorted(rejected["source_row"])
+    full, part = search_sessions(events), search_sessions(on_cluster.search_events())
+    assert len(full.labels) > 20
+    pd.testing.assert_frame_equal(part.labels, full.labels)
+    assert part.searches.astype(str).equals(full.searches.astype(str))
+    users = window(events, split.label_end, split.test_end)[S.USER_ID].astype(str).unique().tolist()
+    expected = pd.Index(users).isin(pd.Index(events.loc[events[S.TS] < split.label_end, S.USER_ID].unique()).astype(str))
+    assert 0 < expected.sum() < len(users)
+    assert on_cluster.seen_before(users, split.label_end).tolist() == expected.tolist()
