@@ -69,13 +69,69 @@ def covisitation_pairs(user_idx: np.ndarray, item_idx: np.ndarray, ts_seconds: n
 def covisitation_from_pairs(upper: sp.csr_matrix, params: CovisitationParams = CovisitationParams()) -> sp.csr_matrix:
     """The symmetric, normalised float32 matrix from the (summed) pair weights of `covisitation_pairs`."""
     n_items = upper.shape[0]
-    m = (upper + upper.T).tocsr()
+    m = symmetric_rows(upper, upper.T)
     del upper
+    return normalised_rows(m, np.arange(n_items), row_mass(m), params, in_place=True)
+
+
+# The same three steps on row parts (the Dask path: no worker holds the whole matrix before the driver does).
+# Part p of n holds the items p, p + n, p + 2n, ...: interleaved, so best sellers spread over the parts.
+
+def strided_rows(a, part: int, parts: int):
+    """Rows part, part + parts, part + 2 * parts, ... of a sparse matrix or an array."""
+    return a[part::parts]
+
+
+def unstride_rows(pieces: list):
+    """The inverse of `strided_rows` over parts 0..n-1: sparse matrices (CSR) or arrays, rows back in order."""
+    parts = len(pieces)
+    n_rows = sum(p.shape[0] for p in pieces)
+    order = np.concatenate([np.arange(p, n_rows, parts) for p in range(parts)])
+    inverse = np.empty(n_rows, dtype=np.int64)
+    inverse[order] = np.arange(n_rows)
+    if sp.issparse(pieces[0]):
+        return sp.vstack(pieces, format="csr")[inverse]
+    return np.concatenate(pieces)[inverse]
+
+
+def pair_parts(upper: sp.csr_matrix, parts: int) -> list[tuple[sp.csr_matrix, sp.csr_matrix]]:
+    """What row part p of `upper + upper.T` needs from one bucket's pairs: its rows of `upper` and of
+    `upper.T`. Summed over buckets (in the same order for both) they give that part exactly."""
+    by_col = upper.tocsc()
+    return [(strided_rows(upper, p, parts), strided_rows(by_col.T, p, parts).tocsr()) for p in range(parts)]
+
+
+def sum_pair_parts(pieces: list[tuple[sp.csr_matrix, sp.csr_matrix]]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    return (sum((a for a, _ in pieces[1:]), pieces[0][0]), sum((b for _, b in pieces[1:]), pieces[0][1]))
+
+
+def symmetric_rows(upper_rows: sp.csr_matrix, lower_rows) -> sp.csr_matrix:
+    """Rows of `upper + upper.T` (unnormalised) from those rows of `upper` and of `upper.T`."""
+    m = (upper_rows + lower_rows).tocsr()
     m.sum_duplicates()
+    return m
+
+
+def symmetric_part(pair: tuple[sp.csr_matrix, sp.csr_matrix]) -> sp.csr_matrix:
+    return symmetric_rows(*pair)
+
+
+def row_mass(m: sp.csr_matrix) -> np.ndarray:
+    """Each row's total weight (the normalisation needs every item's, over all parts)."""
+    return np.asarray(m.sum(axis=1)).ravel()
+
+
+def normalised_rows(m: sp.csr_matrix, rows: np.ndarray, mass: np.ndarray,
+                    params: CovisitationParams = CovisitationParams(), in_place: bool = False) -> sp.csr_matrix:
+    """The float32 rows `rows` of the normalised matrix, from those rows unnormalised (`m`) and every item's
+    `row_mass`. `in_place`: scale `m`'s values (one process: no copy of the largest matrix)."""
     if params.normalise and m.nnz:
-        mass = np.sqrt(np.asarray(m.sum(axis=1)).ravel())
-        inv = 1.0 / np.maximum(mass, 1e-9)
-        m.data *= inv[np.repeat(np.arange(n_items), np.diff(m.indptr))] * inv[m.indices]
+        inv = 1.0 / np.maximum(np.sqrt(mass), 1e-9)
+        scale = inv[np.asarray(rows)[np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))]] * inv[m.indices]
+        if in_place:
+            m.data *= scale
+        else:
+            m = sp.csr_matrix((m.data * scale, m.indices, m.indptr), shape=m.shape)
     m = m.astype(np.float32)
     m.eliminate_zeros()
     return m

@@ -7,7 +7,7 @@ scoring without pandas.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.features import schema as S
-from recsys.features.covisitation import CovisitationParams, covisitation_from_pairs, covisitation_pairs
+from recsys.features.covisitation import (CovisitationParams, covisitation_from_pairs, covisitation_pairs, strided_rows,
+                                          unstride_rows)
 
 DAY_SECONDS = 86400.0
 
@@ -246,6 +247,26 @@ def combine_sums(parts: list[InteractionSums]) -> InteractionSums:
         out[name] = sum(getattr(p, name) for p in parts[1:]) + getattr(parts[0], name)
     covis = [p.covis_pairs for p in parts if p.covis_pairs is not None]
     return InteractionSums(covis_pairs=sum(covis[1:], covis[0]) if covis else None, **out)
+
+
+_USER_ROWS = ("weighted", "views", "carts", "purchases", "events_any", "recency", "user_last_age",
+              "user_type_counts", "user_events_7d")
+_ITEM_ARRAYS = ("item_first_age", "item_pop_7d", "item_pop_28d", "item_pop_all", "item_buys_28d", "item_buys_7d")
+
+
+def sums_parts(sums: InteractionSums, parts: int) -> list[InteractionSums]:
+    """A block's sums split by user (`strided_rows`: part p holds users p, p + parts, ...), so each part is
+    summed over the blocks on its own and no worker holds the whole users x items total. The item arrays
+    travel in part 0 only (empty in the others)."""
+    empty = {name: getattr(sums, name)[:0] for name in _ITEM_ARRAYS}
+    return [replace(sums, covis_pairs=None, **{name: strided_rows(getattr(sums, name), p, parts) for name in _USER_ROWS},
+                    **({} if p == 0 else empty)) for p in range(parts)]
+
+
+def sums_from_parts(parts: list[InteractionSums]) -> InteractionSums:
+    """The summed parts of `sums_parts` as one total (users back in order)."""
+    return replace(parts[0], covis_pairs=None,
+                   **{name: unstride_rows([getattr(p, name) for p in parts]) for name in _USER_ROWS})
 
 
 def _state_arrays(ev: pd.DataFrame, users: IdIndex, items: IdIndex, ref_time: pd.Timestamp,

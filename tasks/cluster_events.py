@@ -33,14 +33,15 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from recsys.features import schema as S
-from recsys.features.covisitation import covisitation_from_pairs
+from recsys.features.covisitation import (normalised_rows, pair_parts, row_mass, sum_pair_parts, symmetric_part,
+                                          unstride_rows)
 from recsys.features.event_stats import (WindowNumbers, combine_partials, digest_of, in_sessions,
                                          search_session_hashes, users_seen_before, window_counts, window_numbers,
                                          window_partials, window_sample_hashes)
 from recsys.features.interactions import (IdIndex, InteractionData, InteractionParams, InteractionSums, combine_sums,
                                           covisitation_inputs,
                                           covisitation_pairs_of, finish_interaction_data, interaction_sums,
-                                          state_ids, state_maps)
+                                          state_ids, state_maps, sums_from_parts, sums_parts)
 from recsys.features.split import window
 from recsys.features.validation import REJECT_RULE, SOURCE_ROW, split_valid_rows
 from recsys.tasks.data import COMPACT_ARROW_SCHEMA, COMPACT_COLUMNS, compact_frame, event_dataset, is_remote, store_location
@@ -246,19 +247,40 @@ class ClusterEvents:
             return finish_interaction_data(interaction_sums(self.window(None, ref_time), users, items, ref_time, params),
                                            users, items, self.catalog, ref_time, params)
         users_f, items_f = client.scatter([users, items], broadcast=True, hash=False)
-        sums = [client.submit(interaction_sums, b, users_f, items_f, ref_time, params, False, pure=False) for b in blocks]
         n_events = sum(i.rows for i in self.infos if i.ts_min is not None and i.ts_min < ref_time)
         n_buckets = n_buckets or max(2 * len(client.scheduler_info()["workers"]), -(-n_events // BUCKET_EVENTS))
+        parts = n_buckets  # the totals are reduced in this many row parts: no worker holds a whole matrix
+
+        def part(futures: list, p: int) -> list:
+            return [client.submit(operator.getitem, f, p, pure=False) for f in futures]
+
+        # users x items sums: each block's split by user; part p summed over the blocks (in block order)
+        split = [client.submit(sums_parts, client.submit(interaction_sums, b, users_f, items_f, ref_time, params, False,
+                                                         pure=False), parts, pure=False) for b in blocks]
+        totals = [client.submit(as_sent, tree_sum(client, part(split, p), combine_sums), pure=False)
+                  for p in range(parts)]
+        del split
         pieces = [client.submit(_buckets, client.submit(covisitation_inputs, b, users_f, items_f, ref_time, params,
                                                         pure=False), n_buckets, pure=False) for b in blocks]
-        # bucket b meets its piece of every block (in block order: each user's events keep the store's order)
-        pairs = [client.submit(covisitation_pairs_of,
-                               client.submit(_bucket, [client.submit(operator.getitem, p, b, pure=False) for p in pieces],
-                                             pure=False), len(items), params, pure=False) for b in range(n_buckets)]
-        # the symmetric, normalised float32 co-visitation is finished on a worker: half the bytes of the pairs
-        covis = client.submit(covisitation_from_pairs, tree_sum(client, pairs), params.covisitation, pure=False)
-        total = client.submit(as_sent, tree_sum(client, sums, combine_sums), pure=False)
-        total, covis = client.gather([total, covis])
+        # bucket b meets its piece of every block (in block order: each user's events keep the store's order);
+        # its pairs are split into the row parts of the symmetric matrix, each part summed over the buckets
+        pairs = [client.submit(pair_parts, client.submit(
+            covisitation_pairs_of, client.submit(_bucket, part(pieces, b), pure=False), len(items), params,
+            pure=False), parts, pure=False) for b in range(n_buckets)]
+        del pieces
+        sym = [client.submit(symmetric_part, tree_sum(client, part(pairs, p), sum_pair_parts), pure=False)
+               for p in range(parts)]
+        del pairs
+        # normalising needs every item's mass: gathered (one float per item), then each part finished where it is
+        mass = unstride_rows(client.gather([client.submit(row_mass, m, pure=False) for m in sym]))
+        mass_f = client.scatter(mass, broadcast=True, hash=False)
+        n_items = len(items)
+        finished = [client.submit(normalised_rows, m, np.arange(p, n_items, parts), mass_f, params.covisitation,
+                                  pure=False) for p, m in enumerate(sym)]
+        covis = unstride_rows(client.gather(finished))
+        del finished, sym
+        total = sums_from_parts(client.gather(totals))
+        del totals
         return finish_interaction_data(total, users, items, self.catalog, ref_time, params, covis=covis)
 
     def stats(self, windows: dict[str, tuple]) -> tuple[dict[str, WindowNumbers], dict[str, str]]:

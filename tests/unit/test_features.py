@@ -123,3 +123,47 @@ def test_covisitation_weights_by_hand():
     np.testing.assert_allclose(cosine, expected / np.outer(mass, mass), rtol=1e-6)
     short = build_covisitation(user, item, ts, weight, 3, CovisitationParams(normalise=False, max_lag=1)).toarray()
     assert short[0, 2] == 0 and short[0, 1] > 0
+
+
+def test_covisitation_and_sums_reduced_in_row_parts_equal_the_whole_reduction():
+    """The Dask path reduces the users x items sums and the co-visitation pairs in interleaved row parts (no
+    worker holds a whole matrix): put back together they are the one-block results bit for bit."""
+    import scipy.sparse as sp
+
+    from recsys.features.covisitation import (CovisitationParams, covisitation_from_pairs, normalised_rows,
+                                              pair_parts, row_mass, sum_pair_parts, symmetric_part, unstride_rows)
+    from recsys.features.interactions import (build_interaction_data, combine_sums, interaction_sums, state_ids,
+                                              state_maps, sums_from_parts, sums_parts)
+
+    rng = np.random.default_rng(0)
+    n, parts = 23, 4
+    buckets = [sp.random(n, n, density=0.2, random_state=s, format="csr") * 3.7 for s in range(3)]
+    expected = covisitation_from_pairs(sum(buckets[1:], buckets[0]), CovisitationParams())
+    split = [pair_parts(b, parts) for b in buckets]
+    sym = [symmetric_part(sum_pair_parts([s[p] for s in split])) for p in range(parts)]
+    assert max(m.shape[0] for m in sym) == -(-n // parts)  # each part holds its rows only
+    mass = unstride_rows([row_mass(m) for m in sym])
+    got = unstride_rows([normalised_rows(m, np.arange(p, n, parts), mass) for p, m in enumerate(sym)])
+    assert expected.nnz > 50
+    for attr in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(got, attr), getattr(expected, attr))
+    assert unstride_rows([np.arange(p, 10, 3) for p in range(3)]).tolist() == list(range(10))
+
+    events = make_events([(f"u{rng.integers(10)}", f"i{rng.integers(8)}", str(rng.choice(["view", "add_to_cart",
+                          "purchase"])), f"2026-01-{1 + rng.integers(20):02d} {rng.integers(24):02d}:00")
+                          for _ in range(80)])
+    cutoff = events[S.TS].max()
+    catalog = pd.DataFrame({S.ITEM_ID: [f"i{k}" for k in range(8)], S.CATEGORY: "c", S.PRICE: 1.0})
+    user_ids, item_ids = state_ids(events, cutoff)
+    users, items = state_maps(catalog, [user_ids], [item_ids])
+    halves = [events.iloc[: len(events) // 2], events.iloc[len(events) // 2:]]
+    block_sums = [interaction_sums(h, users, items, cutoff, covisitation=False) for h in halves]
+    whole = combine_sums(block_sums)
+    split_sums = [sums_parts(s, 3) for s in block_sums]
+    rebuilt = sums_from_parts([combine_sums([s[p] for s in split_sums]) for p in range(3)])
+    assert split_sums[0][1].weighted.shape[0] < whole.weighted.shape[0] and len(split_sums[0][1].item_pop_all) == 0
+    for name in ("weighted", "views", "recency"):
+        assert (getattr(rebuilt, name) != getattr(whole, name)).nnz == 0, name
+    for name in ("user_last_age", "user_type_counts", "item_pop_all", "item_first_age"):
+        np.testing.assert_array_equal(getattr(rebuilt, name), getattr(whole, name), err_msg=name)
+    assert build_interaction_data(events, catalog, cutoff).n_users == whole.weighted.shape[0] == 10
