@@ -510,6 +510,13 @@ def scaling_table(rows: list[dict]) -> list[str]:
                         f"{name} {d['stage_s'][name]:.0f}s" for name in MAIN_STAGES if name in d["stage_s"]))
             elif d:
                 lines.append(f"{r['events']:>12,}  on Dask: FAILED: {d['error'].strip().splitlines()[-1]}")
+        for r in rows:  # the bar: a worker at a larger size against one process at a smaller one
+            d = r.get("dask") or {}
+            for s in rows:
+                if "worker_peak_gib" in d and "peak_rss_gib" in s and s["events"] < r["events"]:
+                    lines.append(f"largest worker at {r['events']:,} events {max(d['worker_peak_gib']):.2f} GiB vs one "
+                                 f"process at {s['events']:,} {s['peak_rss_gib']:.2f} GiB: "
+                                 f"{max(d['worker_peak_gib']) / s['peak_rss_gib']:.2f}x")
         for r in rows:  # where each size spent its time
             stages = r.get("stage_s") or {}
             if stages:

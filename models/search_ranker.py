@@ -43,6 +43,10 @@ class SearchRankerParams:
     # one thread: ~60k rows train in seconds; more threads on a busy machine spin (2 threads: 7x slower here)
     ranker: RankerParams = field(default_factory=lambda: RankerParams(n_estimators=300, min_child_samples=10,
                                                                       num_threads=1))
+    # the ranker learns from a seeded sample of at most this many of the label window's searches (~2M
+    # candidate rows), as the recommender's ranker from at most `max_train_users` users: its cost (one
+    # retrieval per search, then LightGBM) stops growing with the events; None = every search
+    max_train_searches: int | None = 20_000
 
 
 # ---- search sessions -------------------------------------------------------------------------
@@ -369,9 +373,15 @@ def ranking_groups(model: SearchModel, data: InteractionData, sessions: SearchSe
 
 
 def fit_search_ranker(model: SearchModel, data: InteractionData, sessions: SearchSessions) -> RankerResult | None:
-    """LambdaRank on `sessions` (features from `data`, the state before them); a random share of the
-    searches validates (early stopping). None when no search has a clicked candidate."""
+    """LambdaRank on `sessions` (at most `max_train_searches` of them, a seeded sample; features from `data`,
+    the state before them); a random share of the searches validates (early stopping). None when no search
+    has a clicked candidate."""
     p = model.params.ranker
+    cap = model.params.max_train_searches
+    if cap is not None and len(sessions) > cap:
+        keep = np.zeros(len(sessions), dtype=bool)
+        keep[np.random.default_rng(p.seed).choice(len(sessions), cap, replace=False)] = True
+        sessions = sessions.take(keep)
     is_val = np.random.default_rng(p.seed).random(len(sessions)) < p.validation_share
     train = ranking_groups(model, data, sessions.take(~is_val))
     val = ranking_groups(model, data, sessions.take(is_val))

@@ -219,3 +219,32 @@ def test_search_model_pickles_for_the_result_cache(world):
     for q in test.searches[S.QUERY].head(10):
         np.testing.assert_array_equal(back.rank(data, 5, q)[0], model.rank(data, 5, q)[0])
     assert back.lexical.term_ids("bakpack").tolist() == model.lexical.term_ids("bakpack").tolist()
+
+
+def test_the_search_ranker_learns_from_at_most_max_train_searches(world, monkeypatch):
+    """At scale the label window holds far more searches than the ranker needs: a seeded sample of
+    `max_train_searches` is retrieved and learned from (train + validation), every search when None."""
+    import dataclasses
+
+    from recsys.models import search_ranker as sr
+
+    _, catalog, events, split, _, model, _, _ = world
+    data_train = build_interaction_data(events, catalog, split.train_end)
+    window = search_sessions(events).between(split.train_end, split.label_end)
+    seen = []
+    real = sr.ranking_groups
+    monkeypatch.setattr(sr, "ranking_groups", lambda m, d, s: seen.append(len(s)) or real(m, d, s))
+    params = model.params
+    model.params = dataclasses.replace(params, max_train_searches=60)
+    try:
+        assert sr.fit_search_ranker(model, data_train, window) is not None
+    finally:
+        model.params = params
+    assert sum(seen) == 60 < len(window)
+    seen.clear()
+    model.params = dataclasses.replace(params, max_train_searches=None)
+    try:
+        sr.fit_search_ranker(model, data_train, window)
+    finally:
+        model.params = params
+    assert sum(seen) == len(window)
