@@ -10,10 +10,14 @@ one-process `build_interaction_data` builds it in one block:
 1. ids: each block's first-seen user and item ids come back; concatenated in block order they give the maps
    of the single-process build (first-seen order over the whole store);
 2. sums: with the maps broadcast, each block's counts and weights (`InteractionSums`: sparse users x items
-   and item/user arrays) are summed pairwise on the workers; co-visitation pairs never cross users, so each
-   block's (user, item, time, weight) rows are split into user buckets, each bucket's pairs are counted where
-   its pieces meet, and the buckets summed the same way;
-3. finish: only the reduced state (sparse matrices, covis, maps) reaches the driver, which derives the rest.
+   and item/user arrays) are split into interleaved user row parts and each part is summed over the blocks on
+   the workers; co-visitation pairs never cross users, so each block's (user, item, time, weight) rows are
+   split into user buckets, each bucket's pairs are counted where its pieces meet, split into the item row
+   parts of the symmetric matrix, and each part summed over the buckets and normalised on its own (every
+   item's mass goes through the driver: one float per item). No worker holds a whole users x items or
+   items x items total;
+3. finish: only the reduced state's parts (sparse matrices, covis) reach the driver, which puts them back in
+   row order and derives the rest.
 
 Label and test windows (a few days of events) are gathered on the driver: the ranker's labels need them.
 What the flow logs about the events (counts, time range, data profile, digests) is reduced from per-block
