@@ -230,7 +230,8 @@ def load_impressions(run_id: str, config: TrainConfig, split: Split) -> pd.DataF
     return imp.reset_index(drop=True) if n else None
 
 
-@task(name="train-two-stage", cache_key_fn=caching.train_key, persist_result=True, result_storage=caching.RESULTS)
+@task(name="train-two-stage", cache_key_fn=caching.train_key, persist_result=True, result_storage=caching.RESULTS,
+      result_serializer=caching.StreamedPickle())
 def train_model(data: LoadedData, split: Split, config: TrainConfig,
                 dask_address: str | None = None, impressions: pd.DataFrame | None = None
                 ) -> tuple[TwoStageRecommender, RankerResult]:
