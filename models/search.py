@@ -110,10 +110,7 @@ def search_quality(rec: TwoStageRecommender, sessions: SearchSessions, k: int = 
     """Per-search NDCG@k and MRR of `search` as served (learned ranker, or the blend for a model without a
     search model) on held-out search sessions (a seeded sample of `max_searches`: the standard error of
     mean NDCG@10 is then ~0.005); the BM25-only order too (`bm25.` keys) when there is one."""
-    if max_searches is not None and len(sessions) > max_searches:
-        keep = np.zeros(len(sessions), dtype=bool)
-        keep[np.random.default_rng(seed).choice(len(sessions), max_searches, replace=False)] = True
-        sessions = sessions.take(keep)
+    sessions = sessions.sample(max_searches, seed)
     if rec.search_model is None:
         index = index if index is not None else build_serving_index(rec)
         return evaluate_search(lambda u, q: blend_search(rec, index, q, u, 100).items, rec.data, sessions, k)

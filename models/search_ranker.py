@@ -71,6 +71,14 @@ class SearchSessions:
             keep &= (ts < end).to_numpy()
         return self.take(keep)
 
+    def sample(self, n: int | None, seed: int) -> "SearchSessions":
+        """At most `n` of the searches, a seeded sample in their order (all of them when None or fewer)."""
+        if n is None or len(self) <= n:
+            return self
+        keep = np.zeros(len(self), dtype=bool)
+        keep[np.random.default_rng(seed).choice(len(self), n, replace=False)] = True
+        return self.take(keep)
+
     def take(self, keep: np.ndarray) -> "SearchSessions":
         rows = np.flatnonzero(keep)
         remap = pd.Series(np.arange(len(rows)), index=rows)
@@ -377,11 +385,7 @@ def fit_search_ranker(model: SearchModel, data: InteractionData, sessions: Searc
     the state before them); a random share of the searches validates (early stopping). None when no search
     has a clicked candidate."""
     p = model.params.ranker
-    cap = model.params.max_train_searches
-    if cap is not None and len(sessions) > cap:
-        keep = np.zeros(len(sessions), dtype=bool)
-        keep[np.random.default_rng(p.seed).choice(len(sessions), cap, replace=False)] = True
-        sessions = sessions.take(keep)
+    sessions = sessions.sample(model.params.max_train_searches, p.seed)
     is_val = np.random.default_rng(p.seed).random(len(sessions)) < p.validation_share
     train = ranking_groups(model, data, sessions.take(~is_val))
     val = ranking_groups(model, data, sessions.take(is_val))
