@@ -9,8 +9,9 @@ from prefect.runtime import flow_run
 from recsys.models.config import TrainConfig
 from recsys.tasks.cluster import dask_cluster
 from recsys.tasks.gate import promotion_gate
-from recsys.tasks.training import (check_data_identity, evaluate_model, finish_run, load_impressions, loaded_data,
-                                   log_results, metric_table, register_model, split_data, start_run, train_model)
+from recsys.tasks.run_record import finish_run, log_results, metric_table, register_model, start_run
+from recsys.tasks.training import (check_data_identity, evaluate_model, load_impressions, loaded_data, split_data,
+                                   train_model)
 from recsys.tasks.reporting import publish_summary
 from recsys.tasks.tuning import tune_settings
 

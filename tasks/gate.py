@@ -27,7 +27,8 @@ from recsys.models.two_stage import TwoStageRecommender
 from recsys.tasks import plots, tracking
 from recsys.tasks.cluster import cluster_client
 from recsys.tasks.logs import run_logger
-from recsys.tasks.training import LoadedData, data_identity_message, run_title, version_description
+from recsys.tasks.run_record import run_title, version_description
+from recsys.tasks.training import LoadedData, data_identity_message
 
 @dataclass
 class _Scored:
